@@ -1,0 +1,103 @@
+"""Errors raised by the store, the job system and the HTTP layer.
+
+Every error a caller can act on is a :class:`TransferError` subclass (the class paglets'
+own client knows), so ``except TransferError`` keeps working for code written against
+the reference store. Job records carry the class *name*; :func:`error_class` maps it back.
+"""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """An artifact could not be stored, read, exported or moved."""
+
+
+class InvalidInput(TransferError):
+    """An argument, header, id or wire payload is malformed."""
+
+
+class ArtifactNotFound(TransferError):
+    """No artifact with that id exists in the store."""
+
+
+class ChecksumMismatch(TransferError):
+    """The bytes do not hash to the expected SHA-256."""
+
+
+class SizeMismatch(TransferError):
+    """The body is shorter or longer than its declared size."""
+
+
+class ArtifactTooLarge(TransferError):
+    """The artifact exceeds the store's maximum artifact size."""
+
+
+class QuotaExceeded(TransferError):
+    """Storing the artifact would push the store over its quota."""
+
+
+class SourceUnavailable(TransferError):
+    """An import source is missing, not a regular file, or unreadable."""
+
+
+class PathNotAllowed(TransferError):
+    """A source or target path lies outside the configured allowed roots."""
+
+
+class HostNotAllowed(TransferError):
+    """A remote host is not on the allow-list of hosts a job may contact."""
+
+
+class OwnerDeleted(TransferError):
+    """The artifact's owner was deleted while the import was running."""
+
+
+class RemoteError(TransferError):
+    """A remote host refused a transfer; ``remote_type`` is the error type it answered."""
+
+    def __init__(self, message: str, *, remote_type: str = "TransferError", status: int = 0):
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.status = status
+
+
+class AuthenticationError(TransferError):
+    """A request carried no valid API key."""
+
+
+class ForbiddenError(TransferError):
+    """A request was authenticated but is not allowed."""
+
+
+class JobTimeout(TimeoutError):
+    """A job did not finish within the time a caller waited for it."""
+
+
+class JobFailed(TransferError):
+    """A job failed with an error type this process does not know."""
+
+
+_KNOWN: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        TransferError,
+        InvalidInput,
+        ArtifactNotFound,
+        ChecksumMismatch,
+        SizeMismatch,
+        ArtifactTooLarge,
+        QuotaExceeded,
+        SourceUnavailable,
+        PathNotAllowed,
+        HostNotAllowed,
+        OwnerDeleted,
+        RemoteError,
+        AuthenticationError,
+        ForbiddenError,
+    )
+}
+
+
+def error_class(name: str) -> type[Exception]:
+    """The exception class for an error type name from a job record (``JobFailed`` if unknown)."""
+    return _KNOWN.get(name, JobFailed)

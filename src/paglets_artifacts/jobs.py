@@ -1,0 +1,242 @@
+"""The host side of the job system: enqueue a job, follow it, wait for its result.
+
+A call on :class:`ArtifactJobs` only validates its arguments (no file I/O, no hashing)
+and writes one Redis pipeline: the queued job record and the Dramatiq message. Workers
+(``workers/``) run the job; its record tells how it went.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+
+from . import contract
+from .errors import JobTimeout, error_class
+from .records import FAILED, JobRecord, JobRecords
+from .settings import Settings
+
+
+class Job:
+    """A handle on one enqueued job.
+
+    Parameters:
+      jobs(ArtifactJobs): the client that enqueued or found it.
+      job_id(str): the job id (the Dramatiq message id).
+    """
+
+    def __init__(self, jobs: ArtifactJobs, job_id: str):
+        self._jobs = jobs
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self) -> JobRecord:
+        """The job's current record (``LookupError`` if unknown or past retention)."""
+        record = self._jobs.records.get(self.id)
+        if record is None:
+            raise LookupError(f"no job {self.id!r} (unknown, or its record expired)")
+        return record
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its result or raise its error.
+
+        The error raised is of the job's error type (``QuotaExceeded``, ``ChecksumMismatch``,
+        ...); ``JobTimeout`` if it has not ended after ``timeout`` seconds. Waiting listens
+        on the job-events channel and re-reads the record each second, so a lost
+        notification costs at most a second.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self._jobs.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._jobs.records.channel)
+            while True:
+                record = self.status()
+                if record.done:
+                    return _outcome(record)
+                remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise JobTimeout(f"job {self.id} is still {record.state} after {timeout} s")
+                _wait_for_event(pubsub, self.id, remaining)
+        finally:
+            pubsub.close()
+
+
+def _wait_for_event(pubsub: Any, job_id: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
+        if message and message.get("type") == "message":
+            try:
+                event = json.loads(message["data"])
+            except ValueError:
+                continue
+            if event.get("id") == job_id:
+                return
+
+
+def _outcome(record: JobRecord) -> Any:
+    if record.state == FAILED:
+        error = record.error or {}
+        cls = error_class(str(error.get("type", "")))
+        raise cls(f"{error.get('message') or 'job failed'}")
+    return record.result
+
+
+class ArtifactJobs:
+    """Enqueue artifact jobs and follow them.
+
+    Parameters:
+      redis_url(str|None): the Redis URL (default: ``settings.redis_url``).
+      client(redis.Redis|None): an existing client to use instead of a URL.
+      settings(Settings|None): namespace and retention (default: from the environment).
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        settings: Settings | None = None,
+    ):
+        self.settings = settings or Settings.from_env()
+        self.client = client or redis.Redis.from_url(redis_url or self.settings.redis_url)
+        self.records = JobRecords(
+            self.client,
+            namespace=self.settings.namespace,
+            retention_seconds=self.settings.job_retention_seconds,
+        )
+        # A broker with no middleware: the host only enqueues, it runs nothing.
+        self.broker = RedisBroker(client=self.client, namespace=self.settings.namespace, middleware=[])
+
+    # ---------------------------------------------------------------- job kinds
+
+    def import_file(
+        self,
+        path: str,
+        *,
+        owner_agent_id: str = "",
+        name: str | None = None,
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+        delete_source: bool = False,
+    ) -> Job:
+        """Import a file under the allowed roots into the store."""
+        return self.enqueue(
+            contract.IMPORT,
+            path=str(path),
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+            delete_source=delete_source,
+        )
+
+    def export(self, artifact_id: str, target: str, *, expected_sha256: str | None = None, move: bool = False) -> Job:
+        """Export an artifact to a path under the allowed roots; ``move`` deletes it after."""
+        return self.enqueue(
+            contract.EXPORT, artifact_id=artifact_id, target=str(target), expected_sha256=expected_sha256, move=move
+        )
+
+    def sweep(self, *, now: float | None = None) -> Job:
+        """Remove stale ``.part`` files, expired artifacts and orphans."""
+        return self.enqueue(contract.SWEEP, now=now)
+
+    def delete_owner(self, owner_agent_id: str) -> Job:
+        """Delete every artifact of an owner (a disposed paglet)."""
+        return self.enqueue(contract.DELETE_OWNER, owner_agent_id=owner_agent_id)
+
+    def reindex(self) -> Job:
+        """Rebuild the store's index from the files on disk."""
+        return self.enqueue(contract.REINDEX)
+
+    def import_url(
+        self,
+        url: str,
+        *,
+        owner_agent_id: str = "",
+        name: str | None = None,
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> Job:
+        """Pull an artifact from a remote host's ``GET /artifacts/{id}`` (or any allowed URL)."""
+        return self.enqueue(
+            contract.IMPORT_URL,
+            url=url,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+            expected_size=expected_size,
+        )
+
+    def export_to_host(
+        self,
+        artifact_id: str,
+        host_url: str,
+        *,
+        owner_agent_id: str | None = None,
+        name: str | None = None,
+        expires_at: float | None = None,
+        move: bool = False,
+    ) -> Job:
+        """Push an artifact to a remote host's ``POST /artifacts``; ``move`` deletes it after."""
+        return self.enqueue(
+            contract.EXPORT_TO_HOST,
+            artifact_id=artifact_id,
+            host_url=host_url,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            expires_at=expires_at,
+            move=move,
+        )
+
+    # ---------------------------------------------------------------- generic
+
+    def enqueue(self, kind: contract.JobKind, **arguments: Any) -> Job:
+        """Validate ``arguments`` against ``kind`` and enqueue the job."""
+        values = kind.validate({key: value for key, value in arguments.items() if value is not None})
+        sent = {key: value for key, value in values.items() if value is not None}
+        now = time.time()
+        message = Message(
+            queue_name=kind.queue_name,
+            actor_name=kind.actor_name,
+            args=(),
+            kwargs=sent,
+            options={},
+            message_id=str(uuid.uuid4()),
+            message_timestamp=int(now * 1000),
+        )
+        self.records.create(JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=sent))
+        self.broker.enqueue(message)
+        return Job(self, message.message_id)
+
+    def job(self, job_id: str) -> Job:
+        """A job by id (from any process); ``LookupError`` if no record of it exists."""
+        job = Job(self, str(job_id))
+        job.status()
+        return job
+
+    def jobs(self, *, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[JobRecord]:
+        """Recent jobs, newest first."""
+        return self.records.recent(limit=limit, kind=kind, state=state)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ArtifactJobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,34 @@
+"""Least authority for paths: job sources and targets must lie under allowed roots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import InvalidInput, PathNotAllowed
+
+
+def resolve_allowed(path: str | os.PathLike[str], roots: Iterable[Path], *, what: str) -> Path:
+    """Resolve ``path`` (symlinks included) and return it if it lies under one of ``roots``.
+
+    Relative paths are refused: a job may run on another machine with another working
+    directory. The resolved path is what the caller must use for I/O.
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise InvalidInput(f"invalid {what} path {path!r}")
+    candidate = Path(text)
+    if not candidate.is_absolute():
+        raise InvalidInput(f"{what} path must be absolute: {text}")
+    resolved = candidate.resolve(strict=False)
+    allowed = [Path(root).resolve(strict=False) for root in roots]
+    if not allowed:
+        raise PathNotAllowed(
+            f"{what} path {text} refused: no allowed roots are configured (PAGLETS_ARTIFACTS_ALLOWED_ROOTS)"
+        )
+    for root in allowed:
+        if resolved == root or resolved.is_relative_to(root):
+            return resolved
+    shown = os.pathsep.join(str(root) for root in allowed)
+    raise PathNotAllowed(f"{what} path {text} (resolved {resolved}) is outside the allowed roots {shown}")

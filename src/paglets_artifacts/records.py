@@ -1,0 +1,239 @@
+"""Job records in Redis: what a host sees of a job, written by hosts and workers.
+
+One hash per job (``<ns>:job:<id>``), a sorted set of recent jobs by enqueue time
+(``<ns>:jobs``), and a pub/sub channel (``<ns>:job-events``) on which every state change
+is announced, so a host can wait for a job without polling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+QUEUED = "queued"
+RUNNING = "running"
+RETRYING = "retrying"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED})
+
+#: How long a record of a job that never ends (a lost message) is kept at most.
+UNFINISHED_RECORD_TTL_SECONDS = 7 * 86400
+
+
+@dataclass
+class JobRecord:
+    """The state of one job as a host sees it."""
+
+    id: str
+    kind: str
+    state: str = QUEUED
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    bytes_done: int = 0
+    bytes_total: int = -1
+    result: Any = None
+    error: dict[str, str] | None = None
+    worker: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "enqueued_at": self.enqueued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "result": self.result,
+            "error": self.error,
+            "worker": self.worker,
+            "arguments": self.arguments,
+        }
+
+    @classmethod
+    def from_hash(cls, job_id: str, data: Mapping[bytes | str, bytes | str]) -> JobRecord:
+        values = {_s(key): _s(value) for key, value in data.items()}
+
+        def number(key: str, kind: type, default: Any) -> Any:
+            text = values.get(key)
+            return default if text in (None, "") else kind(float(text)) if kind is int else kind(text)
+
+        return cls(
+            id=job_id,
+            kind=values.get("kind", ""),
+            state=values.get("state", QUEUED),
+            enqueued_at=number("enqueued_at", float, 0.0),
+            started_at=number("started_at", float, None),
+            finished_at=number("finished_at", float, None),
+            attempts=number("attempts", int, 0),
+            bytes_done=number("bytes_done", int, 0),
+            bytes_total=number("bytes_total", int, -1),
+            result=json.loads(values["result"]) if values.get("result") else None,
+            error=json.loads(values["error"]) if values.get("error") else None,
+            worker=values.get("worker", ""),
+            arguments=json.loads(values["arguments"]) if values.get("arguments") else {},
+        )
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# Progress and start only apply to a job that has not ended: a late update from a
+# worker that lost its message must never turn a finished record back.
+_UPDATE_UNLESS_FINAL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'succeeded' or state == 'failed' then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'worker', ARGV[2],
+           'bytes_done', '0')
+if not state then
+  redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'enqueued_at', ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+
+class JobRecords:
+    """Reads and writes job records.
+
+    Parameters:
+      client(redis.Redis): the Redis client.
+      namespace(str): the key prefix.
+      retention_seconds(float): how long a record is kept after its job ended.
+    """
+
+    def __init__(self, client: redis.Redis, *, namespace: str, retention_seconds: float = 86400.0):
+        self.client = client
+        self.namespace = namespace
+        self.retention_seconds = retention_seconds
+        self.index_key = f"{namespace}:jobs"
+        self.channel = f"{namespace}:job-events"
+        self._update = client.register_script(_UPDATE_UNLESS_FINAL)
+        self._start = client.register_script(_START)
+
+    def key(self, job_id: str) -> str:
+        return f"{self.namespace}:job:{job_id}"
+
+    def create(self, record: JobRecord, pipe: Any = None) -> None:
+        """Store a new queued record (in ``pipe`` when given, so it goes with the enqueue)."""
+        target = pipe if pipe is not None else self.client.pipeline(transaction=True)
+        key = self.key(record.id)
+        target.hset(
+            key,
+            mapping={
+                "kind": record.kind,
+                "state": record.state,
+                "enqueued_at": repr(record.enqueued_at),
+                "attempts": record.attempts,
+                "bytes_done": 0,
+                "bytes_total": record.bytes_total,
+                "arguments": json.dumps(record.arguments, sort_keys=True),
+            },
+        )
+        target.expire(key, int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS)))
+        target.zadd(self.index_key, {record.id: record.enqueued_at})
+        target.zremrangebyscore(self.index_key, "-inf", record.enqueued_at - UNFINISHED_RECORD_TTL_SECONDS)
+        if pipe is None:
+            target.execute()
+
+    def started(self, job_id: str, *, worker: str, kind: str, enqueued_at: float) -> int:
+        """Mark a job running; return its attempt number (-1 if it had already ended)."""
+        ttl = int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS))
+        attempt = int(
+            self._start(
+                keys=[self.key(job_id), self.index_key],
+                args=[repr(time.time()), worker, kind, repr(enqueued_at), job_id, ttl],
+            )
+        )
+        if attempt > 0:
+            self._announce(job_id, RUNNING)
+        return attempt
+
+    def progress(self, job_id: str, done: int, total: int) -> None:
+        self._update(keys=[self.key(job_id)], args=["bytes_done", done, "bytes_total", total])
+
+    def retrying(self, job_id: str, error: dict[str, str]) -> None:
+        if self._update(keys=[self.key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]):
+            self._announce(job_id, RETRYING)
+
+    def finished(self, job_id: str, *, state: str, result: Any = None, error: dict[str, str] | None = None) -> None:
+        """Record a job's end and announce it; the record expires after the retention time."""
+        assert state in FINAL_STATES
+        key = self.key(job_id)
+        fields: dict[str, Any] = {"state": state, "finished_at": repr(time.time())}
+        fields["result"] = json.dumps(result) if result is not None else ""
+        fields["error"] = json.dumps(error) if error is not None else ""
+        if state == SUCCEEDED and isinstance(result, dict):
+            # A finished transfer's progress is complete, whatever the last report said.
+            size = result.get("size_bytes")
+            if isinstance(size, int):
+                fields["bytes_done"] = size
+                fields["bytes_total"] = size
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, max(1, int(self.retention_seconds)))
+        pipe.publish(self.channel, json.dumps({"id": job_id, "state": state}))
+        pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        data = self.client.hgetall(self.key(job_id))
+        if not data:
+            return None
+        return JobRecord.from_hash(job_id, data)
+
+    def recent(self, *, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[JobRecord]:
+        """Recent jobs, newest first (records past their retention are gone)."""
+        now = time.time()
+        self.client.zremrangebyscore(self.index_key, "-inf", now - UNFINISHED_RECORD_TTL_SECONDS)
+        records: list[JobRecord] = []
+        stale: list[bytes] = []
+        start = 0
+        page = max(limit, 50)
+        while len(records) < limit:
+            ids = self.client.zrevrange(self.index_key, start, start + page - 1)
+            if not ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self.key(_s(job_id)))
+            for job_id, data in zip(ids, pipe.execute()):
+                if not data:
+                    stale.append(job_id)
+                    continue
+                record = JobRecord.from_hash(_s(job_id), data)
+                if (kind is None or record.kind == kind) and (state is None or record.state == state):
+                    records.append(record)
+                    if len(records) >= limit:
+                        break
+            start += page
+        if stale:  # records that expired: drop them from the listing
+            self.client.zrem(self.index_key, *stale)
+        return records
+
+    def _announce(self, job_id: str, state: str) -> None:
+        self.client.publish(self.channel, json.dumps({"id": job_id, "state": state}))

@@ -1,0 +1,207 @@
+"""One settings object, read from the environment, shared by hosts, workers and tools.
+
+``REDIS_URL`` names the broker; every other variable is ``PAGLETS_ARTIFACTS_<NAME>``.
+Each value is validated, and a bad one is a :class:`SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .refs import (
+    DEFAULT_ARTIFACT_MAX_BYTES,
+    DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS,
+    DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES,
+)
+
+PREFIX = "PAGLETS_ARTIFACTS_"
+
+#: Default Redis URL when ``REDIS_URL`` is not set (Redis' own default address).
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Default prefix of every Redis key this project and its Dramatiq broker write.
+DEFAULT_NAMESPACE = "paglets-artifacts"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _meta(env: str, doc: str, parse: str = "str") -> dict[str, Any]:
+    return {"env": env, "doc": doc, "parse": parse}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of a host, a worker, the scheduler or the HTTP server."""
+
+    redis_url: str = field(default=DEFAULT_REDIS_URL, metadata=_meta("REDIS_URL", "Redis URL (redis://, rediss:// for TLS, unix://)", "url"))
+    namespace: str = field(default=DEFAULT_NAMESPACE, metadata=_meta("NAMESPACE", "prefix of every Redis key (jobs, index, Dramatiq queues)", "name"))
+    store_root: Path = field(default=Path("artifact-store"), metadata=_meta("STORE_ROOT", "the store directory (blobs/, metadata/, tmp/)", "path"))
+    host_url: str = field(default="http://127.0.0.1:8470", metadata=_meta("HOST_URL", "the URL refs of this store carry", "url"))
+    max_artifact_bytes: int = field(default=DEFAULT_ARTIFACT_MAX_BYTES, metadata=_meta("MAX_ARTIFACT_BYTES", "largest artifact in bytes (0: no cap)", "size"))
+    quota_bytes: int | None = field(default=DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES, metadata=_meta("QUOTA_BYTES", "bytes the store may hold ('none': no quota)", "optional_size"))
+    spool_ttl_seconds: float = field(default=float(DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS), metadata=_meta("SPOOL_TTL_SECONDS", "age at which a .part file is stale", "seconds"))
+    fsync: bool = field(default=True, metadata=_meta("FSYNC", "flush blobs and metadata before a ref is returned", "bool"))
+    allowed_roots: tuple[Path, ...] = field(default=(), metadata=_meta("ALLOWED_ROOTS", "directories (':'-separated) import sources and export targets must lie under; empty refuses every path", "paths"))
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=_meta("ALLOWED_HOSTS", "remote host URLs (','-separated) pull and push jobs may contact", "urls"))
+    host_api_keys: tuple[tuple[str, str], ...] = field(default=(), metadata=_meta("HOST_API_KEYS", "per-remote-host API keys: 'URL=KEY,URL=KEY'", "keys"))
+    api_key: str = field(default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret"))
+    job_retention_seconds: float = field(default=86400.0, metadata=_meta("JOB_RETENTION_SECONDS", "how long job records are kept after they end", "seconds"))
+    transfer_time_limit_seconds: float = field(default=3600.0, metadata=_meta("TRANSFER_TIME_LIMIT_SECONDS", "time limit of one import or export attempt", "seconds"))
+    maintenance_time_limit_seconds: float = field(default=900.0, metadata=_meta("MAINTENANCE_TIME_LIMIT_SECONDS", "time limit of a sweep, owner deletion or reindex", "seconds"))
+    max_retries: int = field(default=5, metadata=_meta("MAX_RETRIES", "retries of a job that failed with a transient error", "count"))
+    min_backoff_ms: int = field(default=1000, metadata=_meta("MIN_BACKOFF_MS", "first retry delay; doubles on each retry", "count"))
+    max_backoff_ms: int = field(default=300000, metadata=_meta("MAX_BACKOFF_MS", "longest retry delay", "count"))
+    heartbeat_timeout_ms: int = field(default=60000, metadata=_meta("HEARTBEAT_TIMEOUT_MS", "silence after which a worker is dead and its jobs are redelivered", "count"))
+    maintenance_chance: int = field(default=1000, metadata=_meta("MAINTENANCE_CHANCE", "per million broker commands: how often dead workers' jobs are looked for", "count"))
+    progress_every_bytes: int = field(default=4 * 1024 * 1024, metadata=_meta("PROGRESS_EVERY_BYTES", "how often a transfer reports progress", "size"))
+    owner_tombstone_seconds: float = field(default=86400.0, metadata=_meta("OWNER_TOMBSTONE_SECONDS", "how long a deleted owner's imports are refused", "seconds"))
+    sweep_schedule: str = field(default="300", metadata=_meta("SWEEP_SCHEDULE", "sweep schedule: seconds between sweeps, or a cron expression", "schedule"))
+    reindex_schedule: str = field(default="3600", metadata=_meta("REINDEX_SCHEDULE", "reconciliation schedule: seconds, or a cron expression", "schedule"))
+    metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or scheduler (0: off)", "count"))
+    log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every variable (``REDIS_URL`` and ``PAGLETS_ARTIFACTS_*``); keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = spec.metadata["env"]
+            var = name if name == "REDIS_URL" else PREFIX + name
+            raw = env.get(var)
+            if raw is None or (raw == "" and spec.metadata["parse"] != "paths"):
+                continue
+            values[spec.name] = _parse(var, spec.metadata["parse"], raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables (to start worker processes with)."""
+        env: dict[str, str] = {}
+        for spec in fields(self):
+            name = spec.metadata["env"]
+            var = name if name == "REDIS_URL" else PREFIX + name
+            value = getattr(self, spec.name)
+            kind = spec.metadata["parse"]
+            if kind == "paths":
+                text = os.pathsep.join(str(item) for item in value)
+            elif kind == "urls":
+                text = ",".join(value)
+            elif kind == "keys":
+                text = ",".join(f"{url}={key}" for url, key in value)
+            elif kind == "bool":
+                text = "1" if value else "0"
+            elif value is None:
+                text = "none"
+            else:
+                text = str(value)
+            env[var] = text
+        return env
+
+    def host_key(self, url: str) -> str:
+        """The API key configured for a remote host URL (empty when none)."""
+        origin = _origin(url)
+        for host, key in self.host_api_keys:
+            if _origin(host) == origin:
+                return key
+        return ""
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting: the README's table."""
+        rows = []
+        for spec in fields(cls):
+            name = spec.metadata["env"]
+            var = name if name == "REDIS_URL" else PREFIX + name
+            default = spec.default
+            rows.append((var, "" if default in ((), "") else str(default), spec.metadata["doc"]))
+        return rows
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.scheme, (parts.hostname or "").lower(), port)
+
+
+def _parse(var: str, kind: str, raw: str) -> Any:
+    text = raw.strip()
+    try:
+        if kind in ("str", "secret"):
+            return text
+        if kind == "name":
+            if not text or any(ch.isspace() for ch in text):
+                raise ValueError("expected a non-empty name without spaces")
+            return text
+        if kind == "url":
+            parts = urlsplit(text)
+            if not parts.scheme or not (parts.netloc or parts.path):
+                raise ValueError("expected a URL such as redis://host:6379/0 or http://host:8470")
+            return text.rstrip("/") if parts.scheme.startswith("http") else text
+        if kind == "path":
+            return Path(text).expanduser()
+        if kind == "paths":
+            return tuple(Path(item).expanduser().resolve() for item in text.split(os.pathsep) if item.strip())
+        if kind == "urls":
+            hosts = tuple(item.strip().rstrip("/") for item in text.split(",") if item.strip())
+            for host in hosts:
+                if urlsplit(host).scheme not in ("http", "https"):
+                    raise ValueError(f"{host!r} is not an http(s) URL")
+            return hosts
+        if kind == "keys":
+            pairs = []
+            for item in text.split(","):
+                if not item.strip():
+                    continue
+                url, sep, key = item.strip().rpartition("=")
+                if not sep or not url or not key:
+                    raise ValueError("expected URL=KEY pairs separated by commas")
+                pairs.append((url.rstrip("/"), key))
+            return tuple(pairs)
+        if kind == "bool":
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected 1/0, true/false, yes/no or on/off")
+        if kind in ("size", "count"):
+            value = int(text)
+            if value < 0:
+                raise ValueError("expected a whole number >= 0")
+            return value
+        if kind == "optional_size":
+            if text.lower() in ("none", "unlimited"):
+                return None
+            value = int(text)
+            if value < 0:
+                raise ValueError("expected a whole number >= 0, or 'none'")
+            return value
+        if kind == "seconds":
+            value = float(text)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError("expected a number of seconds > 0")
+            return value
+        if kind == "schedule":
+            from .schedule import parse_schedule
+
+            parse_schedule(text)
+            return text
+        if kind == "log_format":
+            if text not in ("text", "json"):
+                raise ValueError("expected 'text' or 'json'")
+            return text
+    except ValueError as exc:
+        shown = "***" if kind in ("secret", "keys") else repr(raw)
+        raise SettingsError(f"{var}={shown} is invalid: {exc}") from None
+    raise AssertionError(f"unknown setting kind {kind}")

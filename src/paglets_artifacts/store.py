@@ -1,0 +1,677 @@
+"""The host-owned artifact store: blobs, metadata and temporary files on disk.
+
+Same names, signatures and on-disk layout as the paglets reference store, with these
+guarantees on top: an artifact is visible only when blob and metadata are complete and
+durable; temporary files are created exclusively and never follow a symlink; every
+input is validated with an error that names the problem; a short body is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    ArtifactNotFound,
+    ArtifactTooLarge,
+    ChecksumMismatch,
+    InvalidInput,
+    SizeMismatch,
+    SourceUnavailable,
+    TransferError,
+)
+from .index import ScanIndex, StoreIndex
+from .refs import (
+    ARTIFACT_COPY,
+    ARTIFACT_STATUS_REGISTERED,
+    DEFAULT_ARTIFACT_MAX_BYTES,
+    DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS,
+    DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES,
+    ArtifactRef,
+    ArtifactWriteResult,
+    PagletFileRef,
+    normalize_file_mode,
+    validate_artifact_id,
+    validate_expires_at,
+    validate_sha256,
+)
+from .streams import (
+    ChunkedRequestReader,
+    LimitedRequestReader,
+    create_exclusive,
+    file_sha256,
+    hashed_copy,
+)
+
+#: Called with (bytes_done, bytes_total or -1) while a transfer runs.
+Progress = Callable[[int, int], None]
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep removed, and what it found but could not read."""
+
+    parts_removed: int = 0
+    expired_removed: int = 0
+    orphans_removed: int = 0
+    unreadable_metadata: int = 0
+    bytes_freed: int = 0
+    unreadable_ids: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "parts_removed": self.parts_removed,
+            "expired_removed": self.expired_removed,
+            "orphans_removed": self.orphans_removed,
+            "unreadable_metadata": self.unreadable_metadata,
+            "bytes_freed": self.bytes_freed,
+            "unreadable_ids": list(self.unreadable_ids),
+        }
+
+
+def metadata_json(ref: ArtifactRef) -> str:
+    """The metadata file's text: the wire form, indent 2, sorted keys, trailing newline."""
+    return json.dumps(ref.to_wire(), indent=2, sort_keys=True) + "\n"
+
+
+def _cleanup(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+class ArtifactStore:
+    """Host-owned binary artifact storage with atomic, durable commits.
+
+    Parameters:
+      root: the store directory (``blobs/``, ``metadata/``, ``tmp/`` below it).
+      host_url(str): the URL refs returned by this store carry.
+      max_artifact_bytes(int|None): largest artifact; ``None`` or 0 for no cap.
+      quota_bytes(int|None): total bytes the store may hold; ``None`` for no quota.
+      spool_ttl_seconds(float): age after which a ``.part`` file is stale.
+      fsync(bool): flush blobs, metadata and directories before a ref is returned
+        (turn off only for tests and benchmarks that do not care about crashes).
+      index(StoreIndex|None): where quota, expiry and owner questions are answered;
+        by default a :class:`ScanIndex` that scans, as the reference store does.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        host_url: str,
+        max_artifact_bytes: int | None = DEFAULT_ARTIFACT_MAX_BYTES,
+        quota_bytes: int | None = DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES,
+        spool_ttl_seconds: float = DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS,
+        fsync: bool = True,
+        index: StoreIndex | None = None,
+    ):
+        self.root = Path(root).expanduser().resolve(strict=False)
+        self.host_url = str(host_url).rstrip("/")
+        self.max_artifact_bytes = 0 if max_artifact_bytes is None else max(0, int(max_artifact_bytes))
+        self.quota_bytes = None if quota_bytes is None else max(0, int(quota_bytes))
+        self.spool_ttl_seconds = max(1.0, float(spool_ttl_seconds))
+        self.fsync = fsync
+        self.blobs_dir = self.root / "blobs"
+        self.metadata_dir = self.root / "metadata"
+        self.tmp_dir = self.root / "tmp"
+        self._ensure_dirs()
+        self.index: StoreIndex = index if index is not None else ScanIndex(self)
+
+    # ------------------------------------------------------------------ configuration
+
+    def set_host_url(self, host_url: str) -> None:
+        self.host_url = str(host_url).rstrip("/")
+
+    # ------------------------------------------------------------------ writing
+
+    def create_from_path(
+        self,
+        source: str | Path,
+        *,
+        owner_agent_id: str = "",
+        name: str | None = None,
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+        artifact_id: str | None = None,
+        delete_source: bool = False,
+        progress: Progress | None = None,
+    ) -> ArtifactWriteResult:
+        """Import a regular file. With ``delete_source`` the source is removed only after
+        the artifact is committed; on the store's filesystem it is hashed in place and
+        renamed into the store, so no byte is copied."""
+        path = Path(source)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            raise SourceUnavailable(f"artifact source does not exist: {path}") from None
+        except OSError as exc:
+            raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
+        with open(fd, "rb", buffering=0, closefd=True) as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SourceUnavailable(f"artifact source is not a file: {path}")
+            options = dict(
+                owner_agent_id=owner_agent_id,
+                name=name or path.name,
+                compression=compression,
+                expires_at=expires_at,
+                expected_sha256=expected_sha256,
+                artifact_id=artifact_id,
+                progress=progress,
+            )
+            if delete_source and info.st_dev == self._tmp_device():
+                return self._move_in(path, handle, info, **options)
+            result = self.create_from_stream(handle, size_bytes=info.st_size, **options)
+        if delete_source:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return result
+
+    def create_from_http_request(
+        self,
+        headers: Any,
+        source: Any,
+        *,
+        owner_agent_id: str = "",
+        name: str = "",
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+    ) -> ArtifactWriteResult:
+        """Store a request body framed by ``Content-Length`` or ``Transfer-Encoding: chunked``."""
+        transfer_encoding = str(headers.get("Transfer-Encoding") or "").casefold()
+        if "chunked" in transfer_encoding:
+            stream: Any = ChunkedRequestReader(source)
+            size = -1
+        else:
+            size = parse_content_length(headers.get("Content-Length"))
+            stream = LimitedRequestReader(source, size)
+        return self.create_from_stream(
+            stream,
+            size_bytes=size,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+        )
+
+    def create_from_stream(
+        self,
+        source: Any,
+        *,
+        size_bytes: int = -1,
+        owner_agent_id: str = "",
+        name: str = "",
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+        artifact_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> ArtifactWriteResult:
+        """Stream ``source`` into a new artifact; ``size_bytes=-1`` when the size is unknown.
+
+        ``artifact_id`` (hex) makes the write idempotent: when that artifact is already
+        committed, its ref is returned and nothing is written (a redelivered job).
+        """
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < -1:
+            raise InvalidInput(f"invalid size_bytes {size_bytes!r}: expected a whole number >= 0, or -1 if unknown")
+        expires = validate_expires_at(expires_at)
+        expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
+        for label, value in (("owner_agent_id", owner_agent_id), ("name", name), ("compression", compression)):
+            if not isinstance(value, str):
+                raise InvalidInput(f"invalid {label} {value!r}: expected a string")
+        artifact_id = uuid.uuid4().hex if artifact_id is None else validate_artifact_id(artifact_id)
+        existing = self._committed(artifact_id)
+        if existing is not None:
+            return existing
+        self._check_size(size_bytes)
+        self._ensure_dirs()
+        tmp_path = self.tmp_dir / f"{artifact_id}.part"
+        reserved = False
+        fd = -1
+        try:
+            if size_bytes >= 0:
+                self.index.reserve(artifact_id, size_bytes, self.quota_bytes)
+                reserved = True
+            fd = self._create_part(tmp_path)
+
+            def on_chunk(total: int) -> None:
+                self._check_size(total)
+                if 0 <= size_bytes < total:
+                    raise SizeMismatch(f"body is longer than its declared {size_bytes} bytes")
+                if progress is not None:
+                    progress(total, size_bytes)
+
+            written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk)
+            if 0 <= size_bytes != written:
+                raise SizeMismatch(f"body ended after {written} of {size_bytes} declared bytes")
+            if expected and sha256 != expected:
+                raise ChecksumMismatch(f"artifact checksum mismatch: expected {expected}, got {sha256}")
+            if not reserved:
+                self.index.reserve(artifact_id, written, self.quota_bytes)
+                reserved = True
+            if self.fsync:
+                os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            ref = ArtifactRef(
+                host_url=self.host_url,
+                artifact_id=artifact_id,
+                name=name,
+                size_bytes=written,
+                sha256=sha256,
+                compression=compression,
+                created_at=time.time(),
+                expires_at=expires,
+                owner_agent_id=owner_agent_id,
+            )
+            return self._commit(tmp_path, ref)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            _cleanup(tmp_path)
+            if reserved:
+                self.index.release(artifact_id)
+            raise
+
+    def _move_in(self, path: Path, handle: Any, info: os.stat_result, **options: Any) -> ArtifactWriteResult:
+        """Hash a same-filesystem source in place and rename it into the store (no copy)."""
+        artifact_id = options["artifact_id"] or uuid.uuid4().hex
+        artifact_id = validate_artifact_id(artifact_id)
+        existing = self._committed(artifact_id)
+        if existing is not None:
+            return existing
+        expires = validate_expires_at(options["expires_at"])
+        expected = options["expected_sha256"]
+        expected = validate_sha256(expected, field="expected sha256") if expected else None
+        size = info.st_size
+        self._check_size(size)
+        progress = options["progress"]
+        digest = hashlib.sha256()
+        buffer = memoryview(bytearray(1024 * 1024))
+        done = 0
+        while count := handle.readinto(buffer):
+            digest.update(buffer[:count])
+            done += count
+            if progress is not None:
+                progress(done, size)
+        sha256 = digest.hexdigest()
+        if done != size:
+            raise SizeMismatch(f"source changed while it was read: {done} of {size} bytes")
+        if expected and sha256 != expected:
+            raise ChecksumMismatch(f"artifact checksum mismatch: expected {expected}, got {sha256}")
+        self.index.reserve(artifact_id, size, self.quota_bytes)
+        tmp_path = self.tmp_dir / f"{artifact_id}.part"
+        try:
+            current = os.lstat(path)
+            if (current.st_ino, current.st_dev, current.st_size) != (info.st_ino, info.st_dev, info.st_size):
+                raise SourceUnavailable(f"artifact source was replaced while it was imported: {path}")
+            self._clear_stale_part(tmp_path)
+            os.rename(path, tmp_path)
+        except BaseException:
+            self.index.release(artifact_id)
+            raise
+        try:
+            os.utime(tmp_path)  # a fresh mtime, so a sweep never takes the commit for a stale file
+            ref = ArtifactRef(
+                host_url=self.host_url,
+                artifact_id=artifact_id,
+                name=options["name"],
+                size_bytes=size,
+                sha256=sha256,
+                compression=options["compression"],
+                created_at=time.time(),
+                expires_at=expires,
+                owner_agent_id=options["owner_agent_id"],
+            )
+            return self._commit(tmp_path, ref)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rename(tmp_path, path)  # give the source back
+            self.index.release(artifact_id)
+            raise
+
+    def _commit(self, tmp_path: Path, ref: ArtifactRef) -> ArtifactWriteResult:
+        """Make a fully written ``.part`` visible: blob, then metadata, each renamed into place.
+
+        The metadata is staged in ``tmp/`` first, so a crash between the two renames leaves
+        a ``<id>.json.part`` behind that tells the sweep which blob is an orphan.
+        """
+        blob_path = self._blob_path(ref.artifact_id)
+        meta_path = self._metadata_path(ref.artifact_id)
+        meta_tmp = self.tmp_dir / f"{ref.artifact_id}.json.part"
+        self._clear_stale_part(meta_tmp)
+        fd = create_exclusive(meta_tmp)
+        try:
+            with open(fd, "w", encoding="utf-8", closefd=True) as handle:
+                handle.write(metadata_json(ref))
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            os.replace(tmp_path, blob_path)
+            os.replace(meta_tmp, meta_path)
+            if self.fsync:
+                self._fsync_dir(self.blobs_dir)
+                self._fsync_dir(self.metadata_dir)
+        except BaseException:
+            _cleanup(meta_tmp, meta_path, blob_path, tmp_path)
+            raise
+        self.index.committed(ref)
+        return ArtifactWriteResult(ref=self._with_host(ref), path=blob_path)
+
+    # ------------------------------------------------------------------ reading
+
+    def ref(self, artifact_id: str) -> ArtifactRef:
+        """The artifact's ref, carrying this store's *current* host URL."""
+        path = self._metadata_path(artifact_id)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"No artifact {artifact_id!r}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TransferError(f"artifact {artifact_id!r} metadata is unreadable: {exc}") from None
+        try:
+            payload = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"artifact {artifact_id!r} metadata is not JSON: {exc}") from None
+        ref = ArtifactRef.from_wire(payload)
+        if ref.artifact_id != artifact_id:
+            raise InvalidInput(f"artifact {artifact_id!r} metadata names another id {ref.artifact_id!r}")
+        return self._with_host(ref)
+
+    def list(self, *, owner_agent_id: str | None = None) -> list[ArtifactRef]:
+        """Every readable artifact (of one owner, if given), in id order."""
+        if owner_agent_id is None:
+            return list(self.scan())
+        refs = []
+        for artifact_id in sorted(self.index.owner_ids(owner_agent_id)):
+            with contextlib.suppress(TransferError):
+                ref = self.ref(artifact_id)
+                if ref.owner_agent_id == owner_agent_id:
+                    refs.append(ref)
+        return refs
+
+    def scan(self, unreadable: list[str] | None = None) -> Iterator[ArtifactRef]:
+        """Read every metadata file (a full scan); ids that fail to parse go to ``unreadable``."""
+        self._ensure_dirs()
+        for path in sorted(self.metadata_dir.glob("*.json")):
+            try:
+                yield self.ref(path.stem)
+            except TransferError:
+                if unreadable is not None:
+                    unreadable.append(path.stem)
+
+    def open_reader(self, artifact_id: str):
+        """A binary file object over the blob (never follows a symlink)."""
+        self.ref(artifact_id)
+        try:
+            fd = os.open(self._blob_path(artifact_id), _READ_FLAGS)
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"artifact {artifact_id!r} has metadata but no blob") from None
+        return open(fd, "rb", buffering=0, closefd=True)
+
+    def blob_path(self, artifact_id: str) -> Path:
+        self.ref(artifact_id)
+        return self._blob_path(artifact_id)
+
+    def export_to_path(
+        self,
+        artifact_id: str,
+        target: str | Path,
+        *,
+        expected_sha256: str | None = None,
+        progress: Progress | None = None,
+    ) -> ArtifactRef:
+        """Copy the blob to ``target`` through a hidden ``.part`` beside it, verified
+        (size and SHA-256) before it is renamed into place."""
+        expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
+        ref = self.ref(artifact_id)
+        target_path = Path(target)
+        if target_path.is_dir():
+            raise InvalidInput(f"export target is a directory: {target_path}")
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = target_path.with_name(f".{target_path.name}.{uuid.uuid4().hex}.part")
+        with self.open_reader(artifact_id) as source:
+            fd = create_exclusive(tmp_path)
+            try:
+
+                def on_chunk(total: int) -> None:
+                    if total > ref.size_bytes:
+                        raise SizeMismatch(f"artifact size mismatch: blob is longer than {ref.size_bytes} bytes")
+                    if progress is not None:
+                        progress(total, ref.size_bytes)
+
+                written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk)
+                if written != ref.size_bytes:
+                    raise SizeMismatch(f"artifact size mismatch: expected {ref.size_bytes}, got {written}")
+                want = expected or ref.sha256
+                if want and sha256 != want:
+                    raise ChecksumMismatch(f"artifact checksum mismatch: expected {want}, got {sha256}")
+                if self.fsync:
+                    os.fsync(fd)
+                os.close(fd)
+                fd = -1
+                os.replace(tmp_path, target_path)
+                if self.fsync:
+                    self._fsync_dir(target_path.parent)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                _cleanup(tmp_path)
+                raise
+        return ref
+
+    # ------------------------------------------------------------------ deleting
+
+    def delete(self, artifact_id: str) -> None:
+        """Remove an artifact (metadata first, so it is never visible without its blob)."""
+        self.remove(artifact_id)
+
+    def remove(self, artifact_id: str) -> int:
+        """``delete``, returning the bytes freed (0 if it was not there)."""
+        blob = self._blob_path(artifact_id)
+        meta = self._metadata_path(artifact_id)
+        try:
+            size = blob.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        _cleanup(meta, blob)
+        self.index.removed(artifact_id)
+        return size
+
+    def delete_owner(self, owner_agent_id: str) -> list[ArtifactRef]:
+        """Delete every artifact of ``owner_agent_id``; return the refs deleted."""
+        deleted = []
+        for ref in self.list(owner_agent_id=owner_agent_id):
+            self.remove(ref.artifact_id)
+            deleted.append(ref)
+        return deleted
+
+    def cleanup_temporary(self, *, now: float | None = None) -> SweepReport:
+        """Sweep: stale ``.part`` files, expired artifacts and orphans.
+
+        Orphans are blobs whose commit was interrupted (found through their staged
+        metadata in ``tmp/``) and, on a full scan, blobs without metadata older than the
+        spool TTL and metadata without a blob. Unreadable metadata is counted, not hidden.
+        """
+        current = time.time() if now is None else float(now)
+        self._ensure_dirs()
+        report = SweepReport()
+        for path in self.tmp_dir.glob("*.part"):
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if current - info.st_mtime < self.spool_ttl_seconds:
+                continue
+            _cleanup(path)
+            report.parts_removed += 1
+            report.bytes_freed += info.st_size
+            if path.name.endswith(".json.part"):  # an interrupted commit: its blob is an orphan
+                artifact_id = path.name[: -len(".json.part")]
+                with contextlib.suppress(TransferError):
+                    if not self._metadata_path(artifact_id).exists():
+                        blob = self._blob_path(artifact_id)
+                        with contextlib.suppress(FileNotFoundError):
+                            report.bytes_freed += blob.stat().st_size
+                            blob.unlink()
+                            report.orphans_removed += 1
+                            self.index.removed(artifact_id)
+        for artifact_id in list(self.index.expired_ids(current)):
+            try:
+                ref = self.ref(artifact_id)
+            except TransferError:
+                continue
+            if 0 < ref.expires_at <= current:
+                report.bytes_freed += self.remove(artifact_id)
+                report.expired_removed += 1
+        if isinstance(self.index, ScanIndex):
+            self._sweep_orphans(current, report)
+        return report
+
+    def _sweep_orphans(self, current: float, report: SweepReport) -> None:
+        """Full-scan orphan removal (the scanning index scans anyway; the Redis index
+        leaves this to reindex)."""
+        blobs = {path.stem: path for path in self.blobs_dir.glob("*.bin")}
+        metas = {path.stem: path for path in self.metadata_dir.glob("*.json")}
+        for artifact_id, blob in blobs.items():
+            if artifact_id in metas:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                info = blob.lstat()
+                if current - info.st_mtime >= self.spool_ttl_seconds:
+                    blob.unlink()
+                    report.orphans_removed += 1
+                    report.bytes_freed += info.st_size
+        for artifact_id, meta in metas.items():
+            if artifact_id in blobs:
+                try:
+                    self.ref(artifact_id)
+                except TransferError:
+                    report.unreadable_metadata += 1
+                    report.unreadable_ids.append(artifact_id)
+                continue
+            _cleanup(meta)
+            report.orphans_removed += 1
+
+    # ------------------------------------------------------------------ internals
+
+    def _committed(self, artifact_id: str) -> ArtifactWriteResult | None:
+        try:
+            ref = self.ref(artifact_id)
+        except ArtifactNotFound:
+            return None
+        blob = self._blob_path(artifact_id)
+        if not blob.exists():
+            return None
+        return ArtifactWriteResult(ref=ref, path=blob)
+
+    def _create_part(self, tmp_path: Path) -> int:
+        self._clear_stale_part(tmp_path)
+        try:
+            return create_exclusive(tmp_path)
+        except FileExistsError:
+            raise TransferError(f"another transfer is writing {tmp_path.name}") from None
+
+    @staticmethod
+    def _clear_stale_part(path: Path) -> None:
+        # Our part names derive from the artifact id: one left here is a killed attempt's.
+        _cleanup(path)
+
+    def _check_size(self, size_bytes: int) -> None:
+        if self.max_artifact_bytes and size_bytes > self.max_artifact_bytes:
+            raise ArtifactTooLarge(
+                f"artifact exceeds maximum size: {size_bytes} bytes would exceed {self.max_artifact_bytes} bytes"
+            )
+
+    def _with_host(self, ref: ArtifactRef) -> ArtifactRef:
+        if ref.host_url == self.host_url:
+            return ref
+        return ArtifactRef(**{**ref.to_wire(), "host_url": self.host_url})
+
+    def _ensure_dirs(self) -> None:
+        for directory in (self.blobs_dir, self.metadata_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            if directory.is_symlink():
+                raise TransferError(f"store directory {directory} is a symlink; refusing to use it")
+
+    def _tmp_device(self) -> int:
+        return os.stat(self.tmp_dir).st_dev
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _blob_path(self, artifact_id: str) -> Path:
+        return self.blobs_dir / f"{validate_artifact_id(artifact_id)}.bin"
+
+    def _metadata_path(self, artifact_id: str) -> Path:
+        return self.metadata_dir / f"{validate_artifact_id(artifact_id)}.json"
+
+
+def parse_content_length(value: Any) -> int:
+    """A ``Content-Length`` header as an int; anything but plain digits is ``InvalidInput``."""
+    if value is None or value == "":
+        return 0
+    text = str(value).strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 19:
+        raise InvalidInput(f"invalid Content-Length header {value!r}: expected a whole number of bytes")
+    return int(text)
+
+
+def safe_target_filename(name: str) -> str:
+    """A file name made of letters, digits, ``.``, ``_`` and ``-`` only (never a path)."""
+    cleaned = "".join(char if char.isalnum() or char in "._-" else "_" for char in str(name or ""))
+    return cleaned.strip("._") or "artifact"
+
+
+def paglet_file_ref_from_path(
+    path: str | Path,
+    *,
+    name: str | None,
+    mode: str,
+    host_name: str,
+    host_url: str,
+) -> PagletFileRef:
+    """Register a local file for a paglet: its size, SHA-256 and where it is now."""
+    source = Path(path).expanduser().resolve(strict=False)
+    if not source.is_file():
+        raise SourceUnavailable(f"registered path is not a file: {source}")
+    info = source.stat()
+    logical_name = str(name or source.name).strip()
+    if not logical_name:
+        raise InvalidInput("registered file name cannot be empty")
+    return PagletFileRef(
+        name=logical_name,
+        mode=normalize_file_mode(mode or ARTIFACT_COPY),
+        source_host_name=host_name,
+        source_host_url=host_url.rstrip("/"),
+        source_path=str(source),
+        source_created_at=getattr(info, "st_birthtime", info.st_ctime),
+        source_modified_at=info.st_mtime,
+        size_bytes=info.st_size,
+        sha256=file_sha256(source),
+        current_host_name=host_name,
+        current_host_url=host_url.rstrip("/"),
+        current_path=str(source),
+        status=ARTIFACT_STATUS_REGISTERED,
+        last_error="",
+    )
