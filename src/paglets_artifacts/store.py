@@ -129,6 +129,19 @@ class ArtifactStore:
         self._ensure_dirs()
         self.index: StoreIndex = index if index is not None else ScanIndex(self)
 
+    @classmethod
+    def from_settings(cls, settings: Any, *, redis: Any = None) -> ArtifactStore:
+        """The store a worker or server of these ``Settings`` uses (``redis``: the shared
+        client, for an index every process shares)."""
+        return cls(
+            settings.store_root,
+            host_url=settings.host_url,
+            max_artifact_bytes=settings.max_artifact_bytes,
+            quota_bytes=settings.quota_bytes,
+            spool_ttl_seconds=settings.spool_ttl_seconds,
+            fsync=settings.fsync,
+        )
+
     # ------------------------------------------------------------------ configuration
 
     def set_host_url(self, host_url: str) -> None:
@@ -235,7 +248,7 @@ class ArtifactStore:
             if not isinstance(value, str):
                 raise InvalidInput(f"invalid {label} {value!r}: expected a string")
         artifact_id = uuid.uuid4().hex if artifact_id is None else validate_artifact_id(artifact_id)
-        existing = self._committed(artifact_id)
+        existing = self.committed(artifact_id)
         if existing is not None:
             return existing
         self._check_size(size_bytes)
@@ -292,7 +305,7 @@ class ArtifactStore:
         """Hash a same-filesystem source in place and rename it into the store (no copy)."""
         artifact_id = options["artifact_id"] or uuid.uuid4().hex
         artifact_id = validate_artifact_id(artifact_id)
-        existing = self._committed(artifact_id)
+        existing = self.committed(artifact_id)
         if existing is not None:
             return existing
         expires = validate_expires_at(options["expires_at"])
@@ -570,7 +583,8 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _committed(self, artifact_id: str) -> ArtifactWriteResult | None:
+    def committed(self, artifact_id: str) -> ArtifactWriteResult | None:
+        """The artifact if it is fully committed (metadata and blob), else ``None``."""
         try:
             ref = self.ref(artifact_id)
         except ArtifactNotFound:

@@ -1,0 +1,148 @@
+"""The actors: each runs one kind of job of the contract against the shared store."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+
+from paglets_artifacts import contract
+from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, TransferError
+from paglets_artifacts.paths import resolve_allowed
+from paglets_artifacts.streams import file_sha256
+
+from .broker import settings
+from .context import context
+from .middleware import current_job
+
+
+def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[[Callable[..., Any]], Any]:
+    """Register ``fn`` as the actor of ``kind``: arguments are checked against the
+    contract, and what ``fn`` returns becomes the job's result."""
+
+    def register(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> None:
+            if args:
+                raise InvalidInput(f"{kind.name} job takes keyword arguments only, got {len(args)} positional")
+            job = current_job()
+            job.result = fn(**kind.validate(kwargs))
+
+        return dramatiq.actor(
+            run,
+            actor_name=kind.actor_name,
+            queue_name=kind.queue_name,
+            time_limit=int(time_limit_seconds * 1000),
+            throws=(TransferError,),
+        )
+
+    return register
+
+
+def _artifact_id_for_job() -> str:
+    # One job, one artifact: a redelivered import finds the artifact its first attempt made.
+    return uuid.UUID(current_job().id).hex
+
+
+def _check_owner_alive(owner_agent_id: str) -> None:
+    """Fail an import enqueued before its owner was deleted (see README: owner deletion)."""
+    if not owner_agent_id:
+        return
+    ctx = context()
+    deleted_at = ctx.client.get(ctx.tombstone_key(owner_agent_id))
+    if deleted_at is not None and float(deleted_at) >= current_job().enqueued_at:
+        raise OwnerDeleted(f"owner {owner_agent_id!r} was deleted after this import was enqueued")
+
+
+@job_actor(contract.IMPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
+def import_file(
+    *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
+    expected_sha256: str | None, delete_source: bool,
+) -> dict[str, Any]:
+    ctx = context()
+    source = resolve_allowed(path, settings.allowed_roots, what="import source")
+    _check_owner_alive(owner_agent_id)
+    artifact_id = _artifact_id_for_job()
+    result = ctx.store.committed(artifact_id)
+    if result is None:
+        result = ctx.store.create_from_path(
+            source,
+            owner_agent_id=owner_agent_id,
+            name=name or Path(path).name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+            artifact_id=artifact_id,
+            delete_source=delete_source,
+            progress=current_job().progress,
+        )
+    elif delete_source:  # committed by an attempt that died before removing the source
+        with contextlib.suppress(FileNotFoundError):
+            source.unlink()
+    try:
+        _check_owner_alive(owner_agent_id)
+    except OwnerDeleted:
+        ctx.store.remove(artifact_id)
+        raise
+    return result.ref.to_wire()
+
+
+@job_actor(contract.EXPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
+def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
+    ctx = context()
+    target_path = resolve_allowed(target, settings.allowed_roots, what="export target")
+    checkpoint_key = f"{ctx.records.key(current_job().id)}"
+    try:
+        ref = ctx.store.export_to_path(
+            artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress
+        )
+    except ArtifactNotFound:
+        # A redelivered move whose first attempt finished: the artifact is gone but the
+        # target holds its verified bytes. The checkpoint says which bytes those were.
+        saved = ctx.client.hget(checkpoint_key, "checkpoint")
+        if not (move and saved and target_path.is_file()):
+            raise
+        ref_wire = json.loads(saved)
+        if file_sha256(target_path) != ref_wire["sha256"]:
+            raise
+        return {**ref_wire, "target": str(target_path), "moved": True}
+    if move:
+        ctx.client.hset(checkpoint_key, "checkpoint", json.dumps(ref.to_wire()))
+        ctx.store.delete(artifact_id)
+    return {**ref.to_wire(), "target": str(target_path), "moved": move}
+
+
+@job_actor(contract.SWEEP, time_limit_seconds=settings.maintenance_time_limit_seconds)
+def sweep(*, now: float | None) -> dict[str, Any]:
+    report = context().store.cleanup_temporary(now=now)
+    return report.to_wire()
+
+
+@job_actor(contract.DELETE_OWNER, time_limit_seconds=settings.maintenance_time_limit_seconds)
+def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
+    ctx = context()
+    # The tombstone first: an import of this owner that commits from now on removes itself.
+    ctx.client.set(ctx.tombstone_key(owner_agent_id), repr(time.time()), ex=int(settings.owner_tombstone_seconds))
+    freed = 0
+    deleted = 0
+    for ref in ctx.store.list(owner_agent_id=owner_agent_id):
+        freed += ctx.store.remove(ref.artifact_id)
+        deleted += 1
+    return {"owner_agent_id": owner_agent_id, "deleted": deleted, "bytes_freed": freed}
+
+
+@job_actor(contract.REINDEX, time_limit_seconds=settings.maintenance_time_limit_seconds)
+def reindex() -> dict[str, Any]:
+    store = context().store
+    rebuild = getattr(store.index, "rebuild", None)
+    if rebuild is not None:
+        return rebuild()
+    refs = list(store.scan())
+    return {"artifacts": len(refs), "bytes": sum(ref.size_bytes for ref in refs)}

@@ -1,0 +1,53 @@
+"""What every actor in a worker process shares: settings, Redis, the store, job records."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from dataclasses import dataclass
+
+import redis
+
+from paglets_artifacts.records import JobRecords
+from paglets_artifacts.settings import Settings
+from paglets_artifacts.store import ArtifactStore
+
+
+@dataclass
+class WorkerContext:
+    """Per-process state of a worker, built once from the environment.
+
+    Parameters:
+      settings(Settings): the configuration every process shares.
+      client(redis.Redis): Redis for job records, tombstones and the index.
+      store(ArtifactStore): the store on the shared volume.
+      records(JobRecords): job record writer.
+    """
+
+    settings: Settings
+    client: redis.Redis
+    store: ArtifactStore
+    records: JobRecords
+
+    @property
+    def worker_name(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def tombstone_key(self, owner_agent_id: str) -> str:
+        return f"{self.settings.namespace}:owner-deleted:{owner_agent_id}"
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    store = ArtifactStore.from_settings(settings, redis=client)
+    records = JobRecords(client, namespace=settings.namespace, retention_seconds=settings.job_retention_seconds)
+    return WorkerContext(settings=settings, client=client, store=store, records=records)
+
+
+@functools.cache
+def context() -> WorkerContext:
+    """The process's context (built lazily, after a fork)."""
+    from .broker import settings
+
+    return build_context(settings)
