@@ -56,6 +56,9 @@ from .streams import (
 Progress = Callable[[int, int], None]
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# Opening a FIFO for reading blocks until a writer appears; non-blocking, it opens at once and
+# is refused as "not a file" (regular files ignore the flag).
+_SOURCE_FLAGS = _READ_FLAGS | getattr(os, "O_NONBLOCK", 0)
 
 
 @dataclass(slots=True)
@@ -167,15 +170,16 @@ class ArtifactStore:
         renamed into the store, so no byte is copied."""
         path = Path(source)
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = os.open(path, _SOURCE_FLAGS)
         except FileNotFoundError:
             raise SourceUnavailable(f"artifact source does not exist: {path}") from None
         except OSError as exc:
             raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise SourceUnavailable(f"artifact source is not a file: {path}")
         with open(fd, "rb", buffering=0, closefd=True) as handle:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise SourceUnavailable(f"artifact source is not a file: {path}")
             options = dict(
                 owner_agent_id=owner_agent_id,
                 name=name or path.name,
@@ -354,7 +358,8 @@ class ArtifactStore:
             return self._commit(tmp_path, ref)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.rename(tmp_path, path)  # give the source back
+                os.rename(tmp_path, path)  # give the source back, with its own times
+                os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             self.index.release(artifact_id)
             raise
 
@@ -362,13 +367,19 @@ class ArtifactStore:
         """Make a fully written ``.part`` visible: blob, then metadata, each renamed into place.
 
         The metadata is staged in ``tmp/`` first, so a crash between the two renames leaves
-        a ``<id>.json.part`` behind that tells the sweep which blob is an orphan.
+        a ``<id>.json.part`` behind that tells the sweep which blob is an orphan. On failure
+        the bytes are back at ``tmp_path`` and the caller decides what becomes of them (a
+        moved-in source is given back, not deleted).
         """
         blob_path = self._blob_path(ref.artifact_id)
         meta_path = self._metadata_path(ref.artifact_id)
         meta_tmp = self.tmp_dir / f"{ref.artifact_id}.json.part"
         self._clear_stale_part(meta_tmp)
-        fd = create_exclusive(meta_tmp)
+        try:
+            fd = create_exclusive(meta_tmp)
+        except FileExistsError:
+            raise TransferError(f"another transfer is committing {ref.artifact_id}") from None
+        blob_moved = False
         try:
             with open(fd, "w", encoding="utf-8", closefd=True) as handle:
                 handle.write(metadata_json(ref))
@@ -376,12 +387,18 @@ class ArtifactStore:
                 if self.fsync:
                     os.fsync(handle.fileno())
             os.replace(tmp_path, blob_path)
+            blob_moved = True
             os.replace(meta_tmp, meta_path)
             if self.fsync:
                 self._fsync_dir(self.blobs_dir)
                 self._fsync_dir(self.metadata_dir)
         except BaseException:
-            _cleanup(meta_tmp, meta_path, blob_path, tmp_path)
+            _cleanup(meta_tmp, meta_path)
+            if blob_moved:
+                try:
+                    os.replace(blob_path, tmp_path)
+                except OSError:
+                    _cleanup(blob_path)
             raise
         self.index.committed(ref)
         return ArtifactWriteResult(ref=self._with_host(ref), path=blob_path)
@@ -435,6 +452,8 @@ class ArtifactStore:
             fd = os.open(self._blob_path(artifact_id), _READ_FLAGS)
         except FileNotFoundError:
             raise ArtifactNotFound(f"artifact {artifact_id!r} has metadata but no blob") from None
+        except OSError as exc:  # ELOOP: the blob is a symlink
+            raise TransferError(f"artifact {artifact_id!r} blob cannot be opened: {exc.strerror}") from None
         return open(fd, "rb", buffering=0, closefd=True)
 
     def blob_path(self, artifact_id: str) -> Path:
@@ -459,7 +478,10 @@ class ArtifactStore:
         target_path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = target_path.with_name(f".{target_path.name}.{uuid.uuid4().hex}.part")
         with self.open_reader(artifact_id) as source:
-            fd = create_exclusive(tmp_path)
+            try:
+                fd = create_exclusive(tmp_path)
+            except FileExistsError:
+                raise TransferError(f"export temporary file {tmp_path} already exists") from None
             try:
 
                 def on_chunk(total: int) -> None:
@@ -567,6 +589,8 @@ class ArtifactStore:
             with contextlib.suppress(FileNotFoundError):
                 info = blob.lstat()
                 if current - info.st_mtime >= self.spool_ttl_seconds:
+                    if (self.metadata_dir / f"{artifact_id}.json").exists():
+                        continue  # committed since the listing
                     blob.unlink()
                     report.orphans_removed += 1
                     report.bytes_freed += info.st_size
@@ -578,6 +602,8 @@ class ArtifactStore:
                     report.unreadable_metadata += 1
                     report.unreadable_ids.append(artifact_id)
                 continue
+            if (self.blobs_dir / f"{artifact_id}.bin").exists():
+                continue  # committed between the two listings (the blob is renamed in first)
             _cleanup(meta)
             report.orphans_removed += 1
 

@@ -1,0 +1,319 @@
+"""The job system end to end: real Redis, real `dramatiq workers` processes, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, wait_until
+from dramatiq import Message
+
+from paglets_artifacts import (
+    ArtifactJobs,
+    ArtifactRef,
+    ArtifactStore,
+    ArtifactTooLarge,
+    ChecksumMismatch,
+    InvalidInput,
+    JobFailed,
+    JobTimeout,
+    PathNotAllowed,
+    QuotaExceeded,
+    SourceUnavailable,
+)
+from paglets_artifacts import contract
+
+
+def _write(path: Path, size: int) -> str:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _big_file(path: Path, size: int) -> str:
+    """A file of ``size`` bytes written in 8 MiB blocks (memory stays flat)."""
+    digest = hashlib.sha256()
+    block = os.urandom(8 * 1024 * 1024)
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            handle.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+def _store(settings) -> ArtifactStore:
+    return ArtifactStore.from_settings(settings)
+
+
+def test_import_export_sweep_and_delete_owner_report_their_results(settings, jobs, workers, files):
+    workers.start()
+    source = files / "report.bin"
+    sha = _write(source, 300_000)
+
+    imported = jobs.import_file(str(source), owner_agent_id="agent-1", compression="zstd")
+    ref = ArtifactRef.from_wire(imported.wait(30))
+    assert (ref.size_bytes, ref.sha256, ref.owner_agent_id, ref.name, ref.compression) == (
+        300_000, sha, "agent-1", "report.bin", "zstd"
+    )
+    assert ref.artifact_id == uuid.UUID(imported.id).hex
+    record = imported.status()
+    assert record.kind == "import" and record.state == "succeeded" and record.attempts == 1
+    assert record.bytes_done == record.bytes_total == 300_000
+    assert record.worker and record.started_at >= record.enqueued_at and record.finished_at >= record.started_at
+
+    target = files / "out" / "copy.bin"
+    exported = jobs.export(ref.artifact_id, str(target)).wait(30)
+    assert exported["target"] == str(target) and exported["moved"] is False
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+
+    store = _store(settings)
+    expired = store.create_from_stream(io.BytesIO(b"old"), owner_agent_id="x", expires_at=1.0)
+    stale = store.tmp_dir / f"{uuid.uuid4().hex}.part"
+    stale.write_bytes(b"12345")
+    os.utime(stale, (0, 0))
+    swept = jobs.sweep().wait(30)
+    assert swept["expired_removed"] == 1 and swept["parts_removed"] == 1
+    assert swept["bytes_freed"] == 3 + 5
+    assert store.committed(expired.ref.artifact_id) is None
+
+    deleted = jobs.delete_owner("agent-1").wait(30)
+    assert deleted == {"owner_agent_id": "agent-1", "deleted": 1, "bytes_freed": 300_000}
+    assert store.list(owner_agent_id="agent-1") == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["checksum", "too_large", "quota", "missing", "not_a_file", "outside_roots", "symlink_escape"],
+)
+def test_permanent_errors_fail_at_once_with_type_and_message(case, settings, files, tmp_path, workers):
+    limits = {"too_large": {"max_artifact_bytes": 1000}, "quota": {"quota_bytes": 1000}}.get(case, {})
+    settings = settings.with_changes(**limits)
+    workers.start(settings=settings)
+    jobs = ArtifactJobs(settings=settings)
+    source = files / "data.bin"
+    _write(source, 5000)
+    expected_sha = None
+    if case == "checksum":
+        expected_sha = "0" * 64
+    elif case == "missing":
+        source = files / "nope.bin"
+    elif case == "not_a_file":
+        source = files / "a-directory"
+        source.mkdir()
+    elif case == "outside_roots":
+        source = tmp_path / "outside.bin"
+        _write(source, 10)
+    elif case == "symlink_escape":
+        outside = tmp_path / "secret.bin"
+        _write(outside, 10)
+        source = files / "innocent.bin"
+        source.symlink_to(outside)
+    expected_type = {
+        "checksum": ChecksumMismatch,
+        "too_large": ArtifactTooLarge,
+        "quota": QuotaExceeded,
+        "missing": SourceUnavailable,
+        "not_a_file": SourceUnavailable,
+        "outside_roots": PathNotAllowed,
+        "symlink_escape": PathNotAllowed,
+    }[case]
+    job = jobs.import_file(str(source), expected_sha256=expected_sha)
+    with pytest.raises(expected_type) as raised:
+        job.wait(30)
+    record = job.status()
+    assert record.state == "failed" and record.attempts == 1  # not retried
+    assert record.error["type"] == expected_type.__name__
+    assert record.error["message"] == str(raised.value) and str(raised.value)
+    store = _store(settings)
+    assert store.list() == [] and list(store.tmp_dir.iterdir()) == []
+    jobs.close()
+
+
+def test_export_outside_allowed_roots_is_refused_and_writes_nothing(settings, jobs, workers, files, tmp_path):
+    workers.start()
+    source = files / "a.bin"
+    _write(source, 100)
+    ref = ArtifactRef.from_wire(jobs.import_file(str(source)).wait(30))
+    target = tmp_path / "elsewhere" / "a.bin"
+    with pytest.raises(PathNotAllowed):
+        jobs.export(ref.artifact_id, str(target)).wait(30)
+    assert not target.parent.exists()
+
+
+def test_garbage_message_on_the_queue_fails_cleanly_and_is_reported(settings, jobs, workers):
+    workers.start()
+    message = Message(
+        queue_name=contract.TRANSFER_QUEUE, actor_name=contract.IMPORT.actor_name,
+        args=("positional",), kwargs={"bogus": 1}, options={},
+    )
+    jobs.broker.enqueue(message)
+    record = wait_until(lambda: (r := jobs.records.get(message.message_id)) and r.done and r)
+    assert record.state == "failed" and record.error["type"] == "InvalidInput"
+    missing = Message(
+        queue_name=contract.MAINTENANCE_QUEUE, actor_name=contract.DELETE_OWNER.actor_name,
+        args=(), kwargs={}, options={},
+    )
+    jobs.broker.enqueue(missing)
+    record = wait_until(lambda: (r := jobs.records.get(missing.message_id)) and r.done and r)
+    assert record.error == {"type": "InvalidInput", "message": "delete_owner job is missing the argument 'owner_agent_id'"}
+
+
+def test_host_side_validation_rejects_bad_arguments_before_enqueueing(jobs):
+    with pytest.raises(InvalidInput, match="absolute"):
+        jobs.import_file("relative/path.bin")
+    with pytest.raises(InvalidInput, match="sha256"):
+        jobs.import_file("/abs/path.bin", expected_sha256="xyz")
+    with pytest.raises(InvalidInput, match="artifact id"):
+        jobs.export("../../etc", "/tmp/x")
+    with pytest.raises(InvalidInput, match="expires_at"):
+        jobs.import_file("/abs/path.bin", expires_at=float("nan"))
+    assert jobs.jobs() == []
+
+
+def test_progress_is_visible_while_a_large_import_runs(settings, jobs, workers, files):
+    settings_path = files / "large.bin"
+    size = 768 * 1024 * 1024
+    sha = _big_file(settings_path, size)
+    job = jobs.import_file(str(settings_path))
+    workers.start()
+    seen = []
+
+    def partial_progress():
+        record = job.status()
+        if 0 < record.bytes_done < size and record.state == "running":
+            seen.append((record.bytes_done, record.bytes_total))
+        return record.done
+
+    wait_until(partial_progress, timeout=120, interval=0.005)
+    assert job.wait(5)["sha256"] == sha
+    assert seen, "no intermediate progress was observed"
+    assert all(total == size for _, total in seen)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_worker_killed_mid_import_is_redelivered_and_leaves_exactly_one_artifact(settings, jobs, workers, files):
+    source = files / "large.bin"
+    size = 768 * 1024 * 1024
+    sha = _big_file(source, size)
+    job = jobs.import_file(str(source), owner_agent_id="crash")
+    first = workers.start()
+    wait_until(lambda: job.status().bytes_done > 0, timeout=60, interval=0.005)
+    workers.kill(first)  # mid-transfer: a .part is half written
+    store = _store(settings)
+    assert job.status().state == "running"
+    workers.start()
+    result = job.wait(120)
+    record = job.status()
+    assert record.state == "succeeded" and record.attempts >= 2
+    refs = store.list()
+    assert [ref.artifact_id for ref in refs] == [uuid.UUID(job.id).hex]
+    assert refs[0].sha256 == sha == result["sha256"]
+    assert list(store.tmp_dir.iterdir()) == []  # the dead attempt's .part was replaced, not left
+    report = jobs.sweep().wait(30)
+    assert report["parts_removed"] == 0 and report["orphans_removed"] == 0
+    assert store.index.used_bytes() == sum(p.stat().st_size for p in store.blobs_dir.glob("*.bin")) == size
+
+
+def test_move_import_and_move_export(settings, jobs, workers, files):
+    workers.start()
+    source = files / "moved.bin"
+    sha = _write(source, 2_000_000)
+    inode = source.stat().st_ino
+    ref = ArtifactRef.from_wire(jobs.import_file(str(source), delete_source=True).wait(30))
+    store = _store(settings)
+    assert not source.exists()
+    assert store.blob_path(ref.artifact_id).stat().st_ino == inode  # renamed, not copied
+    target = files / "back.bin"
+    result = jobs.export(ref.artifact_id, str(target), move=True).wait(30)
+    assert result["moved"] is True and hashlib.sha256(target.read_bytes()).hexdigest() == sha
+    assert store.list() == []
+
+
+def test_import_enqueued_before_its_owner_was_deleted_leaves_nothing(settings, jobs, workers, files):
+    source = files / "late.bin"
+    _write(source, 1000)
+    imported = jobs.import_file(str(source), owner_agent_id="disposed")
+    deletion = jobs.delete_owner("disposed")
+    workers.start()
+    deleted = deletion.wait(30)
+    try:
+        imported.wait(30)
+        assert deleted["deleted"] == 1  # the import ran first; the deletion removed it
+    except Exception as exc:
+        assert type(exc).__name__ == "OwnerDeleted"
+    assert _store(settings).list(owner_agent_id="disposed") == []
+    # An import enqueued after the deletion proceeds.
+    again = ArtifactRef.from_wire(jobs.import_file(str(source), owner_agent_id="disposed").wait(30))
+    assert _store(settings).list(owner_agent_id="disposed") == [again]
+
+
+def test_another_process_finds_a_job_by_id_and_waits_for_it(settings, jobs, workers, files):
+    source = files / "shared.bin"
+    sha = _write(source, 4096)
+    job = jobs.import_file(str(source))
+    script = (
+        "import json, sys\n"
+        "from paglets_artifacts import ArtifactJobs, Settings\n"
+        "jobs = ArtifactJobs(settings=Settings.from_env())\n"
+        "job = jobs.job(sys.argv[1])\n"
+        "print(json.dumps(job.wait(60)))\n"
+    )
+    env = {**os.environ, **settings.to_env()}
+    waiter = subprocess.Popen([sys.executable, "-c", script, job.id], env=env, stdout=subprocess.PIPE, cwd=ROOT)
+    time.sleep(0.3)  # the other host is waiting before any worker exists
+    workers.start()
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0
+    assert json.loads(out)["sha256"] == sha
+
+
+def test_unknown_job_id_and_wait_timeout(jobs):
+    with pytest.raises(LookupError):
+        jobs.job(str(uuid.uuid4()))
+    job = jobs.sweep()  # no worker runs
+    with pytest.raises(JobTimeout):
+        job.wait(0.3)
+    assert job.status().state == "queued"
+
+
+def test_sweeps_run_while_a_long_transfer_occupies_the_transfer_queue(settings, jobs, workers, files):
+    source = files / "large.bin"
+    _big_file(source, 768 * 1024 * 1024)
+    transfer = jobs.import_file(str(source))
+    workers.start(threads=2)
+    wait_until(lambda: transfer.status().state == "running", timeout=60, interval=0.005)
+    sweep = jobs.sweep()
+    sweep.wait(60)
+    assert sweep.status().finished_at is not None
+    transfer.wait(120)
+    assert sweep.status().finished_at <= transfer.status().finished_at
+
+
+def test_records_expire_after_the_retention_time(settings, workers, files):
+    settings = settings.with_changes(job_retention_seconds=1.0)
+    workers.start(settings=settings)
+    jobs = ArtifactJobs(settings=settings)
+    job = jobs.sweep()
+    job.wait(30)
+    assert 0 < jobs.client.ttl(jobs.records.key(job.id)) <= 1
+    wait_until(lambda: jobs.records.get(job.id) is None, timeout=5)
+    assert [r.id for r in jobs.jobs()] == []
+    jobs.close()
+
+
+def test_unknown_error_type_maps_to_job_failed(jobs):
+    from paglets_artifacts.errors import error_class
+
+    assert error_class("TimeLimitExceeded") is JobFailed
+    assert error_class("QuotaExceeded") is QuotaExceeded
