@@ -1,0 +1,649 @@
+"""The HTTP API of a host: paglets' artifact endpoints, job endpoints, an OpenAPI page.
+
+An ASGI application (Starlette) served by uvicorn. The artifact endpoints are wire-compatible
+with a paglets host, so paglets' own HTTP client works against it unchanged:
+
+    POST   /artifacts                 raw body (Content-Length or chunked) -> {"artifact": ref}
+    GET    /artifacts/{id}            the bytes, Content-Length, X-Paglets-Artifact-Sha256
+    GET    /artifacts[?owner_agent_id=]                                  -> {"artifacts": [...]}
+    GET    /artifacts/{id}/metadata                                      -> {"artifact": ref}
+    DELETE /artifacts/{id}                                               -> {"ok": true}
+
+Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL),
+``GET /jobs/{id}``, ``GET /jobs`` and ``GET /openapi.json``.
+
+Errors are ``{"error_type", "error", "error_class"}``. ``error_type`` is always a name
+paglets' client maps to one of its classes: ``TransferError`` for every store or transfer
+error, ``AuthenticationError`` (401), ``ForbiddenError`` (403), ``HostError`` for an unknown
+route, method or job, ``RemoteHostError`` for a 5xx. ``error_class`` is our precise class
+(``ChecksumMismatch``, ``ArtifactNotFound``, ``QuotaExceeded``, ...).
+
+Bodies stream both ways with flat memory: an upload is read by the store's own atomic
+``create_from_stream`` on a worker thread, pulling one ASGI message at a time from the
+event loop; a download reads the blob a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import contract
+from .errors import (
+    ArtifactNotFound,
+    ArtifactTooLarge,
+    AuthenticationError,
+    ChecksumMismatch,
+    ForbiddenError,
+    InvalidInput,
+    QuotaExceeded,
+    SizeMismatch,
+    TransferError,
+)
+from .jobs import ArtifactJobs
+from .refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
+from .remote import SHA256_HEADER
+from .settings import Settings
+from .store import ArtifactStore, parse_content_length
+
+logger = logging.getLogger("paglets_artifacts.http")
+
+#: Largest JSON body the job endpoints accept.
+MAX_JOB_BODY_BYTES = 64 * 1024
+#: Most job records ``GET /jobs`` returns.
+MAX_JOB_LIST = 1000
+
+#: HTTP status of each error class (its nearest base class decides for the others).
+STATUS_BY_ERROR: dict[type[Exception], int] = {
+    TransferError: 400,
+    InvalidInput: 400,
+    SizeMismatch: 400,
+    AuthenticationError: 401,
+    ForbiddenError: 403,
+    ArtifactNotFound: 404,
+    ArtifactTooLarge: 413,
+    QuotaExceeded: 413,
+    ChecksumMismatch: 422,
+}
+
+#: The ``error_type`` paglets' client knows for each of our classes (TransferError otherwise).
+PAGLETS_ERROR_TYPE: dict[type[Exception], str] = {
+    AuthenticationError: "AuthenticationError",
+    ForbiddenError: "ForbiddenError",
+}
+
+
+class ResourceNotFound(Exception):
+    """A job endpoint names something that does not exist (404, ``error_type`` HostError)."""
+
+
+class JobNotFound(ResourceNotFound):
+    """No record of that job (unknown id, or past its retention)."""
+
+
+class UnknownJobKind(ResourceNotFound):
+    """``POST /jobs/{kind}`` names no kind of the job contract."""
+
+
+def status_for(exc: BaseException) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+def error_body(error_type: str, exc: BaseException | str, error_class: str | None = None) -> dict[str, str]:
+    """The JSON of an error answer."""
+    message = str(exc) or (type(exc).__name__ if isinstance(exc, BaseException) else "error")
+    cls = error_class or (type(exc).__name__ if isinstance(exc, BaseException) else error_type)
+    return {"error_type": error_type, "error": message, "error_class": cls}
+
+
+def _transfer_error_response(exc: TransferError) -> JSONResponse:
+    error_type = "TransferError"
+    for cls in type(exc).__mro__:
+        if cls in PAGLETS_ERROR_TYPE:
+            error_type = PAGLETS_ERROR_TYPE[cls]
+            break
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
+    return JSONResponse(error_body(error_type, exc), status_code=status_for(exc), headers=headers)
+
+
+# ---------------------------------------------------------------------- authentication
+
+
+class BearerAuth:
+    """ASGI middleware: every request must carry ``Authorization: Bearer <api_key>``.
+
+    Parameters:
+      app: the wrapped ASGI application.
+      api_key(str): the expected key; compared in constant time.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self._expected = api_key.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = _transfer_error_response(AuthenticationError("Authentication required"))
+        await response(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token.strip(), self._expected)
+        return False
+
+
+# ---------------------------------------------------------------------- request bodies
+
+
+class RequestBodyReader:
+    """A blocking ``read(n)`` over an ASGI request body, for a thread started by anyio.
+
+    Each ``read`` fetches the next ``http.request`` message from the event loop, so at most
+    one message (uvicorn hands over ~64 KiB) is held at a time. A client that goes away
+    mid-body raises ``SizeMismatch`` inside the read, so the store removes its ``.part``.
+
+    Parameters:
+      receive: the ASGI receive callable of the request.
+    """
+
+    def __init__(self, receive: Receive):
+        self._receive = receive
+        self._more = True
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._more:
+            return b""
+        data = anyio.from_thread.run(self._next)
+        self.bytes_read += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read and drop what is left of the body (so a reply can follow on the connection)."""
+        while self.read(STREAM_CHUNK_BYTES):
+            pass
+
+    async def _next(self) -> bytes:
+        while self._more:
+            message: Message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._more = False
+                raise SizeMismatch(f"client disconnected after {self.bytes_read} bytes of the request body")
+            self._more = bool(message.get("more_body", False))
+            body = message.get("body", b"")
+            if body:
+                return body
+        return b""
+
+
+def _query_float(request: Request, name: str) -> float:
+    text = request.query_params.get(name, "")
+    return validate_expires_at(text or 0.0)
+
+
+def _query_size(request: Request) -> int | None:
+    text = request.query_params.get("size", "")
+    if text == "":
+        return None
+    return parse_content_length(text)
+
+
+# ---------------------------------------------------------------------- the application
+
+
+class ArtifactAPI:
+    """The endpoints, bound to one store and one job client.
+
+    Parameters:
+      settings(Settings): the host's configuration (API key, host URL).
+      store(ArtifactStore): the store the artifact endpoints serve.
+      jobs(ArtifactJobs): where the job endpoints enqueue and read records.
+    """
+
+    def __init__(self, settings: Settings, store: ArtifactStore, jobs: ArtifactJobs):
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+
+    async def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Store and Redis calls block; they run on anyio's worker threads.
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    # ------------------------------------------------------------ artifacts
+
+    async def upload(self, request: Request) -> Response:
+        params = request.query_params
+        transfer_encoding = request.headers.get("transfer-encoding", "").casefold()
+        declared = _query_size(request)
+        if "chunked" in transfer_encoding:
+            size = -1 if declared is None else declared
+        else:
+            size = parse_content_length(request.headers.get("content-length"))
+            if declared is not None and declared != size:
+                raise SizeMismatch(f"query size={declared} does not match Content-Length {size}")
+        reader = RequestBodyReader(request.receive)
+        create = functools.partial(
+            self.store.create_from_stream,
+            reader,
+            size_bytes=size,
+            owner_agent_id=params.get("owner_agent_id", ""),
+            name=params.get("name", ""),
+            compression=params.get("compression", ""),
+            expires_at=_query_float(request, "expires_at"),
+            expected_sha256=params.get("sha256") or None,
+        )
+        result = await anyio.to_thread.run_sync(create)
+        return JSONResponse({"artifact": result.ref.to_wire()})
+
+    async def download(self, request: Request) -> Response:
+        artifact_id = validate_artifact_id(request.path_params["artifact_id"])
+        ref = await self._sync(self.store.ref, artifact_id)
+        reader = await self._sync(self.store.open_reader, artifact_id)
+        headers = {"Content-Length": str(ref.size_bytes), SHA256_HEADER: ref.sha256}
+        return StreamingResponse(_blob_chunks(reader, ref.size_bytes), media_type="application/octet-stream", headers=headers)
+
+    async def list(self, request: Request) -> Response:
+        owner = request.query_params.get("owner_agent_id")
+        refs = await self._sync(self.store.list, owner_agent_id=owner)
+        return JSONResponse({"artifacts": [ref.to_wire() for ref in refs]})
+
+    async def metadata(self, request: Request) -> Response:
+        artifact_id = validate_artifact_id(request.path_params["artifact_id"])
+        ref = await self._sync(self.store.ref, artifact_id)
+        return JSONResponse({"artifact": ref.to_wire()})
+
+    async def delete(self, request: Request) -> Response:
+        # Idempotent, as in paglets: deleting a missing artifact answers ok (a retried
+        # move or a client's second try must not fail).
+        artifact_id = validate_artifact_id(request.path_params["artifact_id"])
+        await self._sync(self.store.delete, artifact_id)
+        return JSONResponse({"ok": True})
+
+    # ------------------------------------------------------------ jobs
+
+    async def enqueue(self, request: Request) -> Response:
+        kind = contract.KINDS.get(request.path_params["kind"])
+        if kind is None:
+            raise UnknownJobKind(f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}")
+        arguments = await _json_object(request)
+        job = await self._sync(self.jobs.enqueue, kind, **arguments)
+        status_url = str(request.url_for("job", job_id=job.id))
+        return JSONResponse(
+            {"job_id": job.id, "kind": kind.name, "status_url": status_url},
+            status_code=202,
+            headers={"Location": status_url},
+        )
+
+    async def job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        record = await self._sync(self.jobs.records.get, job_id)
+        if record is None:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its record expired)")
+        return JSONResponse({"job": record.to_wire()})
+
+    async def recent_jobs(self, request: Request) -> Response:
+        params = request.query_params
+        text = params.get("limit", "50")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_JOB_LIST:
+            raise InvalidInput(f"invalid limit {text!r}: expected a whole number from 1 to {MAX_JOB_LIST}")
+        records = await self._sync(
+            self.jobs.jobs, limit=int(text), kind=params.get("kind") or None, state=params.get("state") or None
+        )
+        return JSONResponse({"jobs": [record.to_wire() for record in records]})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+async def _blob_chunks(reader: Any, size: int) -> AsyncIterator[bytes]:
+    """The blob in chunks, never more than its recorded size; the reader is closed at the end."""
+    try:
+        remaining = size
+        while remaining > 0:
+            chunk = await anyio.to_thread.run_sync(reader.read, min(STREAM_CHUNK_BYTES, remaining))
+            if not chunk:
+                # A blob shorter than its metadata: end early, and uvicorn aborts the
+                # response, so a client never takes a short body for a whole one.
+                logger.error("blob ended %d bytes short of its recorded size", remaining)
+                return
+            remaining -= len(chunk)
+            yield chunk
+    finally:
+        reader.close()
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
+        raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JOB_BODY_BYTES:
+            raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"job arguments are not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"job arguments must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+# ---------------------------------------------------------------------- error answers
+
+
+async def _on_transfer_error(request: Request, exc: Exception) -> Response:
+    return _transfer_error_response(exc)  # type: ignore[arg-type]
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message, name = f"No route for {request.method} {request.url.path}", "NotFound"
+    elif exc.status_code == 405:
+        message, name = f"Method {request.method} is not allowed for {request.url.path}", "MethodNotAllowed"
+    else:
+        message, name = str(exc.detail), "HTTPException"
+    return JSONResponse(error_body("HostError", message, name), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse(error_body("HostError", exc), status_code=404)
+
+
+async def _on_redis_error(request: Request, exc: Exception) -> Response:
+    logger.warning("Redis is unavailable: %s", exc)
+    body = error_body("RemoteHostError", f"the job queue is unavailable: {exc}", type(exc).__name__)
+    return JSONResponse(body, status_code=503)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    body = error_body("RemoteHostError", f"internal error: {type(exc).__name__}: {exc}", type(exc).__name__)
+    return JSONResponse(body, status_code=500)
+
+
+# ---------------------------------------------------------------------- assembly
+
+
+def create_app(settings: Settings, *, store: ArtifactStore | None = None, jobs: ArtifactJobs | None = None) -> ASGIApp:
+    """The ASGI application of a host.
+
+    ``store`` defaults to the store of ``settings``; ``jobs`` to an :class:`ArtifactJobs`
+    on ``settings.redis_url`` (closed when the application shuts down). With
+    ``settings.api_key`` set, every request needs ``Authorization: Bearer <key>``.
+    """
+    owned_jobs = jobs is None
+    jobs = jobs if jobs is not None else ArtifactJobs(settings=settings)
+    store = store if store is not None else ArtifactStore.from_settings(settings, redis=jobs.client)
+    api = ArtifactAPI(settings, store, jobs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owned_jobs:
+            jobs.close()
+
+    routes = [
+        Route("/artifacts", api.upload, methods=["POST"]),
+        Route("/artifacts", api.list, methods=["GET"]),
+        Route("/artifacts/{artifact_id}", api.download, methods=["GET"]),
+        Route("/artifacts/{artifact_id}", api.delete, methods=["DELETE"]),
+        Route("/artifacts/{artifact_id}/metadata", api.metadata, methods=["GET"]),
+        Route("/jobs", api.recent_jobs, methods=["GET"]),
+        Route("/jobs/{job_id}", api.job, methods=["GET"], name="job"),
+        Route("/jobs/{kind}", api.enqueue, methods=["POST"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        TransferError: _on_transfer_error,
+        HTTPException: _on_http_exception,
+        ResourceNotFound: _on_not_found,
+        redis.RedisError: _on_redis_error,
+        Exception: _on_unexpected,
+    }
+    app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    if settings.api_key:
+        app = BearerAuth(app, settings.api_key)
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_level: str = "info") -> None:
+    """Serve the API with uvicorn until interrupted (``paglets-artifacts serve``)."""
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, proxy_headers=False)
+
+
+class ServerThread:
+    """Runs the API with uvicorn on a background thread of this process.
+
+    For a host process that serves the API beside its own work, and for tests.
+
+    Parameters:
+      app: the ASGI application (see :func:`create_app`).
+      host(str): the address to listen on.
+      port(int): the port; 0 picks a free one (see :attr:`url` after :meth:`start`).
+    """
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+        self.server = uvicorn.Server(self.config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self._thread = threading.Thread(target=self.server.run, name="paglets-artifacts-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------- OpenAPI
+
+
+def _argument_schema(argument: contract.Argument) -> dict[str, Any]:
+    kind = getattr(argument.check, "__name__", "")
+    types = {
+        "_text": {"type": "string"},
+        "_non_empty": {"type": "string", "minLength": 1},
+        "_abs_path": {"type": "string", "description": "absolute path under the allowed roots"},
+        "_optional_text": {"type": ["string", "null"]},
+        "_optional_sha": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$"},
+        "_bool": {"type": "boolean"},
+        "_expires": {"type": "number", "minimum": 0},
+        "_optional_expires": {"type": ["number", "null"], "minimum": 0},
+        "_optional_time": {"type": ["number", "null"]},
+        "_optional_size": {"type": ["integer", "null"], "minimum": 0},
+        "_artifact_id": {"type": "string", "pattern": "^[0-9a-fA-F]+$"},
+        "_http_url": {"type": "string", "format": "uri"},
+    }
+    schema = dict(types.get(kind, {}))
+    if argument.default is not None:
+        schema["default"] = argument.default
+    return schema
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for status in statuses
+    }
+
+
+def _json(schema_ref: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every endpoint this application serves."""
+    artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-fA-F]+$"}}
+    query = lambda name, schema, text: {"name": name, "in": "query", "required": False, "schema": schema, "description": text}  # noqa: E731
+    job_kinds = {
+        kind.name: {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: _argument_schema(arg) for name, arg in kind.arguments.items()},
+            "required": [name for name, arg in kind.arguments.items() if arg.required],
+        }
+        for kind in contract.KINDS.values()
+    }
+    ref_properties = {
+        "host_url": {"type": "string"}, "artifact_id": {"type": "string"}, "name": {"type": "string"},
+        "size_bytes": {"type": "integer"}, "sha256": {"type": "string"}, "compression": {"type": "string"},
+        "created_at": {"type": "number"}, "expires_at": {"type": "number"}, "owner_agent_id": {"type": "string"},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "paglets-artifacts host API", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "when PAGLETS_ARTIFACTS_API_KEY is set"}},
+            "schemas": {
+                "ArtifactRef": {"type": "object", "properties": ref_properties, "required": list(ref_properties)},
+                "Artifact": {"type": "object", "properties": {"artifact": {"$ref": "#/components/schemas/ArtifactRef"}}},
+                "Artifacts": {"type": "object", "properties": {"artifacts": {"type": "array", "items": {"$ref": "#/components/schemas/ArtifactRef"}}}},
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error_type": {"type": "string", "description": "a class paglets' client knows: TransferError, AuthenticationError, ForbiddenError, HostError, RemoteHostError"},
+                        "error": {"type": "string"},
+                        "error_class": {"type": "string", "description": "the precise class: ChecksumMismatch, ArtifactNotFound, QuotaExceeded, ..."},
+                    },
+                    "required": ["error_type", "error"],
+                },
+                "JobAccepted": {"type": "object", "properties": {"job_id": {"type": "string"}, "kind": {"type": "string"}, "status_url": {"type": "string"}}},
+                "JobRecord": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "kind": {"type": "string"},
+                    "state": {"enum": ["queued", "running", "retrying", "succeeded", "failed"]},
+                    "enqueued_at": {"type": "number"}, "started_at": {"type": ["number", "null"]},
+                    "finished_at": {"type": ["number", "null"]}, "attempts": {"type": "integer"},
+                    "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"}, "result": {},
+                    "error": {"type": ["object", "null"]}, "worker": {"type": "string"}, "arguments": {"type": "object"},
+                }},
+                "Job": {"type": "object", "properties": {"job": {"$ref": "#/components/schemas/JobRecord"}}},
+                "Jobs": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}}}},
+                **{f"{name}_arguments": schema for name, schema in job_kinds.items()},
+            },
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/artifacts": {
+                "post": {
+                    "summary": "Upload an artifact (raw body, Content-Length or chunked)",
+                    "parameters": [
+                        query("owner_agent_id", {"type": "string"}, "owner of the artifact"),
+                        query("name", {"type": "string"}, "logical name"),
+                        query("compression", {"type": "string"}, "compression label"),
+                        query("expires_at", {"type": "number"}, "Unix time; 0 = never"),
+                        query("sha256", {"type": "string"}, "expected SHA-256; checked before commit"),
+                        query("size", {"type": "integer"}, "expected size in bytes"),
+                    ],
+                    "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 413, 422)},
+                },
+                "get": {
+                    "summary": "List artifacts",
+                    "parameters": [query("owner_agent_id", {"type": "string"}, "only this owner's")],
+                    "responses": {"200": _json("Artifacts"), **_error_responses(401)},
+                },
+            },
+            "/artifacts/{artifact_id}": {
+                "get": {
+                    "summary": "Download an artifact's bytes",
+                    "parameters": [artifact_id],
+                    "responses": {
+                        "200": {
+                            "description": "the bytes",
+                            "headers": {SHA256_HEADER: {"schema": {"type": "string"}}, "Content-Length": {"schema": {"type": "integer"}}},
+                            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **_error_responses(400, 401, 404),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete an artifact",
+                    "parameters": [artifact_id],
+                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}}}, **_error_responses(400, 401, 404)},
+                },
+            },
+            "/artifacts/{artifact_id}/metadata": {
+                "get": {"summary": "An artifact's ref", "parameters": [artifact_id], "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 404)}},
+            },
+            **{
+                f"/jobs/{name}": {
+                    "post": {
+                        "summary": f"Enqueue a {name} job",
+                        "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}_arguments"}}}},
+                        "responses": {"202": _json("JobAccepted", "enqueued"), **_error_responses(400, 401, 503)},
+                    }
+                }
+                for name in job_kinds
+            },
+            "/jobs/{job_id}": {
+                "get": {
+                    "summary": "A job's record",
+                    "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json("Job"), **_error_responses(401, 404, 503)},
+                }
+            },
+            "/jobs": {
+                "get": {
+                    "summary": "Recent jobs, newest first",
+                    "parameters": [
+                        query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_JOB_LIST, "default": 50}, "how many"),
+                        query("kind", {"type": "string"}, "only this kind"),
+                        query("state", {"type": "string"}, "only this state"),
+                    ],
+                    "responses": {"200": _json("Jobs"), **_error_responses(400, 401, 503)},
+                }
+            },
+            "/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        },
+    }

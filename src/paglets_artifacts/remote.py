@@ -1,0 +1,363 @@
+"""Host-to-host transfers over HTTP: pull an artifact from a URL, push one to a host.
+
+Both directions stream (one chunk in memory) and verify before anything is committed:
+
+- **pull** reads a remote host's ``GET /artifacts/{id}`` (or any allowed http(s) URL)
+  straight into :meth:`ArtifactStore.create_from_stream`, which checks the size and the
+  SHA-256 (the caller's expected value, else the remote ref's, else the
+  ``X-Paglets-Artifact-Sha256`` header) before the artifact becomes visible;
+- **push** streams a blob to a remote host's ``POST /artifacts`` with ``sha256`` and
+  ``size``, so the remote verifies before it commits; the answer is the remote ref.
+
+Least authority: every URL must lie under one of ``settings.allowed_hosts`` (same scheme,
+host and port, and under its path), checked before any request; redirects are never
+followed. Each request carries the per-host key of ``settings.host_key(url)``.
+
+Errors: a 4xx answer is a permanent :class:`RemoteError` carrying the remote's error class
+and message; a 5xx, 408 or 429 answer is :class:`RemoteUnavailable`, and connection errors
+and timeouts are ``httpx.TransportError``: both are transient, so a job retries them with
+backoff (``workers.broker.is_transient``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from .errors import ChecksumMismatch, HostNotAllowed, RemoteError, SizeMismatch
+from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
+from .settings import Settings
+from .store import ArtifactStore, Progress
+
+#: Timeouts of every remote request: 10 s to connect, 60 s of silence while reading or writing.
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+#: Header that carries a blob's SHA-256 on a download (the paglets name).
+SHA256_HEADER = "X-Paglets-Artifact-Sha256"
+#: Most bytes of an error answer that are read.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Answers that mean "try again later" rather than "no".
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+_ARTIFACT_PATH = re.compile(r"/artifacts/([0-9a-fA-F]+)/?$")
+
+
+class RemoteUnavailable(ConnectionError):
+    """A remote host answered 5xx, 408, 425 or 429: failing or overloaded, worth another try.
+
+    A ``ConnectionError``, so the workers' retry policy takes it for a transient error.
+    """
+
+    def __init__(self, message: str, *, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+def _origin(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = -1  # an unparseable port matches nothing
+    return scheme, (parts.hostname or "").lower(), port, parts.path
+
+
+def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
+    """Whether ``url`` lies under one of ``allowed_hosts`` (scheme, host, port and path prefix)."""
+    scheme, host, port, path = _origin(url)
+    if scheme not in ("http", "https") or not host:
+        return False
+    segments = [part for part in path.split("/") if part]
+    for allowed in allowed_hosts:
+        a_scheme, a_host, a_port, a_path = _origin(allowed)
+        if (a_scheme, a_host, a_port) != (scheme, host, port):
+            continue
+        prefix = [part for part in a_path.split("/") if part]
+        if segments[: len(prefix)] == prefix:
+            return True
+    return False
+
+
+def check_allowed(url: str, allowed_hosts: Iterable[str]) -> None:
+    """Raise :class:`HostNotAllowed` unless ``url`` lies under an allowed host."""
+    hosts = tuple(allowed_hosts)
+    if not host_allowed(url, hosts):
+        listed = ", ".join(hosts) or "none (PAGLETS_ARTIFACTS_ALLOWED_HOSTS is empty)"
+        raise HostNotAllowed(f"remote host of {url} is not allowed; allowed hosts: {listed}")
+
+
+class _ChunkReader:
+    """A ``read(n)`` over an iterator of byte chunks (returns one chunk per call)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+
+    def read(self, size: int = -1) -> bytes:
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return b""
+
+
+class _BlobBody:
+    """A blob as an upload body: at most ``size`` bytes, hashed as they are sent."""
+
+    def __init__(self, reader: Any, size: int, progress: Progress | None):
+        self._reader = reader
+        self.size = size
+        self._progress = progress
+        self.sent = 0
+        self.digest = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < self.size:
+            chunk = self._reader.read(min(STREAM_CHUNK_BYTES, self.size - self.sent))
+            if not chunk:
+                raise SizeMismatch(f"local blob ended after {self.sent} of {self.size} bytes")
+            self.sent += len(chunk)
+            self.digest.update(chunk)
+            if self._progress is not None:
+                self._progress(self.sent, self.size)
+            yield chunk
+
+
+class RemoteTransfers:
+    """Pulls artifacts from and pushes them to allowed remote hosts.
+
+    Parameters:
+      settings(Settings): ``allowed_hosts`` and ``host_api_keys`` are used.
+      timeout(httpx.Timeout): timeouts of every request (default :data:`DEFAULT_TIMEOUT`).
+      client(httpx.Client|None): an existing client (its redirect policy is not changed).
+    """
+
+    def __init__(self, settings: Settings, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.Client | None = None):
+        self.settings = settings
+        self._owned = client is None
+        self.client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def close(self) -> None:
+        if self._owned:
+            self.client.close()
+
+    def __enter__(self) -> RemoteTransfers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_allowed(self, url: str) -> None:
+        check_allowed(url, self.settings.allowed_hosts)
+
+    def _headers(self, url: str, **extra: str) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity", **extra}
+        key = self.settings.host_key(url)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    # ------------------------------------------------------------ pull
+
+    def pull(
+        self,
+        url: str,
+        store: ArtifactStore,
+        *,
+        artifact_id: str | None = None,
+        owner_agent_id: str = "",
+        name: str | None = None,
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> ArtifactWriteResult:
+        """Import ``url`` into ``store``; verified (size, SHA-256) before it is committed.
+
+        For a host's ``.../artifacts/{id}`` URL the remote ref is read first: its name,
+        compression, size and SHA-256 fill in what the caller left open. ``artifact_id``
+        makes the import idempotent (an artifact already committed under it is returned
+        without a request).
+        """
+        self.check_allowed(url)
+        if artifact_id is not None:
+            existing = store.committed(artifact_id)
+            if existing is not None:
+                return existing
+        expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
+        remote_ref = self._remote_ref(url) if _ARTIFACT_PATH.search(urlsplit(url).path) else None
+        with self.client.stream("GET", url, headers=self._headers(url)) as response:
+            _raise_for_status(response, url)
+            announced = _announced_sha(response, url)
+            length = _content_length(response)
+            sha = _agree(
+                "SHA-256", url, ChecksumMismatch,
+                ("expected", expected), ("remote ref", remote_ref.sha256 if remote_ref else None), (SHA256_HEADER, announced),
+            )
+            size = _agree(
+                "size", url, SizeMismatch,
+                ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None), ("Content-Length", length),
+            )
+            return store.create_from_stream(
+                _ChunkReader(response.iter_bytes(STREAM_CHUNK_BYTES)),
+                size_bytes=-1 if size is None else size,
+                owner_agent_id=owner_agent_id,
+                name=name or (remote_ref.name if remote_ref else "") or _url_file_name(url),
+                compression=compression or (remote_ref.compression if remote_ref else ""),
+                expires_at=expires_at,
+                expected_sha256=sha,
+                artifact_id=artifact_id,
+                progress=progress,
+            )
+
+    def _remote_ref(self, url: str) -> ArtifactRef:
+        parts = urlsplit(url)
+        meta_url = parts._replace(path=parts.path.rstrip("/") + "/metadata", query="", fragment="").geturl()
+        response = self.client.get(meta_url, headers=self._headers(meta_url, Accept="application/json"))
+        _raise_for_status(response, meta_url)
+        return _ref_from_answer(response, meta_url)
+
+    # ------------------------------------------------------------ push
+
+    def push(
+        self,
+        store: ArtifactStore,
+        artifact_id: str,
+        host_url: str,
+        *,
+        owner_agent_id: str | None = None,
+        name: str | None = None,
+        expires_at: float | None = None,
+        progress: Progress | None = None,
+    ) -> ArtifactRef:
+        """Upload an artifact to ``host_url``'s ``POST /artifacts``; return the remote ref.
+
+        The remote verifies ``sha256`` and ``size`` before it commits; the ref it answers
+        is checked again here. Owner, name and expiry default to the local artifact's.
+        """
+        base = host_url.rstrip("/")
+        url = f"{base}/artifacts"
+        self.check_allowed(url)
+        ref = store.ref(artifact_id)
+        params = {
+            "owner_agent_id": ref.owner_agent_id if owner_agent_id is None else owner_agent_id,
+            "name": ref.name if name is None else name,
+            "compression": ref.compression,
+            "expires_at": repr(float(ref.expires_at if expires_at is None else expires_at)),
+            "sha256": ref.sha256,
+            "size": str(ref.size_bytes),
+        }
+        headers = self._headers(url, **{
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(ref.size_bytes),
+            "Accept": "application/json",
+        })
+        with store.open_reader(artifact_id) as reader:
+            body = _BlobBody(reader, ref.size_bytes, progress)
+            response = self.client.post(url, params=params, content=body, headers=headers)
+        try:
+            _raise_for_status(response, url)
+        except RemoteError as exc:
+            # The remote found the bytes wrong: when what we sent does not hash to our own
+            # record, the fault is our blob, and that is what the caller must hear.
+            if body.sent == ref.size_bytes and body.digest.hexdigest() != ref.sha256:
+                raise ChecksumMismatch(
+                    f"local artifact {artifact_id} is corrupt: its blob hashes to {body.digest.hexdigest()}, "
+                    f"its metadata says {ref.sha256}"
+                ) from exc
+            raise
+        remote = _ref_from_answer(response, url)
+        if remote.sha256 != ref.sha256 or remote.size_bytes != ref.size_bytes:
+            raise ChecksumMismatch(
+                f"{url} stored {remote.size_bytes} bytes with SHA-256 {remote.sha256}, "
+                f"expected {ref.size_bytes} bytes with {ref.sha256}"
+            )
+        return remote
+
+
+# ---------------------------------------------------------------------- answers
+
+
+def _error_payload(response: httpx.Response) -> dict[str, Any]:
+    raw = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            raw += chunk
+            if len(raw) >= MAX_ERROR_BODY_BYTES:
+                break
+    except httpx.StreamConsumed:
+        raw = bytearray(response.content[:MAX_ERROR_BODY_BYTES])
+    try:
+        payload = json.loads(bytes(raw))
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return {"error": bytes(raw[:200]).decode("utf-8", "replace").strip() or response.reason_phrase}
+    return payload
+
+
+def _raise_for_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status < 300:
+        return
+    if status < 400:
+        location = response.headers.get("location", "")
+        raise RemoteError(
+            f"{url} answered {status} (a redirect to {location or '?'}); redirects are not followed",
+            remote_type="Redirect",
+            status=status,
+        )
+    payload = _error_payload(response)
+    remote_type = str(payload.get("error_class") or payload.get("error_type") or f"HTTP{status}")
+    message = str(payload.get("error") or response.reason_phrase)
+    text = f"{url} answered {status} {remote_type}: {message}"
+    if status >= 500 or status in TRANSIENT_STATUSES:
+        raise RemoteUnavailable(text, status=status)
+    raise RemoteError(text, remote_type=remote_type, status=status)
+
+
+def _ref_from_answer(response: httpx.Response, url: str) -> ArtifactRef:
+    try:
+        payload = response.json()
+        return ArtifactRef.from_wire(payload["artifact"])
+    except Exception as exc:  # any malformed answer is the remote's fault, and permanent
+        raise RemoteError(f"{url} answered something that is not an artifact ref: {exc}", remote_type="InvalidAnswer") from None
+
+
+def _announced_sha(response: httpx.Response, url: str) -> str | None:
+    value = response.headers.get(SHA256_HEADER)
+    if not value:
+        return None
+    try:
+        return validate_sha256(value.strip(), field=SHA256_HEADER)
+    except Exception:
+        raise RemoteError(f"{url} sent an invalid {SHA256_HEADER} header {value[:80]!r}", remote_type="InvalidAnswer") from None
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        return None  # the length of the encoded body, not of the bytes we store
+    value = response.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _agree(what: str, url: str, error: type[Exception], *claims: tuple[str, Any]) -> Any:
+    """The first value given among ``claims``; ``error`` at once if two of them differ."""
+    given = [(label, value) for label, value in claims if value not in (None, "")]
+    if not given:
+        return None
+    label, value = given[0]
+    for other_label, other in given[1:]:
+        if other != value:
+            raise error(f"{what} of {url}: {label} says {value}, {other_label} says {other}")
+    return value
+
+
+def _url_file_name(url: str) -> str:
+    return PurePosixPath(unquote(urlsplit(url).path)).name
