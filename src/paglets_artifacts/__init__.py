@@ -20,6 +20,7 @@ from .errors import (
     RemoteError,
     SizeMismatch,
     SourceUnavailable,
+    StorageFull,
     TransferError,
 )
 from .jobs import ArtifactJobs, Job
@@ -78,6 +79,7 @@ __all__ = [
     "SettingsError",
     "SizeMismatch",
     "SourceUnavailable",
+    "StorageFull",
     "SweepReport",
     "TransferError",
     "copy_path",

@@ -36,6 +36,10 @@ class QuotaExceeded(TransferError):
     """Storing the artifact would push the store over its quota."""
 
 
+class StorageFull(TransferError):
+    """The filesystem of the store or of an export target has no space (or disk quota) left."""
+
+
 class SourceUnavailable(TransferError):
     """An import source is missing, not a regular file, or unreadable."""
 
@@ -87,6 +91,7 @@ _KNOWN: dict[str, type[Exception]] = {
         SizeMismatch,
         ArtifactTooLarge,
         QuotaExceeded,
+        StorageFull,
         SourceUnavailable,
         PathNotAllowed,
         HostNotAllowed,

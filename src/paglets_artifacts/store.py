@@ -9,6 +9,7 @@ input is validated with an error that names the problem; a short body is an erro
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,9 +28,11 @@ from .errors import (
     InvalidInput,
     SizeMismatch,
     SourceUnavailable,
+    StorageFull,
     TransferError,
 )
 from .index import ScanIndex, StoreIndex
+from .redis_index import RedisIndex
 from .refs import (
     ARTIFACT_COPY,
     ARTIFACT_STATUS_REGISTERED,
@@ -88,6 +91,18 @@ def metadata_json(ref: ArtifactRef) -> str:
     return json.dumps(ref.to_wire(), indent=2, sort_keys=True) + "\n"
 
 
+#: Errors of a full filesystem: retrying cannot help until someone frees space.
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _raise_if_no_space(exc: BaseException, where: Path) -> None:
+    """Report a full filesystem as the permanent ``StorageFull``, naming where, not a bare OSError."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+        raise StorageFull(
+            f"no space left on the filesystem of {where} ({exc.strerror}): free space, then try again"
+        ) from exc
+
+
 def _cleanup(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -136,7 +151,7 @@ class ArtifactStore:
     def from_settings(cls, settings: Any, *, redis: Any = None) -> ArtifactStore:
         """The store a worker or server of these ``Settings`` uses (``redis``: the shared
         client, for an index every process shares)."""
-        return cls(
+        store = cls(
             settings.store_root,
             host_url=settings.host_url,
             max_artifact_bytes=settings.max_artifact_bytes,
@@ -144,6 +159,16 @@ class ArtifactStore:
             spool_ttl_seconds=settings.spool_ttl_seconds,
             fsync=settings.fsync,
         )
+        if redis is not None:
+            # A reservation outlives any import attempt: the time limit kills an attempt first.
+            store.index = RedisIndex(
+                store,
+                redis,
+                namespace=settings.namespace,
+                reservation_seconds=settings.transfer_time_limit_seconds + 60.0,
+                build_wait_seconds=settings.maintenance_time_limit_seconds,
+            )
+        return store
 
     # ------------------------------------------------------------------ configuration
 
@@ -297,12 +322,13 @@ class ArtifactStore:
                 owner_agent_id=owner_agent_id,
             )
             return self._commit(tmp_path, ref)
-        except BaseException:
+        except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
             _cleanup(tmp_path)
             if reserved:
                 self.index.release(artifact_id)
+            _raise_if_no_space(exc, self.root)
             raise
 
     def _move_in(self, path: Path, handle: Any, info: os.stat_result, **options: Any) -> ArtifactWriteResult:
@@ -356,11 +382,12 @@ class ArtifactStore:
                 owner_agent_id=options["owner_agent_id"],
             )
             return self._commit(tmp_path, ref)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.rename(tmp_path, path)  # give the source back, with its own times
                 os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             self.index.release(artifact_id)
+            _raise_if_no_space(exc, self.root)
             raise
 
     def _commit(self, tmp_path: Path, ref: ArtifactRef) -> ArtifactWriteResult:
@@ -503,10 +530,11 @@ class ArtifactStore:
                 os.replace(tmp_path, target_path)
                 if self.fsync:
                     self._fsync_dir(target_path.parent)
-            except BaseException:
+            except BaseException as exc:
                 if fd >= 0:
                     os.close(fd)
                 _cleanup(tmp_path)
+                _raise_if_no_space(exc, target_path.parent)
                 raise
         return ref
 
@@ -569,6 +597,9 @@ class ArtifactStore:
         for artifact_id in list(self.index.expired_ids(current)):
             try:
                 ref = self.ref(artifact_id)
+            except ArtifactNotFound:
+                self.index.removed(artifact_id)  # deleted behind the index's back (a paglets host's sweep)
+                continue
             except TransferError:
                 continue
             if 0 < ref.expires_at <= current:
@@ -610,7 +641,12 @@ class ArtifactStore:
     # ------------------------------------------------------------------ internals
 
     def committed(self, artifact_id: str) -> ArtifactWriteResult | None:
-        """The artifact if it is fully committed (metadata and blob), else ``None``."""
+        """The artifact if it is fully committed (metadata and blob), else ``None``.
+
+        A found artifact is recorded in the index again (idempotent): an import attempt
+        killed between its renames and its index update is redelivered, finds its
+        artifact here, and must not leave it out of the quota and owner sets.
+        """
         try:
             ref = self.ref(artifact_id)
         except ArtifactNotFound:
@@ -618,6 +654,7 @@ class ArtifactStore:
         blob = self._blob_path(artifact_id)
         if not blob.exists():
             return None
+        self.index.committed(ref)
         return ArtifactWriteResult(ref=ref, path=blob)
 
     def _create_part(self, tmp_path: Path) -> int:
