@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from paglets_artifacts import (
     ChecksumMismatch,
     HostNotAllowed,
     JobFailed,
+    OwnerDeleted,
     RemoteError,
     Settings,
     SizeMismatch,
@@ -373,3 +376,30 @@ def test_a_job_failing_for_good_with_a_transient_error_reports_it(hosts, odd, wo
             job.wait(60)
         assert job.status().error["type"] == "RemoteUnavailable"
         assert job.status().attempts == 2
+
+
+def test_a_redelivered_push_and_a_pull_for_a_deleted_owner_have_no_second_effect(hosts, workers, redis_client):
+    """Both jobs are enqueued before any worker runs, in the state a redelivery or an owner
+    deletion leaves behind."""
+    a, b = hosts
+    jobs = ArtifactJobs(settings=a.settings)
+    try:
+        # A push whose earlier attempt got B's confirmation (its checkpoint) and then died.
+        local = _put(a.store)
+        already = _put(b.store)
+        push = jobs.export_to_host(local.artifact_id, b.url, move=True)
+        redis_client.hset(jobs.records.key(push.id), "checkpoint", json.dumps(already.to_wire()))
+        # A pull for an owner deleted after it was enqueued.
+        pull = jobs.import_url(f"{b.url}/artifacts/{already.artifact_id}", owner_agent_id="gone")
+        redis_client.set(f"{a.settings.namespace}:owner-deleted:gone", repr(time.time()))
+        workers.start(settings=a.settings)
+
+        result = push.wait(60)
+        assert result["artifact_id"] == already.artifact_id and result["moved"] is True
+        assert b.store.list() == [already]  # no second upload
+        assert a.store.list() == []  # the move finished: the local artifact is gone
+        with pytest.raises(OwnerDeleted):
+            pull.wait(60)
+        assert _leftovers(a.store) == []
+    finally:
+        jobs.close()
