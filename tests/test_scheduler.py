@@ -473,3 +473,12 @@ def test_a_scheduler_process_with_an_invalid_schedule_exits_naming_it(settings):
                           cwd=ROOT, timeout=60)
     assert done.returncode != 0
     assert "PAGLETS_ARTIFACTS_SWEEP_SCHEDULE='every tuesday' is invalid" in done.stderr
+
+
+def test_sigint_stops_a_waiting_scheduler_cleanly(schedulers):
+    process = schedulers.start()
+    wait_until(lambda: "sweep tick" in schedulers.log(process), timeout=30)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=15) == 0
+    assert "scheduler stopped (SIGINT)" in schedulers.log(process)
+    assert "Traceback" not in schedulers.log(process)
