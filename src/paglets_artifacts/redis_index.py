@@ -392,7 +392,11 @@ class RedisIndex:
     # ------------------------------------------------------------------ figures
 
     def figures(self) -> dict[str, int]:
-        """Artifacts and bytes the index holds now (no disk access)."""
+        """Artifacts and bytes the index holds (building it first if it is missing)."""
+        self.ensure_built()
+        return self._figures()
+
+    def _figures(self) -> dict[str, int]:
         k = self.keys
         pipe = self.client.pipeline(transaction=True)
         pipe.hlen(k.sizes).get(k.used).hvals(k.reservations).zcard(k.expiry)
@@ -533,7 +537,7 @@ class RedisIndex:
             before, committed, reserved = self._recount(keys=[k.used, k.sizes, k.reservations])
             report.counter_drift = int(before) - int(committed) - int(reserved) if mode == "rebuild" else 0
         report.seconds = round(time.monotonic() - started, 3)
-        figures = self.figures()
+        figures = self._figures()
         report.artifacts = figures["artifacts"]
         report.bytes = figures["bytes"]
         report.used_bytes = figures["used_bytes"]
