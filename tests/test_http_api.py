@@ -231,6 +231,26 @@ def test_client_disconnecting_mid_upload_leaves_no_part(server, store):
     assert _leftovers(store) == []
 
 
+def test_stalled_uploads_do_not_starve_the_other_endpoints(server, store):
+    """More uploads in flight than anyio's default thread pool (40) holds: reads still answer."""
+    ref = store.create_from_stream(io.BytesIO(b"still here"), size_bytes=10).ref
+    host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
+    sockets = []
+    try:
+        for _ in range(45):
+            sock = socket.create_connection((host, port))
+            sock.sendall(f"POST /artifacts HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\nabc".encode())
+            sockets.append(sock)
+        wait_until(lambda: len(list(store.tmp_dir.glob("*.part"))) == 45, timeout=20)
+        with httpx.Client(base_url=server.url, timeout=20) as http:
+            assert http.get(f"/artifacts/{ref.artifact_id}").content == b"still here"
+            assert http.get(f"/artifacts/{ref.artifact_id}/metadata").status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_until(lambda: not list(store.tmp_dir.iterdir()), timeout=20)
+
+
 # ---------------------------------------------------------------------- authentication
 
 

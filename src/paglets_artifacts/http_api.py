@@ -71,6 +71,9 @@ logger = logging.getLogger("paglets_artifacts.http")
 MAX_JOB_BODY_BYTES = 64 * 1024
 #: Most job records ``GET /jobs`` returns.
 MAX_JOB_LIST = 1000
+#: Uploads received at once; more wait their turn. Uploads hold a thread each for as long
+#: as the client sends, so they get their own pool and never starve the other endpoints.
+MAX_CONCURRENT_UPLOADS = 64
 
 #: HTTP status of each error class (its nearest base class decides for the others).
 STATUS_BY_ERROR: dict[type[Exception], int] = {
@@ -184,11 +187,6 @@ class RequestBodyReader:
         self.bytes_read += len(data)
         return data
 
-    def drain(self) -> None:
-        """Read and drop what is left of the body (so a reply can follow on the connection)."""
-        while self.read(STREAM_CHUNK_BYTES):
-            pass
-
     async def _next(self) -> bytes:
         while self._more:
             message: Message = await self._receive()
@@ -230,6 +228,7 @@ class ArtifactAPI:
         self.settings = settings
         self.store = store
         self.jobs = jobs
+        self.upload_limiter = anyio.CapacityLimiter(MAX_CONCURRENT_UPLOADS)
 
     async def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # Store and Redis calls block; they run on anyio's worker threads.
@@ -258,7 +257,7 @@ class ArtifactAPI:
             expires_at=_query_float(request, "expires_at"),
             expected_sha256=params.get("sha256") or None,
         )
-        result = await anyio.to_thread.run_sync(create)
+        result = await anyio.to_thread.run_sync(create, limiter=self.upload_limiter)
         return JSONResponse({"artifact": result.ref.to_wire()})
 
     async def download(self, request: Request) -> Response:
@@ -438,7 +437,7 @@ def create_app(settings: Settings, *, store: ArtifactStore | None = None, jobs: 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_level: str = "info") -> None:
     """Serve the API with uvicorn until interrupted (``paglets-artifacts serve``)."""
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, proxy_headers=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 class ServerThread:
