@@ -15,13 +15,19 @@ def resolve_allowed(path: str | os.PathLike[str], roots: Iterable[Path], *, what
     Relative paths are refused: a job may run on another machine with another working
     directory. The resolved path is what the caller must use for I/O.
     """
-    text = os.fspath(path)
+    try:
+        text = os.fspath(path)
+    except TypeError:  # None, a number, ... from a job's JSON arguments
+        text = None
     if not isinstance(text, str) or not text or "\x00" in text:
         raise InvalidInput(f"invalid {what} path {path!r}")
     candidate = Path(text)
     if not candidate.is_absolute():
         raise InvalidInput(f"{what} path must be absolute: {text}")
-    resolved = candidate.resolve(strict=False)
+    try:
+        resolved = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise InvalidInput(f"{what} path {text} cannot be resolved: {exc}") from None
     allowed = [Path(root).resolve(strict=False) for root in roots]
     if not allowed:
         raise PathNotAllowed(

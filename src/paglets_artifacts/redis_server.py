@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 class RedisUnavailable(RuntimeError):
@@ -102,14 +104,20 @@ class EmbeddedRedis:
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
+        # No client retries: a foreign listener on the port must not stretch the wait past ``timeout``.
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.poll() is not None:
                     return False
                 with contextlib.suppress(redis.RedisError):
                     if client.ping():
-                        return True
+                        # Whoever answers may be another server that held the port (ours then
+                        # failed to bind): only our own process counts.
+                        return int(client.info("server").get("process_id", -1)) == self.process.pid
                 time.sleep(0.02)
             return False
         finally:

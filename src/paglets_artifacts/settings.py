@@ -163,7 +163,7 @@ def _parse(var: str, kind: str, raw: str) -> Any:
             for item in text.split(","):
                 if not item.strip():
                     continue
-                url, sep, key = item.strip().rpartition("=")
+                url, sep, key = item.strip().partition("=")  # keys may contain '=' (base64 padding)
                 if not sep or not url or not key:
                     raise ValueError("expected URL=KEY pairs separated by commas")
                 pairs.append((url.rstrip("/"), key))

@@ -42,7 +42,7 @@ class LimitedRequestReader:
         self.remaining = length
 
     def read(self, size: int = -1) -> bytes:
-        if self.remaining <= 0:
+        if self.remaining <= 0 or size == 0:
             return b""
         want = self.remaining if size is None or size < 0 else min(size, self.remaining)
         data = self._source.read(want)
@@ -78,7 +78,9 @@ class ChunkedRequestReader:
                     self._read_trailers()
                     self._done = True
                     break
-            want = self._left if size is None or size < 0 else min(self._left, size - len(out))
+            # read(-1) still asks the source for bounded pieces: a declared chunk size can be huge
+            limit = STREAM_CHUNK_BYTES if size is None or size < 0 else size - len(out)
+            want = min(self._left, limit)
             data = self._source.read(want)
             if not data:
                 raise SizeMismatch(f"chunked body truncated: {self._left} bytes of the current chunk never arrived")

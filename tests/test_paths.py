@@ -1,0 +1,114 @@
+"""Least authority: a path is used only if it resolves under a configured root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from paglets_artifacts import InvalidInput, PathNotAllowed
+from paglets_artifacts.paths import resolve_allowed
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    return allowed.resolve()
+
+
+def test_a_path_under_a_root_is_returned_resolved(root):
+    (root / "sub").mkdir()
+    assert resolve_allowed(root / "sub" / ".." / "file.bin", [root], what="source") == root / "file.bin"
+    assert resolve_allowed(str(root / "new" / "file.bin"), [root], what="target") == root / "new" / "file.bin"
+
+
+def test_the_root_itself_is_allowed(root):
+    assert resolve_allowed(root, [root], what="target") == root
+
+
+def test_any_of_several_roots(tmp_path, root):
+    second = tmp_path / "second"
+    second.mkdir()
+    assert resolve_allowed(second / "x", [root, second], what="source") == second.resolve() / "x"
+
+
+def test_a_path_outside_every_root_is_refused(tmp_path, root):
+    with pytest.raises(PathNotAllowed, match="outside the allowed roots"):
+        resolve_allowed(tmp_path / "elsewhere.bin", [root], what="source")
+
+
+def test_dot_dot_escaping_a_root_is_refused(root):
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed(f"{root}/../allowed-not/x", [root], what="source")
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed(f"{root}/../../etc/passwd", [root], what="source")
+
+
+def test_a_sibling_with_a_common_prefix_is_not_inside(tmp_path, root):
+    sibling = tmp_path / "allowed-evil"
+    sibling.mkdir()
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed(sibling / "x", [root], what="source")
+
+
+def test_a_symlink_escaping_a_root_is_refused(tmp_path, root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("x")
+    (root / "link-to-file").symlink_to(outside / "secret")
+    (root / "link-to-dir").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(PathNotAllowed, match="resolved"):
+        resolve_allowed(root / "link-to-file", [root], what="source")
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed(root / "link-to-dir" / "secret", [root], what="source")
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed(root / "link-to-dir" / "new-file", [root], what="target")
+
+
+def test_a_symlink_staying_inside_a_root_resolves_to_its_target(root):
+    (root / "real.bin").write_bytes(b"x")
+    (root / "alias.bin").symlink_to(root / "real.bin")
+    assert resolve_allowed(root / "alias.bin", [root], what="source") == root / "real.bin"
+
+
+def test_a_symlinked_root_is_compared_by_its_real_location(tmp_path, root):
+    link_root = tmp_path / "root-link"
+    link_root.symlink_to(root, target_is_directory=True)
+    assert resolve_allowed(root / "x", [link_root], what="source") == root / "x"
+    assert resolve_allowed(link_root / "x", [root], what="source") == root / "x"
+
+
+def test_a_symlink_loop_is_invalid_input(root):
+    (root / "loop").symlink_to(root / "loop")
+    with pytest.raises(InvalidInput, match="source path"):
+        resolve_allowed(root / "loop" / "x", [root], what="source")
+
+
+@pytest.mark.parametrize("relative", ["file.bin", "./file.bin", "../file.bin", "sub/file.bin"])
+def test_relative_paths_are_refused(root, relative, monkeypatch):
+    monkeypatch.chdir(root)  # even when the working directory is inside a root
+    with pytest.raises(InvalidInput, match="must be absolute"):
+        resolve_allowed(relative, [root], what="source")
+
+
+def test_no_roots_refuses_every_path(root):
+    with pytest.raises(PathNotAllowed, match="no allowed roots"):
+        resolve_allowed(root / "x", [], what="target")
+    with pytest.raises(PathNotAllowed, match="PAGLETS_ARTIFACTS_ALLOWED_ROOTS"):
+        resolve_allowed(root / "x", (), what="target")
+
+
+@pytest.mark.parametrize("bad", ["", "/tmp/a\x00b", b"/tmp/bytes", None, 5])
+def test_malformed_paths_are_invalid_input_naming_what_they_are(root, bad):
+    with pytest.raises(InvalidInput, match="export target"):
+        resolve_allowed(bad, [root], what="export target")  # type: ignore[arg-type]
+
+
+def test_path_like_objects_are_accepted(root):
+    class Custom(os.PathLike):
+        def __fspath__(self):
+            return str(root / "p")
+
+    assert resolve_allowed(Custom(), [root], what="source") == root / "p"
