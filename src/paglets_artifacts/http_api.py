@@ -108,6 +108,7 @@ class UnknownJobKind(ResourceNotFound):
 
 
 def status_for(exc: BaseException) -> int:
+    """The HTTP status of an error: that of its nearest class in :data:`STATUS_BY_ERROR`."""
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls]
@@ -516,6 +517,10 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+
+
 def _json(schema_ref: str, description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
 
@@ -524,7 +529,6 @@ def _json(schema_ref: str, description: str = "OK") -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every endpoint this application serves."""
     artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-fA-F]+$"}}
-    query = lambda name, schema, text: {"name": name, "in": "query", "required": False, "schema": schema, "description": text}  # noqa: E731
     job_kinds = {
         kind.name: {
             "type": "object",
@@ -577,19 +581,19 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Upload an artifact (raw body, Content-Length or chunked)",
                     "parameters": [
-                        query("owner_agent_id", {"type": "string"}, "owner of the artifact"),
-                        query("name", {"type": "string"}, "logical name"),
-                        query("compression", {"type": "string"}, "compression label"),
-                        query("expires_at", {"type": "number"}, "Unix time; 0 = never"),
-                        query("sha256", {"type": "string"}, "expected SHA-256; checked before commit"),
-                        query("size", {"type": "integer"}, "expected size in bytes"),
+                        _query("owner_agent_id", {"type": "string"}, "owner of the artifact"),
+                        _query("name", {"type": "string"}, "logical name"),
+                        _query("compression", {"type": "string"}, "compression label"),
+                        _query("expires_at", {"type": "number"}, "Unix time; 0 = never"),
+                        _query("sha256", {"type": "string"}, "expected SHA-256; checked before commit"),
+                        _query("size", {"type": "integer"}, "expected size in bytes"),
                     ],
                     "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                     "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 413, 422)},
                 },
                 "get": {
                     "summary": "List artifacts",
-                    "parameters": [query("owner_agent_id", {"type": "string"}, "only this owner's")],
+                    "parameters": [_query("owner_agent_id", {"type": "string"}, "only this owner's")],
                     "responses": {"200": _json("Artifacts"), **_error_responses(401)},
                 },
             },
@@ -636,9 +640,9 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Recent jobs, newest first",
                     "parameters": [
-                        query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_JOB_LIST, "default": 50}, "how many"),
-                        query("kind", {"type": "string"}, "only this kind"),
-                        query("state", {"type": "string"}, "only this state"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_JOB_LIST, "default": 50}, "how many"),
+                        _query("kind", {"type": "string"}, "only this kind"),
+                        _query("state", {"type": "string"}, "only this state"),
                     ],
                     "responses": {"200": _json("Jobs"), **_error_responses(400, 401, 503)},
                 }
