@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import ROOT, wait_until
 from dramatiq import Message
 
@@ -53,7 +54,8 @@ def _big_file(path: Path, size: int) -> str:
 
 
 def _store(settings) -> ArtifactStore:
-    return ArtifactStore.from_settings(settings)
+    """The store as the workers see it: indexed in the same Redis namespace."""
+    return ArtifactStore.from_settings(settings, redis=redis.Redis.from_url(settings.redis_url))
 
 
 def test_import_export_sweep_and_delete_owner_report_their_results(settings, jobs, workers, files):
