@@ -101,7 +101,8 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
     checkpoint_key = f"{ctx.records.key(current_job().id)}"
     try:
         ref = ctx.store.export_to_path(
-            artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress
+            artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress,
+            part_token=uuid.UUID(current_job().id).hex,  # a retry replaces a killed attempt's .part
         )
     except ArtifactNotFound:
         # A redelivered move whose first attempt finished: the artifact is gone but the
@@ -112,6 +113,7 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
         ref_wire = json.loads(saved)
         if file_sha256(target_path) != ref_wire["sha256"]:
             raise
+        ctx.store.finish_removal(artifact_id)  # the first attempt may have died mid-deletion
         return {**ref_wire, "target": str(target_path), "moved": True}
     if move:
         ctx.client.hset(checkpoint_key, "checkpoint", json.dumps(ref.to_wire()))
@@ -135,6 +137,9 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     for ref in ctx.store.list(owner_agent_id=owner_agent_id):
         freed += ctx.store.remove(ref.artifact_id)
         deleted += 1
+    for artifact_id in list(ctx.store.index.owner_ids(owner_agent_id)):
+        # What an attempt killed between an artifact's metadata and its blob left behind.
+        freed += ctx.store.finish_removal(artifact_id)
     return {"owner_agent_id": owner_agent_id, "deleted": deleted, "bytes_freed": freed}
 
 

@@ -103,6 +103,14 @@ def _raise_if_no_space(exc: BaseException, where: Path) -> None:
         ) from exc
 
 
+#: Errors of a filesystem (or a sysctl) that will not hard-link: a move-in copies instead.
+_NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV})
+
+
+class _LinkRefused(Exception):
+    """The source could not be hard-linked into the store."""
+
+
 def _cleanup(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -214,8 +222,12 @@ class ArtifactStore:
                 artifact_id=artifact_id,
                 progress=progress,
             )
-            if delete_source and info.st_dev == self._tmp_device():
-                return self._move_in(path, handle, info, **options)
+            # A file with other hard links is copied: through them its bytes could change later.
+            if delete_source and info.st_dev == self._tmp_device() and info.st_nlink == 1:
+                try:
+                    return self._move_in(path, handle, info, **options)
+                except _LinkRefused:
+                    handle.seek(0)  # no hard links here (filesystem or protected_hardlinks): copy
             result = self.create_from_stream(handle, size_bytes=info.st_size, **options)
         if delete_source:
             with contextlib.suppress(FileNotFoundError):
@@ -332,7 +344,8 @@ class ArtifactStore:
             raise
 
     def _move_in(self, path: Path, handle: Any, info: os.stat_result, **options: Any) -> ArtifactWriteResult:
-        """Hash a same-filesystem source in place and rename it into the store (no copy)."""
+        """Hash a same-filesystem source in place, link it into the store, commit, and only
+        then remove the source (no byte copied, nothing lost wherever it is interrupted)."""
         artifact_id = options["artifact_id"] or uuid.uuid4().hex
         artifact_id = validate_artifact_id(artifact_id)
         existing = self.committed(artifact_id)
@@ -360,11 +373,19 @@ class ArtifactStore:
         self.index.reserve(artifact_id, size, self.quota_bytes)
         tmp_path = self.tmp_dir / f"{artifact_id}.part"
         try:
-            current = os.lstat(path)
-            if (current.st_ino, current.st_dev, current.st_size) != (info.st_ino, info.st_dev, info.st_size):
-                raise SourceUnavailable(f"artifact source was replaced while it was imported: {path}")
             self._clear_stale_part(tmp_path)
-            os.rename(path, tmp_path)
+            # A second name, not a rename: the source stays where it is until the artifact is
+            # committed, so an import killed at any point loses nothing (its retry clears the link).
+            try:
+                os.link(path, tmp_path, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in _NO_LINK_ERRNOS:
+                    raise _LinkRefused(path) from exc
+                raise
+            linked = os.lstat(tmp_path)
+            if (linked.st_ino, linked.st_dev, linked.st_size) != (info.st_ino, info.st_dev, info.st_size):
+                _cleanup(tmp_path)
+                raise SourceUnavailable(f"artifact source was replaced while it was imported: {path}")
         except BaseException:
             self.index.release(artifact_id)
             raise
@@ -381,14 +402,18 @@ class ArtifactStore:
                 expires_at=expires,
                 owner_agent_id=options["owner_agent_id"],
             )
-            return self._commit(tmp_path, ref)
+            result = self._commit(tmp_path, ref)
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.rename(tmp_path, path)  # give the source back, with its own times
+            _cleanup(tmp_path)
+            with contextlib.suppress(OSError):  # the source keeps its own times
                 os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             self.index.release(artifact_id)
             _raise_if_no_space(exc, self.root)
             raise
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(path).st_ino == info.st_ino:  # still the file that was imported
+                path.unlink()
+        return result
 
     def _commit(self, tmp_path: Path, ref: ArtifactRef) -> ArtifactWriteResult:
         """Make a fully written ``.part`` visible: blob, then metadata, each renamed into place.
@@ -494,16 +519,24 @@ class ArtifactStore:
         *,
         expected_sha256: str | None = None,
         progress: Progress | None = None,
+        part_token: str | None = None,
     ) -> ArtifactRef:
         """Copy the blob to ``target`` through a hidden ``.part`` beside it, verified
-        (size and SHA-256) before it is renamed into place."""
+        (size and SHA-256) before it is renamed into place.
+
+        ``part_token`` (hex) names that ``.part`` instead of a random token: a retried export
+        of the same job then replaces what a killed attempt left beside the target.
+        """
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
         ref = self.ref(artifact_id)
         target_path = Path(target)
         if target_path.is_dir():
             raise InvalidInput(f"export target is a directory: {target_path}")
         target_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = target_path.with_name(f".{target_path.name}.{uuid.uuid4().hex}.part")
+        token = uuid.uuid4().hex if part_token is None else validate_artifact_id(part_token)
+        tmp_path = target_path.with_name(f".{target_path.name}.{token}.part")
+        if part_token is not None:
+            self._clear_stale_part(tmp_path)  # a killed attempt's, of the same job
         with self.open_reader(artifact_id) as source:
             try:
                 fd = create_exclusive(tmp_path)
@@ -556,12 +589,22 @@ class ArtifactStore:
         self.index.removed(artifact_id)
         return size
 
+    def finish_removal(self, artifact_id: str) -> int:
+        """Remove what a removal killed between the metadata and the blob left behind (the
+        blob and the index entry), when the metadata is gone; return the bytes freed."""
+        if self._metadata_path(artifact_id).exists():
+            return 0  # a whole artifact (or one being committed): not remains
+        return self.remove(artifact_id)
+
     def delete_owner(self, owner_agent_id: str) -> list[ArtifactRef]:
         """Delete every artifact of ``owner_agent_id``; return the refs deleted."""
         deleted = []
         for ref in self.list(owner_agent_id=owner_agent_id):
             self.remove(ref.artifact_id)
             deleted.append(ref)
+        if not isinstance(self.index, ScanIndex):  # a scan lists whole artifacts only
+            for artifact_id in list(self.index.owner_ids(owner_agent_id)):
+                self.finish_removal(artifact_id)  # remains of an earlier deletion that died half-way
         return deleted
 
     def cleanup_temporary(self, *, now: float | None = None) -> SweepReport:
@@ -598,7 +641,12 @@ class ArtifactStore:
             try:
                 ref = self.ref(artifact_id)
             except ArtifactNotFound:
-                self.index.removed(artifact_id)  # deleted behind the index's back (a paglets host's sweep)
+                # Deleted behind the index's back (a paglets host's sweep), or a removal that
+                # died between the metadata and the blob: remove what is left of it.
+                freed = self.remove(artifact_id)
+                if freed:
+                    report.orphans_removed += 1
+                    report.bytes_freed += freed
                 continue
             except TransferError:
                 continue
