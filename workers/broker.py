@@ -16,6 +16,8 @@ from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, 
 from paglets_artifacts.errors import TransferError
 from paglets_artifacts.settings import Settings
 
+from .logs import StructuredLogs
+from .metrics import Metrics
 from .middleware import JobRecordsMiddleware
 
 #: OS errors worth another try: the resource may be back in a moment.
@@ -53,7 +55,9 @@ def make_broker(settings: Settings) -> RedisBroker:
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
+        StructuredLogs(settings),
         JobRecordsMiddleware(),  # before Retries: its after-hooks then run after Retries decided
+        Metrics(settings),  # after job records (the result is still known), before Retries
         Retries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms, retry_when=retry_when),
     ]
     return RedisBroker(

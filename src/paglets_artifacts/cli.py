@@ -1,0 +1,624 @@
+"""The ``paglets-artifacts`` command line: enqueue and follow jobs, look at the store,
+start the processes, run the demo.
+
+Exit codes (also in ``--help``):
+
+====  =====================================================================
+0     success (a waited-for job succeeded)
+1     the job failed, or the operation was refused (unknown id, not allowed...)
+2     usage error (unknown option, bad argument)
+3     configuration error (a ``REDIS_URL`` / ``PAGLETS_ARTIFACTS_*`` value)
+4     Redis cannot be reached (down, wrong address, wrong password, TLS)
+5     ``--timeout`` passed before the job ended (the job goes on)
+130   interrupted (Ctrl-C); a job already enqueued goes on
+====  =====================================================================
+
+Errors are one line on stderr; ``--debug`` (before the command) adds the traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from . import console as views
+from .errors import JobTimeout, TransferError
+from .jobs import ArtifactJobs, Job
+from .records import FAILED, STATES
+from .settings import Settings, SettingsError
+
+#: How many recent jobs a job id prefix is looked for in.
+RECENT_JOBS_SEARCHED = 1000
+#: The job states, as ``--state`` accepts them.
+JobState = enum.Enum("JobState", {state: state for state in STATES}, type=str)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_UNAVAILABLE = 4
+EXIT_TIMEOUT = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 the job failed or the operation was refused; 2 usage error; "
+    "3 configuration error; 4 Redis unreachable; 5 --timeout passed (the job goes on); 130 interrupted."
+)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password replaced by ``***`` (for error messages)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def describe_failure(exc: BaseException, *, redis_url: str | None = None) -> tuple[int, str]:
+    """The exit code and the one-line message for an error that ends a command."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, SettingsError):
+        return EXIT_CONFIG, f"configuration error: {text}"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        where = f" at {mask_url(redis_url)}" if redis_url else ""
+        return EXIT_UNAVAILABLE, f"cannot reach Redis{where}: {type(exc).__name__}: {text}"
+    if isinstance(exc, JobTimeout):
+        return EXIT_TIMEOUT, f"timeout: {text}"
+    if isinstance(exc, LookupError):  # an unknown job id: the message says it all
+        return EXIT_FAILED, f"error: {text}"
+    return EXIT_FAILED, f"error: {type(exc).__name__}: {text}"
+
+
+class ReportingGroup(TyperGroup):
+    """Turns any error of a command into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            settings = ctx.meta.get("settings")
+            code, line = describe_failure(exc, redis_url=settings.redis_url if settings else None)
+            if ctx.meta.get("debug"):
+                traceback.print_exc()
+            elif code == EXIT_FAILED and not isinstance(exc, (TransferError, LookupError)):
+                line += " (run with --debug for the traceback)"
+            if ctx.meta.get("json"):
+                typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}))
+            typer.echo(line, err=True)
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(
+    cls=ReportingGroup,
+    name="paglets-artifacts",
+    help="Artifact jobs for paglets hosts: enqueue and follow imports, exports, sweeps and owner "
+    "deletions; look at the store; start workers, the scheduler and the HTTP API.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (one document) for scripts.")]
+WaitFlag = Annotated[bool, typer.Option("--wait", "-w", help="Follow the job with a progress bar until it ends.")]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", min=0.0, help="With --wait: give up after this many seconds (exit 5).")
+]
+OwnerOpt = Annotated[str, typer.Option("--owner", help="owner_agent_id of the artifact.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Artifact name (default: the file name).")]
+CompressionOpt = Annotated[str, typer.Option("--compression", help="Compression label stored with the artifact.")]
+ExpiresAtOpt = Annotated[float | None, typer.Option("--expires-at", help="Expiry as a Unix time.")]
+ExpiresInOpt = Annotated[float | None, typer.Option("--expires-in", min=0.0, help="Expiry in seconds from now.")]
+ShaOpt = Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 (hex); a mismatch fails the job.")]
+
+
+def _stdout() -> Console:
+    return Console(highlight=False)
+
+
+def _stderr(quiet: bool = False) -> Console:
+    return Console(stderr=True, highlight=False, quiet=quiet)
+
+
+def _emit_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, sort_keys=True, default=str))
+
+
+def _begin(ctx: typer.Context, as_json: bool = False) -> Settings:
+    """Remember the output mode (errors use it) and read the configuration."""
+    ctx.meta["json"] = as_json
+    settings = Settings.from_env()
+    ctx.meta["settings"] = settings
+    return settings
+
+
+def _expiry(expires_at: float | None, expires_in: float | None) -> float:
+    if expires_at is not None and expires_in is not None:
+        raise typer.BadParameter("give --expires-at or --expires-in, not both")
+    if expires_in is not None:
+        return time.time() + expires_in
+    return expires_at or 0.0
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    ctx.meta["debug"] = debug
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def _submit(
+    ctx: typer.Context,
+    enqueue: Callable[[ArtifactJobs], Job],
+    *,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Enqueue a job; print its id, or follow it and end with its report."""
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as jobs:
+        job = enqueue(jobs)
+        if not wait:
+            if as_json:
+                record = job.status()
+                _emit_json({"id": job.id, "kind": record.kind, "state": record.state})
+            else:
+                typer.echo(job.id)
+                _stderr().print(f"[dim]follow it with: paglets-artifacts jobs {job.id} --wait[/dim]")
+            return
+        _follow_to_end(job, timeout=timeout, as_json=as_json)
+
+
+def _follow_to_end(job: Job, *, timeout: float | None, as_json: bool) -> None:
+    try:
+        record = views.follow(job, _stderr(quiet=as_json), timeout=timeout)
+    except KeyboardInterrupt:
+        typer.echo(f"stopped waiting; job {job.id} goes on", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if as_json:
+        _emit_json(record.to_wire())
+    else:
+        _stdout().print(views.job_report(record))
+    if record.state == FAILED:
+        typer.echo(views.error_line(record), err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="File to import (must lie under PAGLETS_ARTIFACTS_ALLOWED_ROOTS).")],
+    owner: OwnerOpt = "",
+    name: NameOpt = None,
+    compression: CompressionOpt = "",
+    expires_at: ExpiresAtOpt = None,
+    expires_in: ExpiresInOpt = None,
+    sha256: ShaOpt = None,
+    delete_source: Annotated[bool, typer.Option("--delete-source", help="Remove the file once it is stored.")] = False,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a file into the store (the worker reads it; the path is made absolute here)."""
+    expiry = _expiry(expires_at, expires_in)
+    source = os.path.abspath(path)
+    _submit(
+        ctx,
+        lambda jobs: jobs.import_file(
+            source, owner_agent_id=owner, name=name, compression=compression, expires_at=expiry,
+            expected_sha256=sha256, delete_source=delete_source,
+        ),
+        wait=wait, timeout=timeout, as_json=as_json,
+    )
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    artifact_id: Annotated[str, typer.Argument(metavar="ID", help="Artifact id.")],
+    target: Annotated[Path, typer.Argument(help="Target file (under PAGLETS_ARTIFACTS_ALLOWED_ROOTS).")],
+    sha256: ShaOpt = None,
+    move: Annotated[bool, typer.Option("--move", help="Delete the artifact once the target is verified.")] = False,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export an artifact to a file, verified (size and SHA-256) before it is renamed into place."""
+    destination = os.path.abspath(target)
+    _submit(
+        ctx,
+        lambda jobs: jobs.export(artifact_id, destination, expected_sha256=sha256, move=move),
+        wait=wait, timeout=timeout, as_json=as_json,
+    )
+
+
+@app.command("import-url")
+def import_url(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="http(s) URL of the artifact (its host must be in PAGLETS_ARTIFACTS_ALLOWED_HOSTS).")],
+    owner: OwnerOpt = "",
+    name: NameOpt = None,
+    compression: CompressionOpt = "",
+    expires_at: ExpiresAtOpt = None,
+    expires_in: ExpiresInOpt = None,
+    sha256: ShaOpt = None,
+    size: Annotated[int | None, typer.Option("--size", min=0, help="Expected size in bytes.")] = None,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pull an artifact from a remote host (GET /artifacts/{id}) into the store."""
+    expiry = _expiry(expires_at, expires_in)
+    _submit(
+        ctx,
+        lambda jobs: jobs.import_url(
+            url, owner_agent_id=owner, name=name, compression=compression, expires_at=expiry,
+            expected_sha256=sha256, expected_size=size,
+        ),
+        wait=wait, timeout=timeout, as_json=as_json,
+    )
+
+
+@app.command("push")
+def push(
+    ctx: typer.Context,
+    artifact_id: Annotated[str, typer.Argument(metavar="ID", help="Artifact id.")],
+    host_url: Annotated[str, typer.Argument(help="Remote host URL (in PAGLETS_ARTIFACTS_ALLOWED_HOSTS).")],
+    owner: Annotated[str | None, typer.Option("--owner", help="owner_agent_id on the remote host.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name on the remote host.")] = None,
+    expires_at: ExpiresAtOpt = None,
+    move: Annotated[bool, typer.Option("--move", help="Delete the artifact here once the remote host has it.")] = False,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Push an artifact to a remote host (POST /artifacts)."""
+    _submit(
+        ctx,
+        lambda jobs: jobs.export_to_host(
+            artifact_id, host_url, owner_agent_id=owner, name=name, expires_at=expires_at, move=move
+        ),
+        wait=wait, timeout=timeout, as_json=as_json,
+    )
+
+
+@app.command("sweep")
+def sweep(
+    ctx: typer.Context,
+    now: Annotated[float | None, typer.Option("--now", help="Sweep as if at this Unix time.")] = None,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove stale .part files, expired artifacts and orphans."""
+    _submit(ctx, lambda jobs: jobs.sweep(now=now), wait=wait, timeout=timeout, as_json=as_json)
+
+
+@app.command("delete-owner")
+def delete_owner(
+    ctx: typer.Context,
+    owner: Annotated[str, typer.Argument(metavar="OWNER", help="owner_agent_id whose artifacts go.")],
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete every artifact of an owner (a disposed paglet)."""
+    _submit(ctx, lambda jobs: jobs.delete_owner(owner), wait=wait, timeout=timeout, as_json=as_json)
+
+
+@app.command("reindex")
+def reindex(
+    ctx: typer.Context,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rebuild the store's index from the files on disk."""
+    _submit(ctx, lambda jobs: jobs.reindex(), wait=wait, timeout=timeout, as_json=as_json)
+
+
+@app.command("jobs")
+def jobs_(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="Show this job (default: list recent jobs).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent jobs.")] = 20,
+    kind: Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")] = None,
+    state: Annotated[JobState | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="With ID: follow the job until it ends.")] = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List recent jobs, or show one job (its progress, result or error)."""
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        if job_id is None:
+            if wait:
+                raise typer.BadParameter("--wait needs a job ID")
+            records = client.jobs(limit=limit, kind=kind, state=state.value if state else None)
+            if as_json:
+                _emit_json([record.to_wire() for record in records])
+            elif records:
+                _stdout().print(views.jobs_table(records))
+            else:
+                _stderr().print("no jobs")
+            return
+        job = _find_job(client, job_id)
+        if wait:
+            _follow_to_end(job, timeout=timeout, as_json=as_json)
+            return
+        record = job.status()
+        if as_json:
+            _emit_json(record.to_wire())
+        else:
+            _stdout().print(views.job_report(record))
+        if record.state == FAILED:
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _find_job(client: ArtifactJobs, job_id: str) -> Job:
+    """A job by id, or by a prefix of its id that only one recent job has (as tables show)."""
+    try:
+        return client.job(job_id)
+    except LookupError:
+        if not job_id or len(job_id) >= 36:
+            raise
+    matches = [record.id for record in client.jobs(limit=RECENT_JOBS_SEARCHED) if record.id.startswith(job_id)]
+    if len(matches) > 1:
+        raise LookupError(f"job id prefix {job_id!r} is ambiguous: {', '.join(matches[:5])}")
+    if not matches:
+        raise LookupError(f"no job {job_id!r} (unknown, or its record expired)")
+    return client.job(matches[0])
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _open_store(settings: Settings) -> Any:
+    from .store import ArtifactStore
+
+    client = redis.Redis.from_url(settings.redis_url)
+    return ArtifactStore.from_settings(settings, redis=client)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's artifacts.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the artifacts in the store (read directly from the store directory)."""
+    settings = _begin(ctx, as_json)
+    store = _open_store(settings)
+    refs = store.list(owner_agent_id=owner)
+    if as_json:
+        _emit_json([ref.to_wire() for ref in refs])
+        return
+    out = _stdout()
+    if refs:
+        out.print(views.artifacts_table(refs))
+    total = sum(ref.size_bytes for ref in refs)
+    quota = "no quota" if settings.quota_bytes is None else f"quota {views.human_bytes(settings.quota_bytes)}"
+    out.print(f"{len(refs)} artifact(s), {views.human_bytes(total)} ({quota}) in {store.root}")
+
+
+@app.command("info")
+def info(
+    ctx: typer.Context,
+    artifact_id: Annotated[str, typer.Argument(metavar="ID", help="Artifact id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one artifact's metadata and where its blob lies."""
+    settings = _begin(ctx, as_json)
+    store = _open_store(settings)
+    ref = store.ref(artifact_id)
+    blob = store.blob_path(artifact_id)
+    if as_json:
+        _emit_json({**ref.to_wire(), "blob_path": str(blob)})
+        return
+    _stdout().print(views.ref_report(ref, {"blob_path": str(blob)}))
+
+
+@app.command("rm")
+def rm(
+    ctx: typer.Context,
+    artifact_id: Annotated[str, typer.Argument(metavar="ID", help="Artifact id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete one artifact from the store, here and now (not through a job)."""
+    settings = _begin(ctx, as_json)
+    store = _open_store(settings)
+    store.ref(artifact_id)  # unknown ids are an error, not a silent no-op
+    freed = store.remove(artifact_id)
+    if as_json:
+        _emit_json({"artifact_id": artifact_id, "removed": True, "bytes_freed": freed})
+        return
+    _stdout().print(f"removed {artifact_id} ({views.human_bytes(freed)} freed)")
+
+
+# --------------------------------------------------------------------------- processes
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fresh_metrics_dir() -> str:
+    """An empty directory for prometheus_client's multiprocess files (one per worker run)."""
+    path = Path(tempfile.gettempdir()) / f"paglets-artifacts-metrics-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def _exec(args: list[str], env: dict[str, str]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(args[0], args, env)
+
+
+@app.command("worker", context_settings=_PASSTHROUGH)
+def worker(
+    ctx: typer.Context,
+    processes: Annotated[int | None, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = None,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option("--queues", "-Q", help="Only these queues (artifact-transfers, artifact-maintenance); repeatable."),
+    ] = None,
+) -> None:
+    """Start Dramatiq workers (``python -m dramatiq workers``); other options pass through."""
+    settings = _begin(ctx)
+    args = [sys.executable, "-m", "dramatiq", "workers"]
+    if processes:
+        args += ["--processes", str(processes)]
+    if threads:
+        args += ["--threads", str(threads)]
+    if queues:
+        args += ["--queues", *queues]
+    args += list(ctx.args)
+    env = dict(os.environ)
+    if settings.metrics_port > 0 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = _fresh_metrics_dir()
+    _exec(args, env)
+
+
+def scheduler_available() -> bool:
+    """Whether ``workers.scheduler`` is installed."""
+    # Found without importing ``workers``: this package never imports the worker side.
+    spec = importlib.util.find_spec("workers")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return any((Path(location) / "scheduler.py").is_file() for location in locations)
+
+
+@app.command("scheduler", context_settings=_PASSTHROUGH)
+def scheduler(ctx: typer.Context) -> None:
+    """Start the scheduler (``python -m workers.scheduler``): periodic sweeps and reindexing."""
+    _begin(ctx)
+    if not scheduler_available():
+        raise RuntimeError("the scheduler (workers.scheduler) is not installed")
+    _exec([sys.executable, "-m", "workers.scheduler", *ctx.args], dict(os.environ))
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="Port (default: PAGLETS_ARTIFACTS_HOST_URL's).")] = None,
+) -> None:
+    """Serve the HTTP API (paglets' /artifacts routes and job endpoints)."""
+    settings = _begin(ctx)
+    try:
+        from .http_api import serve as serve_http
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.http_api":
+            raise
+        raise RuntimeError("the HTTP API (paglets_artifacts.http_api) is not installed") from None
+    if port is None:
+        parts = urlsplit(settings.host_url)
+        port = parts.port or (443 if parts.scheme == "https" else 8470)
+    serve_http(settings, host, port)
+
+
+@app.command("demo")
+def demo(
+    ctx: typer.Context,
+    size_mib: Annotated[int, typer.Option("--size-mib", min=1, help="Size of the generated file in MiB.")] = 256,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's directory (the path is printed).")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the whole pipeline on this machine: Redis, a worker and the scheduler; import,
+    export and verify, owner deletion and a sweep of a generated file. Leaves nothing running."""
+    ctx.meta["json"] = as_json
+    from .demo import Demo
+
+    report = Demo(size_mib=size_mib, keep=keep, console=_stderr() if as_json else _stdout()).run()
+    if as_json:
+        _emit_json(report)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _shown(var: str, value: str) -> str:
+    if var.endswith("API_KEY") or var.endswith("API_KEYS"):
+        return "***" if value else ""
+    return mask_url(value) if var == "REDIS_URL" else value
+
+
+@app.command("config")
+def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show every configuration variable with its value here (secrets masked)."""
+    settings = _begin(ctx, as_json)
+    values = settings.to_env()
+    rows = [(var, _shown(var, values[var]), var in os.environ, doc) for var, _default, doc in Settings.documented()]
+    if as_json:
+        _emit_json({var: value for var, value, _set, _doc in rows})
+        return
+    from rich.table import Table
+
+    table = Table(title="configuration")
+    for column in ("variable", "value", "from", "meaning"):
+        table.add_column(column, overflow="fold")
+    for var, value, is_set, doc in rows:
+        table.add_row(var, value, "environment" if is_set else "default", doc)
+    _stdout().print(table)
+
+
+@app.command("check")
+def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Check the configuration, that Redis answers and that the store is writable (a health check)."""
+    settings = _begin(ctx, as_json)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    store = _open_store(settings)
+    probe = store.tmp_dir / f".check-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    if as_json:
+        _emit_json({"ok": True, "redis_url": mask_url(settings.redis_url), "store_root": str(store.root)})
+        return
+    _stdout().print(f"ok: Redis at {mask_url(settings.redis_url)} answers; store {store.root} is writable")
+
+
+def main() -> None:
+    """The console script."""
+    app(prog_name="paglets-artifacts")
+
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_UNAVAILABLE",
+           "EXIT_USAGE", "app", "main"]
+
+if __name__ == "__main__":
+    main()

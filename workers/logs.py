@@ -1,0 +1,141 @@
+"""Structured logs: every line a worker writes carries the job and artifact it is about.
+
+:class:`StructuredLogs` (in the broker's middleware) calls :func:`configure_logging` when
+a worker process boots, after ``dramatiq`` set its log handlers up; other processes (the
+scheduler) call :func:`configure_logging` themselves. It puts a :class:`JobContextFilter` on the root handlers (the ones
+``dramatiq workers`` set up, or a stderr handler when there are none) and formats lines as
+text or as one JSON object per line, by ``PAGLETS_ARTIFACTS_LOG_FORMAT``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+from dramatiq import Middleware
+from dramatiq.middleware import CurrentMessage
+
+from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.settings import Settings
+
+from .middleware import current_job
+
+#: The text line: Dramatiq's own layout, with the job context before the message.
+TEXT_FORMAT = "[%(asctime)s] [PID %(process)d] [%(threadName)s] [%(name)s] [%(levelname)s] %(job_context)s%(message)s"
+
+#: Kinds whose artifact id is their job id (one job, one artifact: see workers/actors.py).
+_ARTIFACT_FROM_JOB_ID = frozenset({"import", "import_url"})
+
+_CONTEXT_FIELDS = ("job_id", "job_kind", "attempt", "artifact_id")
+
+
+def job_context() -> dict[str, Any]:
+    """The job this thread is running, as log fields (empty outside a job).
+
+    The job record middleware knows the job while it runs; around it (its own start and
+    end lines, Dramatiq's retry lines) the current message still names it.
+    """
+    message = CurrentMessage.get_current_message()
+    try:
+        job = current_job()
+        job_id, kind, attempt = job.id, job.kind, job.attempt
+    except RuntimeError:
+        known = KINDS_BY_ACTOR.get(message.actor_name) if message is not None else None
+        if known is None:
+            return {}
+        job_id, kind, attempt = message.message_id, known.name, None
+    fields: dict[str, Any] = {"job_id": job_id, "job_kind": kind}
+    if attempt is not None:
+        fields["attempt"] = attempt
+    artifact_id = None
+    if message is not None and message.message_id == job_id:
+        artifact_id = message.kwargs.get("artifact_id")
+    if artifact_id is None and kind in _ARTIFACT_FROM_JOB_ID:
+        try:
+            artifact_id = uuid.UUID(job_id).hex
+        except ValueError:
+            artifact_id = None
+    if artifact_id:
+        fields["artifact_id"] = artifact_id
+    return fields
+
+
+class JobContextFilter(logging.Filter):
+    """Adds ``job_id``, ``job_kind``, ``attempt`` and ``artifact_id`` to each record.
+
+    Values passed explicitly (``logger.info(..., extra={"artifact_id": ...})``) win.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = job_context()
+        for name in _CONTEXT_FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, context.get(name, ""))
+        parts = [f"job={record.job_id}"] if record.job_id else []
+        if record.job_id and record.job_kind:
+            parts.append(f"kind={record.job_kind}")
+        if record.artifact_id:
+            parts.append(f"artifact={record.artifact_id}")
+        record.job_context = f"[{' '.join(parts)}] " if parts else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, process, thread, job fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line: dict[str, Any] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            "thread": record.threadName,
+        }
+        for name in _CONTEXT_FIELDS:
+            value = getattr(record, name, "")
+            if value not in ("", None):
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(settings: Settings, *, level: int = logging.INFO) -> None:
+    """Give every root handler the job context filter and the configured format.
+
+    Idempotent; adds a stderr handler when the process has none (``--skip-logging``, or a
+    process that was not started by ``dramatiq``).
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    formatter = formatter_for(settings.log_format)
+    for handler in root.handlers:
+        if not any(isinstance(item, JobContextFilter) for item in handler.filters):
+            handler.addFilter(JobContextFilter())
+        handler.setFormatter(formatter)
+    logging.getLogger("paglets_artifacts").setLevel(level)
+
+
+class StructuredLogs(Middleware):
+    """Configures logging in each worker process as it boots.
+
+    Parameters:
+      settings(Settings): ``log_format`` chooses text or JSON lines.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def after_process_boot(self, broker: Any) -> None:
+        configure_logging(self.settings)
