@@ -557,7 +557,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on this machine: Redis, a worker and the scheduler; import,
     export and verify, owner deletion and a sweep of a generated file. Leaves nothing running."""
-    ctx.meta["json"] = as_json
+    _begin(ctx, as_json)
     from .demo import Demo
 
     report = Demo(size_mib=size_mib, keep=keep, console=_stderr() if as_json else _stdout()).run()

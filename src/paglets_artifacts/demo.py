@@ -167,6 +167,7 @@ class Demo:
         self.console.print(text)
 
     def _steps(self) -> None:
+        base = Settings.from_env(self.environ)  # a configuration error stops the demo before it starts anything
         namespace = f"paglets-artifacts-demo-{uuid.uuid4().hex[:8]}"
         self.directory = Path(tempfile.mkdtemp(prefix="paglets-artifacts-demo-"))
         files = self.directory / "files"
@@ -183,7 +184,6 @@ class Demo:
             pid = self.redis.process.pid if self.redis.process else None
             self.report["redis"] = {"embedded": True, "pid": pid}
             self._say(f"Redis: embedded redis-server started (pid {pid}, {redis_url})")
-        base = Settings.from_env(self.environ)
         settings = base.with_changes(
             redis_url=redis_url,
             namespace=namespace,

@@ -1,0 +1,93 @@
+"""Structured worker logs: each line about a job carries its job id and artifact id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import pytest
+from conftest import wait_until
+
+from paglets_artifacts import SourceUnavailable
+
+
+def json_lines(text: str) -> list[dict]:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_json_lines_carry_the_job_and_artifact_ids(settings, workers, files, jobs):
+    workers.start(settings=settings.with_changes(log_format="json"))
+    (files / "a.bin").write_bytes(os.urandom(2048))
+    imported = jobs.import_file(str(files / "a.bin"))
+    artifact_id = imported.wait(timeout=30)["artifact_id"]
+    exported = jobs.export(artifact_id, str(files / "b.bin"))
+    exported.wait(timeout=30)
+
+    def job_lines(job_id: str) -> list[dict]:
+        return [line for line in json_lines(workers.logs()) if line.get("job_id") == job_id]
+
+    wait_until(lambda: any(line["message"].endswith("succeeded") for line in job_lines(exported.id)))
+    for job_id, kind in ((imported.id, "import"), (exported.id, "export")):
+        lines = job_lines(job_id)
+        assert {line["message"].split()[-1] for line in lines} >= {"1)", "succeeded"}  # started (attempt 1), succeeded
+        assert all(line["job_kind"] == kind and line["artifact_id"] == artifact_id for line in lines)
+        assert all(line["level"] and line["logger"] and line["time"].endswith("Z") for line in lines)
+
+
+def test_text_lines_carry_the_job_context(settings, workers, files, jobs):
+    workers.start()
+    job = jobs.import_file(str(files / "missing.bin"))
+    with pytest.raises(SourceUnavailable):
+        job.wait(timeout=30)
+    artifact_id = job.id.replace("-", "")
+    context = f"[job={job.id} kind=import artifact={artifact_id}]"
+    assert wait_until(lambda: any(context in line and "failed: SourceUnavailable" in line
+                                  for line in workers.logs().splitlines()))
+
+
+def test_lines_outside_a_job_have_no_job_fields(capsys):
+    from workers.logs import JobContextFilter, JsonFormatter
+
+    record = logging.LogRecord("paglets_artifacts.test", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    assert JobContextFilter().filter(record)
+    assert record.job_context == ""
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "hello there" and "job_id" not in line and "artifact_id" not in line
+
+
+def test_an_explicit_artifact_id_wins_and_exceptions_are_kept():
+    from workers.logs import JobContextFilter, JsonFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), exc_info)
+    record.artifact_id = "a" * 32
+    JobContextFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["artifact_id"] == "a" * 32
+    assert "ValueError: boom" in line["exception"]
+    assert record.job_context == f"[artifact={'a' * 32}] "
+
+
+def test_configure_logging_is_idempotent(settings):
+    from workers.logs import JobContextFilter, JsonFormatter, configure_logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [handler]  # only this handler: pytest's own stay untouched
+    try:
+        configure_logging(settings.with_changes(log_format="json"))
+        configure_logging(settings.with_changes(log_format="json"))
+        assert sum(isinstance(item, JobContextFilter) for item in handler.filters) == 1
+        assert isinstance(handler.formatter, JsonFormatter)
+    finally:
+        root.handlers[:] = saved
