@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import wait_until
 
 from paglets_artifacts import cli
@@ -107,9 +108,10 @@ def _start_demo(tmp_path: Path, size_mib: int) -> tuple[subprocess.Popen, list[s
     return process, seen, header.group(1), header.group(2), [redis_pid, worker_pid]
 
 
-def test_ctrl_c_stops_every_child_and_removes_the_directory(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_demo_stops_every_child_and_removes_the_directory(tmp_path, signum):
     process, seen, namespace, directory, pids = _start_demo(tmp_path, 64)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     rest, _ = process.communicate(timeout=60)
     assert process.returncode == cli.EXIT_INTERRUPTED, "".join(seen) + rest
     assert "interrupted" in rest

@@ -139,11 +139,11 @@ ShaOpt = Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 (
 
 
 def _stdout() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def _stderr(quiet: bool = False) -> Console:
-    return Console(stderr=True, highlight=False, quiet=quiet)
+    return Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet)
 
 
 def _emit_json(payload: Any) -> None:

@@ -143,15 +143,18 @@ class Demo:
         self.directory: Path | None = None
         self.settings: Settings | None = None
         self.report: dict[str, Any] = {}
+        self.interrupted = False
 
     # ------------------------------------------------------------------ running
 
     def run(self) -> dict[str, Any]:
         """Run every step; stop every child and clean up whatever happens."""
-        previous = signal.getsignal(signal.SIGTERM)
+        handled = (signal.SIGINT, signal.SIGTERM)
         in_main_thread = _in_main_thread()
+        previous = {signum: signal.getsignal(signum) for signum in handled}
         if in_main_thread:
-            signal.signal(signal.SIGTERM, _interrupt)
+            for signum in handled:
+                signal.signal(signum, self._interrupt)
         started = time.monotonic()
         try:
             self._steps()
@@ -159,9 +162,25 @@ class Demo:
             self.report["ok"] = True
             return self.report
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous)
-            self._teardown()
+            if in_main_thread:  # a second Ctrl-C must not cut the cleanup short
+                for signum in handled:
+                    signal.signal(signum, signal.SIG_IGN)
+            try:
+                self._teardown()
+            finally:
+                if in_main_thread:
+                    for signum, handler in previous.items():
+                        signal.signal(signum, handler)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        # SIGTERM ends the demo the way Ctrl-C does: through the cleanup. The flag keeps
+        # the request when the exception is lost (raised inside an at-fork hook of Popen).
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def _check_interrupted(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def _say(self, text: str) -> None:
         self.console.print(text)
@@ -181,6 +200,7 @@ class Demo:
         else:
             self.redis = EmbeddedRedis()
             redis_url = self.redis.start()
+            self._check_interrupted()
             pid = self.redis.process.pid if self.redis.process else None
             self.report["redis"] = {"embedded": True, "pid": pid}
             self._say(f"Redis: embedded redis-server started (pid {pid}, {redis_url})")
@@ -245,11 +265,13 @@ class Demo:
             env, self.directory / "worker.log",
         )
         self.children.append(worker)
+        self._check_interrupted()
         self._say(f"worker: paglets-artifacts worker started (pid {worker.pid})")
         processes: dict[str, Any] = {"worker": worker.pid, "scheduler": None}
         if scheduler_available():  # robust to a checkout without the scheduler
             scheduler = Child("scheduler", [*cli, "scheduler"], env, self.directory / "scheduler.log")
             self.children.append(scheduler)
+            self._check_interrupted()
             processes["scheduler"] = scheduler.pid
             self._say(f"scheduler: paglets-artifacts scheduler started (pid {scheduler.pid})")
         else:
@@ -272,7 +294,11 @@ class Demo:
         return sha256
 
     def _run_job(self, job: Job, label: str, worker: Child) -> JobRecord:
-        record = views.follow(job, self.console, label=label, timeout=JOB_TIMEOUT_SECONDS, check=worker.check_alive)
+        def check() -> None:
+            self._check_interrupted()
+            worker.check_alive()
+
+        record = views.follow(job, self.console, label=label, timeout=JOB_TIMEOUT_SECONDS, check=check)
         self._say(views.job_report(record))
         if record.state == FAILED:
             raise DemoFailed(views.error_line(record))
@@ -352,11 +378,6 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    # SIGTERM ends the demo the way Ctrl-C does: through the cleanup.
-    raise KeyboardInterrupt
 
 
 __all__ = ["Demo", "DemoFailed"]
