@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -53,6 +52,7 @@ from .streams import (
     create_exclusive,
     file_sha256,
     hashed_copy,
+    hashed_read,
 )
 
 #: Called with (bytes_done, bytes_total or -1) while a transfer runs.
@@ -357,15 +357,14 @@ class ArtifactStore:
         size = info.st_size
         self._check_size(size)
         progress = options["progress"]
-        digest = hashlib.sha256()
-        buffer = memoryview(bytearray(1024 * 1024))
-        done = 0
-        while count := handle.readinto(buffer):
-            digest.update(buffer[:count])
-            done += count
+
+        def on_chunk(done: int) -> None:
+            if done > size:
+                raise SizeMismatch(f"source changed while it was read: more than its {size} bytes")
             if progress is not None:
                 progress(done, size)
-        sha256 = digest.hexdigest()
+
+        done, sha256 = hashed_read(handle, on_chunk=on_chunk)  # one read, overlapped with hashing
         if done != size:
             raise SizeMismatch(f"source changed while it was read: {done} of {size} bytes")
         if expected and sha256 != expected:

@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -151,42 +153,281 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[written:]
 
 
+#: Chunk size for sources that ``readinto`` our buffers (files): large enough that
+#: per-chunk overhead vanishes, small enough that the ring below stays a few MiB.
+FILE_CHUNK_BYTES = 4 * 1024 * 1024
+#: Chunks in flight between the reader, the hasher and the writer (bounds memory).
+PIPELINE_DEPTH = 6
+#: Inputs up to this size are copied on the calling thread: starting threads would cost
+#: more than overlapping saves.
+PIPELINE_MIN_BYTES = 8 * 1024 * 1024
+#: Short reads (a socket's few KiB) are gathered until a chunk holds at least this much.
+MIN_HANDOFF_BYTES = 256 * 1024
+
+
+class _ChunkReader:
+    """Reads ``source`` chunk by chunk, gathering short reads.
+
+    A source with ``readinto`` reads straight into the buffer it is handed. A
+    ``read()``-only source's ``bytes`` are passed on as they are (no copy) when they are
+    big enough; short pieces are gathered into the buffer first.
+    """
+
+    def __init__(self, source: Any, min_fill: int):
+        self._readinto = getattr(source, "readinto", None)
+        self._read = source.read if self._readinto is None else None
+        self._min_fill = min_fill
+        self._carry: bytes | None = None
+        self._eof = False
+
+    def next(self, size: int, buffer: Callable[[], memoryview]) -> memoryview | None:
+        """The next chunk of at most about ``size`` bytes; ``None`` at the end.
+
+        ``buffer()`` returns the (reused) buffer of at least ``size`` bytes to read into.
+        """
+        if self._readinto is not None:
+            return self._next_readinto(buffer()[:size])
+        return self._next_read(size, buffer)
+
+    def _next_readinto(self, view: memoryview) -> memoryview | None:
+        filled = 0
+        want = min(self._min_fill, len(view))
+        while not self._eof and filled < want:
+            count = self._readinto(view[filled:])
+            if not count:
+                self._eof = True
+                break
+            filled += count
+        return view[:filled] if filled else None
+
+    def _next_read(self, size: int, buffer: Callable[[], memoryview]) -> memoryview | None:
+        if self._carry is not None:
+            data, self._carry = self._carry, None
+            return memoryview(data)
+        want = min(self._min_fill, size)
+        view: memoryview | None = None
+        filled = 0
+        while not self._eof and filled < want:
+            space = size - filled
+            data = self._read(space)
+            if not data:
+                self._eof = True
+                break
+            if type(data) is not bytes and len(data) > space:
+                data = bytes(data)
+            if filled == 0 and type(data) is bytes and len(data) >= want:
+                return memoryview(data)  # big enough as it is; the source never reuses a bytes object
+            if len(data) > space:  # more than asked for: hand it on after what was gathered
+                self._carry = data
+                break
+            if view is None:
+                view = buffer()
+            view[filled : filled + len(data)] = data  # a copy only of short or mutable pieces
+            filled += len(data)
+        return view[:filled] if view is not None and filled else None
+
+
+def _remaining_bytes(source: Any) -> int | None:
+    """Bytes left in ``source`` when it is a regular file, else ``None`` (only a hint)."""
+    try:
+        info = os.fstat(source.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return max(0, info.st_size - source.tell())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class _Pipeline:
+    """Reads on the calling thread while one helper thread hashes and another writes.
+
+    Parameters:
+      chunks(_ChunkReader): where the bytes come from.
+      stages: (name, callable) pairs; each callable consumes every chunk in order on a
+        thread of its own named ``paglets-artifacts-copy-<name>``.
+      on_chunk: called on the calling thread with the running total after a chunk is
+        read and before any stage sees it; it may raise to stop the copy.
+      chunk_size(int): size of each ring buffer.
+      depth(int): ring buffers; a buffer is refilled only after every stage is done with it.
+
+    Any error (the source's, ``on_chunk``'s, a stage's) stops every thread before it
+    propagates from :meth:`run`; no thread outlives the call.
+    """
+
+    def __init__(
+        self,
+        chunks: _ChunkReader,
+        stages: list[tuple[str, Callable[[memoryview], Any]]],
+        *,
+        on_chunk: Callable[[int], None] | None,
+        chunk_size: int,
+        depth: int,
+    ):
+        self._chunks = chunks
+        self._stages = stages
+        self._on_chunk = on_chunk
+        self._size = chunk_size
+        self._depth = depth
+        self._buffers: list[memoryview | None] = [None] * depth
+        self._slots: list[memoryview | None] = [None] * depth
+        self._cond = threading.Condition()
+        self._produced = 0  # chunks handed to the stages
+        self._consumed = [0] * len(stages)  # chunks each stage has finished
+        self._finished = False  # the reader is done (at the end, or stopped)
+        self._error: BaseException | None = None
+
+    def run(self, total: int) -> int:
+        """Copy the rest of the source; return ``total`` plus the bytes copied."""
+        threads = [
+            threading.Thread(target=self._consume, args=(index,), name=f"paglets-artifacts-copy-{name}", daemon=True)
+            for index, (name, _) in enumerate(self._stages)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            index = 0
+            while True:
+                slot = index % self._depth
+                self._wait_for_slot(index)
+                chunk = self._chunks.next(self._size, lambda: self._buffer(slot))
+                if chunk is None:
+                    break
+                total += len(chunk)
+                if self._on_chunk is not None:
+                    self._on_chunk(total)
+                index += 1
+                with self._cond:
+                    self._slots[slot] = chunk
+                    self._produced = index
+                    self._cond.notify_all()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+            for thread in threads:
+                thread.join()
+            self._slots = [None] * self._depth
+        if self._error is not None:
+            raise self._error
+        return total
+
+    def _buffer(self, slot: int) -> memoryview:
+        buffer = self._buffers[slot]
+        if buffer is None:  # allocated on first use: read()-only sources rarely need one
+            buffer = self._buffers[slot] = memoryview(bytearray(self._size))
+        return buffer
+
+    def _wait_for_slot(self, index: int) -> None:
+        reusable = index - self._depth  # the chunk that last used this slot
+        with self._cond:
+            while self._error is None and min(self._consumed) <= reusable:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def _consume(self, stage_index: int) -> None:
+        stage = self._stages[stage_index][1]
+        index = 0
+        try:
+            while True:
+                with self._cond:
+                    while self._error is None and self._produced <= index and not self._finished:
+                        self._cond.wait()
+                    if self._error is not None or self._produced <= index:
+                        return
+                    chunk = self._slots[index % self._depth]
+                stage(chunk)
+                index += 1
+                with self._cond:
+                    self._consumed[stage_index] = index
+                    self._cond.notify_all()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+
+def _hashed_stream(
+    source: Any,
+    fd: int | None,
+    on_chunk: Callable[[int], None] | None,
+    chunk_size: int | None,
+) -> tuple[int, str]:
+    if chunk_size is None:
+        chunk_size = FILE_CHUNK_BYTES if hasattr(source, "readinto") else STREAM_CHUNK_BYTES
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidInput(f"invalid chunk_size {chunk_size!r}: expected a whole number >= 1")
+    digest = hashlib.sha256()
+    chunks = _ChunkReader(source, min(MIN_HANDOFF_BYTES, chunk_size))
+    remaining = _remaining_bytes(source)
+    total = 0
+    if remaining is None or remaining <= PIPELINE_MIN_BYTES:
+        # Small or of unknown size: start on this thread; a known-small file never leaves it.
+        size = min(chunk_size, STREAM_CHUNK_BYTES if remaining is None else remaining + 1)
+        buffer: memoryview | None = None
+
+        def inline_buffer() -> memoryview:
+            nonlocal buffer
+            if buffer is None:
+                buffer = memoryview(bytearray(size))
+            return buffer
+
+        while remaining is not None or total < PIPELINE_MIN_BYTES:
+            chunk = chunks.next(size, inline_buffer)
+            if chunk is None:
+                return total, digest.hexdigest()
+            total += len(chunk)
+            if on_chunk is not None:
+                on_chunk(total)
+            digest.update(chunk)
+            if fd is not None:
+                write_all(fd, chunk)
+    stages: list[tuple[str, Callable[[memoryview], Any]]] = [("hash", digest.update)]
+    if fd is not None:
+        stages.append(("write", lambda chunk: write_all(fd, chunk)))
+    pipeline = _Pipeline(chunks, stages, on_chunk=on_chunk, chunk_size=chunk_size, depth=PIPELINE_DEPTH)
+    total = pipeline.run(total)
+    return total, digest.hexdigest()
+
+
 def hashed_copy(
     source: Any,
     fd: int,
     *,
     on_chunk: Callable[[int], None] | None = None,
-    chunk_size: int = STREAM_CHUNK_BYTES,
+    chunk_size: int | None = None,
 ) -> tuple[int, str]:
     """Copy ``source`` into the open file descriptor ``fd``; return (bytes, sha256 hex).
 
-    ``on_chunk(total_so_far)`` runs after each chunk is read and before it is written:
-    it may raise to stop the copy (a size cap) or report progress. One buffer is reused,
-    so memory stays at one chunk whatever the size.
+    The digest is taken over exactly the buffers handed to ``os.write``. A large input is
+    read on the calling thread while a helper thread hashes and another writes, so the
+    copy takes about as long as the slower of hashing and I/O; small inputs stay on the
+    calling thread. Memory stays at a few chunks whatever the size.
+
+    ``on_chunk(total_so_far)`` runs on the calling thread after each chunk is read and
+    before it is hashed or written: it may raise to stop the copy (a size cap) or report
+    progress. ``chunk_size`` defaults to ``FILE_CHUNK_BYTES`` for sources with
+    ``readinto`` and ``STREAM_CHUNK_BYTES`` for ``read()``-only ones.
     """
-    digest = hashlib.sha256()
-    total = 0
-    readinto = getattr(source, "readinto", None)
-    buffer = bytearray(chunk_size) if readinto is not None else None
-    view = memoryview(buffer) if buffer is not None else None
-    while True:
-        if readinto is not None:
-            count = readinto(view)
-            if not count:
-                break
-            chunk = view[:count]
-        else:
-            data = source.read(chunk_size)
-            if not data:
-                break
-            chunk = memoryview(data)
-            count = len(chunk)
-        total += count
-        if on_chunk is not None:
-            on_chunk(total)
-        digest.update(chunk)
-        write_all(fd, chunk)
-    return total, digest.hexdigest()
+    return _hashed_stream(source, fd, on_chunk, chunk_size)
+
+
+def hashed_read(
+    source: Any,
+    *,
+    on_chunk: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+) -> tuple[int, str]:
+    """Read ``source`` to its end; return (bytes, sha256 hex). Reading overlaps hashing
+    for large inputs, as in :func:`hashed_copy`."""
+    return _hashed_stream(source, None, on_chunk, chunk_size)
 
 
 def copy_stream(source: Any, target: Any, *, expected_bytes: int | None = None) -> tuple[int, str]:
@@ -224,14 +465,9 @@ def copy_path(source: str | Path, target: str | Path) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 (lowercase hex) of a file's bytes, read in reused chunks."""
-    digest = hashlib.sha256()
-    buffer = bytearray(STREAM_CHUNK_BYTES)
-    view = memoryview(buffer)
+    """SHA-256 (lowercase hex) of a file's bytes; reading overlaps hashing for large files."""
     with open(path, "rb", buffering=0) as handle:
-        while count := handle.readinto(view):
-            digest.update(view[:count])
-    return digest.hexdigest()
+        return hashed_read(handle)[1]
 
 
 _EXCLUSIVE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

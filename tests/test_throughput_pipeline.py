@@ -1,0 +1,397 @@
+"""The overlapped copy: hashed_copy and hashed_read read on the calling thread while helper
+threads hash and write. Every byte lands, the digest is hashlib's, memory stays bounded,
+and any error stops every helper thread before it reaches the caller."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from paglets_artifacts import streams
+from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch
+from paglets_artifacts.store import ArtifactStore
+from paglets_artifacts.streams import (
+    LimitedRequestReader,
+    file_sha256,
+    hashed_copy,
+    hashed_read,
+)
+
+CHUNK = 4096
+HOST = "http://127.0.0.1:8470"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def copy_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("paglets-artifacts-copy")]
+
+
+@pytest.fixture
+def pipelined(monkeypatch):
+    """Small chunks, and the pipeline from the first byte, so small inputs exercise it."""
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", 0)
+    monkeypatch.setattr(streams, "MIN_HANDOFF_BYTES", CHUNK)
+    baseline = threading.active_count()
+    yield
+    assert copy_threads() == []
+    assert threading.active_count() == baseline
+
+
+class ReadOnly:
+    """``read()`` only, full reads (like ``LimitedRequestReader``)."""
+
+    def __init__(self, data: bytes):
+        self._buffer = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._buffer.read(size)
+
+
+class Trickle(ReadOnly):
+    """``read()`` only, short reads of random length (a socket)."""
+
+    def __init__(self, data: bytes, seed: int = 7):
+        super().__init__(data)
+        self._random = random.Random(seed)
+
+    def read(self, size: int = -1) -> bytes:
+        step = self._random.choice([1, 7, 100, 1000, CHUNK - 1, CHUNK, 3 * CHUNK])
+        return self._buffer.read(step if size is None or size < 0 else min(size, step))
+
+
+class ReusedBuffer(ReadOnly):
+    """``read()`` that hands back the same bytearray every time, overwritten by the next read."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self._scratch = bytearray(CHUNK)
+
+    def read(self, size: int = -1) -> bytearray:
+        data = self._buffer.read(min(size, CHUNK) if size and size > 0 else CHUNK)
+        self._scratch[: len(data)] = data
+        return self._scratch[: len(data)] if len(data) < CHUNK else self._scratch
+
+
+class Oversized(ReadOnly):
+    """``read(n)`` that ignores ``n`` now and then and returns more."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self._calls = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self._calls += 1
+        return self._buffer.read(3 * CHUNK if self._calls % 3 == 0 else 10)
+
+
+class Failing(ReadOnly):
+    """Raises after ``after`` bytes."""
+
+    def __init__(self, data: bytes, after: int):
+        super().__init__(data)
+        self._after = after
+        self._given = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._given >= self._after:
+            raise ConnectionResetError("peer went away")
+        data = self._buffer.read(min(size, CHUNK))
+        self._given += len(data)
+        return data
+
+
+class Endless:
+    """``readinto`` that never reaches the end."""
+
+    def __init__(self):
+        self.given = 0
+
+    def readinto(self, view) -> int:
+        view[:] = b"e" * len(view)
+        self.given += len(view)
+        return len(view)
+
+
+SOURCES = {
+    "readinto": io.BytesIO,
+    "read": ReadOnly,
+    "short-reads": Trickle,
+    "reused-bytearray": ReusedBuffer,
+    "oversized-reads": Oversized,
+    "request-body": lambda data: LimitedRequestReader(io.BytesIO(data), len(data)),
+}
+SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 5 * CHUNK + 17, 40 * CHUNK + 3]
+
+
+def copy_into(tmp_path: Path, source, **options) -> tuple[int, str, bytes]:
+    target = tmp_path / "out.bin"
+    target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        count, digest = hashed_copy(source, fd, **options)
+    finally:
+        os.close(fd)
+    return count, digest, target.read_bytes()
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+@pytest.mark.parametrize("size", SIZES)
+def test_every_byte_lands_and_the_digest_is_hashlibs(tmp_path, pipelined, kind, size):
+    data = os.urandom(size)
+    totals = []
+    count, digest, landed = copy_into(tmp_path, SOURCES[kind](data), on_chunk=totals.append, chunk_size=CHUNK)
+    assert (count, digest) == (size, sha(data))
+    assert landed == data
+    assert totals == sorted(totals) and (totals[-1] if totals else 0) == size
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+@pytest.mark.parametrize("size", SIZES)
+def test_hashed_read_matches_hashlib(pipelined, kind, size):
+    data = os.urandom(size)
+    assert hashed_read(SOURCES[kind](data), chunk_size=CHUNK) == (size, sha(data))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["readinto", "short-reads"])
+def test_any_ring_depth_copies_every_byte(tmp_path, pipelined, monkeypatch, depth, kind):
+    monkeypatch.setattr(streams, "PIPELINE_DEPTH", depth)
+    data = os.urandom(40 * CHUNK + 3)
+    assert copy_into(tmp_path, SOURCES[kind](data), chunk_size=CHUNK) == (len(data), sha(data), data)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK + 1, 9 * 1024 * 1024 + 5])
+def test_files_use_the_default_chunks_and_match_hashlib(tmp_path, size):
+    data = os.urandom(size)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    for opener in (lambda: open(source, "rb", buffering=0), lambda: open(source, "rb")):
+        with opener() as handle:
+            count, digest, landed = copy_into(tmp_path, handle)
+        assert (count, digest, landed == data) == (size, sha(data), True)
+    assert file_sha256(source) == sha(data)
+    assert copy_threads() == []
+
+
+def test_a_file_read_from_the_middle_copies_only_the_rest(tmp_path, pipelined):
+    data = os.urandom(10 * CHUNK)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    with open(source, "rb", buffering=0) as handle:
+        handle.seek(3 * CHUNK + 1)
+        count, digest, landed = copy_into(tmp_path, handle, chunk_size=CHUNK)
+    assert (count, digest, landed) == (len(data) - 3 * CHUNK - 1, sha(data[3 * CHUNK + 1 :]), data[3 * CHUNK + 1 :])
+
+
+def test_small_inputs_start_no_thread(tmp_path, monkeypatch):
+    def no_threads(*args, **kwargs):
+        raise AssertionError("a small copy started a thread")
+
+    monkeypatch.setattr(streams.threading, "Thread", no_threads)
+    data = os.urandom(100_000)
+    source = tmp_path / "small.bin"
+    source.write_bytes(data)
+    with open(source, "rb", buffering=0) as handle:
+        assert copy_into(tmp_path, handle)[1] == sha(data)
+    assert copy_into(tmp_path, io.BytesIO(data))[1] == sha(data)
+    assert hashed_read(ReadOnly(data)) == (len(data), sha(data))
+
+
+def test_large_inputs_hash_and_write_on_helper_threads(tmp_path, monkeypatch):
+    seen = []
+    real_write_all = streams.write_all
+
+    def recording_write_all(fd, chunk):
+        seen.append(threading.current_thread().name)
+        real_write_all(fd, chunk)
+
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+    monkeypatch.setattr(streams, "write_all", recording_write_all)
+    data = os.urandom(20 * CHUNK)
+    count, digest, landed = copy_into(tmp_path, io.BytesIO(data), chunk_size=CHUNK)
+    assert (count, digest, landed == data) == (len(data), sha(data), True)
+    assert seen[0] == threading.current_thread().name  # the first bytes, before the size is known
+    assert set(seen[1:]) == {"paglets-artifacts-copy-write"}
+    assert copy_threads() == []
+
+
+# ---------------------------------------------------------------- errors stop every thread
+
+
+def test_an_on_chunk_error_propagates_and_nothing_past_the_cap_is_written(tmp_path, pipelined):
+    data = os.urandom(50 * CHUNK)
+    accepted = []
+
+    def cap(total: int) -> None:
+        if total > 10 * CHUNK:
+            raise SizeMismatch("over the cap")
+        accepted.append(total)
+
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(SizeMismatch, match="over the cap"):
+            hashed_copy(io.BytesIO(data), fd, on_chunk=cap, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+    landed = target.read_bytes()
+    assert len(landed) <= accepted[-1] == 10 * CHUNK
+    assert data.startswith(landed)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupt_from_on_chunk_stops_an_endless_copy(tmp_path, pipelined, error):
+    def stop(total: int) -> None:
+        if total >= 100 * CHUNK:
+            raise error("stop")
+
+    fd = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(error):
+            hashed_copy(Endless(), fd, on_chunk=stop, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("after", [0, 1, CHUNK, 7 * CHUNK + 3])
+def test_a_source_error_propagates(tmp_path, pipelined, after):
+    data = os.urandom(20 * CHUNK)
+    fd = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(ConnectionResetError, match="peer went away"):
+            hashed_copy(Failing(data, after), fd, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+
+
+def test_a_source_error_during_the_inline_start_propagates(tmp_path):
+    fd = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(ConnectionResetError):
+            hashed_copy(Failing(os.urandom(10 * CHUNK), 2 * CHUNK), fd)
+    finally:
+        os.close(fd)
+    assert copy_threads() == []
+
+
+def test_a_write_error_propagates_even_while_the_reader_waits_for_a_free_buffer(tmp_path, pipelined):
+    path = tmp_path / "read-only.bin"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # os.write fails with EBADF on the writer thread
+    source = Endless()
+    try:
+        with pytest.raises(OSError):
+            hashed_copy(source, fd, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+    assert source.given <= (streams.PIPELINE_DEPTH + 2) * CHUNK
+
+
+def test_a_failing_write_is_not_taken_for_a_short_copy(tmp_path, pipelined, monkeypatch):
+    calls = []
+    real_write_all = streams.write_all
+
+    def full_disk_after_three(fd, chunk):
+        calls.append(len(chunk))
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        real_write_all(fd, chunk)
+
+    monkeypatch.setattr(streams, "write_all", full_disk_after_three)
+    fd = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            hashed_copy(io.BytesIO(os.urandom(30 * CHUNK)), fd, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+
+
+def test_the_reader_never_runs_more_than_the_ring_ahead_of_a_slow_writer(tmp_path, pipelined, monkeypatch):
+    written = [0]
+    ahead = []
+    real_write_all = streams.write_all
+
+    def slow_write_all(fd, chunk):
+        time.sleep(0.002)
+        real_write_all(fd, chunk)
+        written[0] += len(chunk)
+
+    def watch(total: int) -> None:
+        ahead.append(total - written[0])
+
+    monkeypatch.setattr(streams, "write_all", slow_write_all)
+    data = os.urandom(60 * CHUNK)
+    count, digest, landed = copy_into(tmp_path, io.BytesIO(data), on_chunk=watch, chunk_size=CHUNK)
+    assert (count, digest, landed == data) == (len(data), sha(data), True)
+    assert max(ahead) <= (streams.PIPELINE_DEPTH + 1) * CHUNK
+
+
+def test_concurrent_copies_do_not_mix_their_bytes(tmp_path, pipelined):
+    datas = [os.urandom(30 * CHUNK + n) for n in range(6)]
+    results: dict[int, tuple] = {}
+
+    def one(index: int) -> None:
+        results[index] = copy_into(tmp_path / str(index), io.BytesIO(datas[index]), chunk_size=CHUNK)
+
+    for index in range(len(datas)):
+        (tmp_path / str(index)).mkdir()
+    workers = [threading.Thread(target=one, args=(index,)) for index in range(len(datas))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for index, data in enumerate(datas):
+        assert results[index] == (len(data), sha(data), data)
+
+
+# ---------------------------------------------------------------- through the store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "store", host_url=HOST, fsync=False)
+
+
+def test_store_import_export_and_move_through_the_pipeline(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", 64 * 1024)
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    seen = []
+
+    imported = store.create_from_path(source, progress=lambda done, total: seen.append((done, total)))
+    assert imported.ref.sha256 == sha(data) and imported.path.read_bytes() == data
+    assert seen[-1] == (len(data), len(data))
+
+    target = tmp_path / "work" / "export.bin"
+    store.export_to_path(imported.ref.artifact_id, target)
+    assert target.read_bytes() == data
+
+    moved_progress = []
+    moved = store.create_from_path(
+        source, delete_source=True, expected_sha256=sha(data), progress=lambda d, t: moved_progress.append((d, t))
+    )
+    assert not source.exists() and moved.path.read_bytes() == data
+    assert moved_progress[-1] == (len(data), len(data))
+    assert copy_threads() == []
+
+
+def test_a_store_size_cap_stops_a_large_body_and_leaves_no_part(tmp_path, monkeypatch):
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", 64 * 1024)
+    store = ArtifactStore(tmp_path / "store", host_url=HOST, fsync=False, max_artifact_bytes=1024 * 1024)
+    with pytest.raises(ArtifactTooLarge, match="exceeds maximum size"):
+        store.create_from_stream(io.BytesIO(os.urandom(4 * 1024 * 1024)))
+    assert list(store.tmp_dir.iterdir()) == []
+    assert copy_threads() == []
