@@ -395,3 +395,14 @@ def test_a_store_size_cap_stops_a_large_body_and_leaves_no_part(tmp_path, monkey
         store.create_from_stream(io.BytesIO(os.urandom(4 * 1024 * 1024)))
     assert list(store.tmp_dir.iterdir()) == []
     assert copy_threads() == []
+
+
+def test_ring_buffers_are_reused_between_copies_and_the_pool_stays_bounded(tmp_path, pipelined):
+    datas = [os.urandom(30 * CHUNK + n) for n in range(3)]
+    for data in datas:
+        assert copy_into(tmp_path, io.BytesIO(data), chunk_size=CHUNK) == (len(data), sha(data), data)
+    idle = streams._POOL._idle
+    assert idle and sum(map(len, idle)) <= streams.BUFFER_POOL_BYTES
+    kept = {id(buffer) for buffer in idle}
+    assert copy_into(tmp_path, io.BytesIO(datas[0]), chunk_size=CHUNK)[1] == sha(datas[0])
+    assert {id(buffer) for buffer in streams._POOL._idle} & kept

@@ -163,6 +163,37 @@ PIPELINE_DEPTH = 6
 PIPELINE_MIN_BYTES = 8 * 1024 * 1024
 #: Short reads (a socket's few KiB) are gathered until a chunk holds at least this much.
 MIN_HANDOFF_BYTES = 256 * 1024
+#: Idle ring buffers kept between copies, in bytes (one ring's worth).
+BUFFER_POOL_BYTES = PIPELINE_DEPTH * FILE_CHUNK_BYTES
+
+
+class _BufferPool:
+    """Ring buffers kept between copies.
+
+    Fresh memory costs a page fault on first touch of every page, which for a mid-size
+    copy costs as much as the copy itself; reusing a few buffers pays that once per
+    process. At most ``BUFFER_POOL_BYTES`` stay idle; the rest go back to the allocator.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for index, buffer in enumerate(self._idle):
+                if len(buffer) == size:
+                    return self._idle.pop(index)
+        return bytearray(size)
+
+    def give(self, buffers: list[bytearray]) -> None:
+        with self._lock:
+            for buffer in buffers:
+                if sum(map(len, self._idle)) + len(buffer) <= BUFFER_POOL_BYTES:
+                    self._idle.append(buffer)
+
+
+_POOL = _BufferPool()
 
 
 class _ChunkReader:
@@ -268,7 +299,7 @@ class _Pipeline:
         self._on_chunk = on_chunk
         self._size = chunk_size
         self._depth = depth
-        self._buffers: list[memoryview | None] = [None] * depth
+        self._buffers: list[bytearray | None] = [None] * depth
         self._slots: list[memoryview | None] = [None] * depth
         self._cond = threading.Condition()
         self._produced = 0  # chunks handed to the stages
@@ -310,15 +341,17 @@ class _Pipeline:
             for thread in threads:
                 thread.join()
             self._slots = [None] * self._depth
+            _POOL.give([buffer for buffer in self._buffers if buffer is not None])
+            self._buffers = [None] * self._depth
         if self._error is not None:
             raise self._error
         return total
 
     def _buffer(self, slot: int) -> memoryview:
         buffer = self._buffers[slot]
-        if buffer is None:  # allocated on first use: read()-only sources rarely need one
-            buffer = self._buffers[slot] = memoryview(bytearray(self._size))
-        return buffer
+        if buffer is None:  # taken on first use: read()-only sources rarely need one
+            buffer = self._buffers[slot] = _POOL.take(self._size)
+        return memoryview(buffer)
 
     def _wait_for_slot(self, index: int) -> None:
         reusable = index - self._depth  # the chunk that last used this slot
@@ -370,7 +403,7 @@ def _hashed_stream(
     total = 0
     if remaining is None or remaining <= PIPELINE_MIN_BYTES:
         # Small or of unknown size: start on this thread; a known-small file never leaves it.
-        size = min(chunk_size, STREAM_CHUNK_BYTES if remaining is None else remaining + 1)
+        size = min(chunk_size, STREAM_CHUNK_BYTES, (remaining if remaining is not None else chunk_size) + 1)
         buffer: memoryview | None = None
 
         def inline_buffer() -> memoryview:
