@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -268,8 +270,27 @@ def test_worker_with_metrics_gets_a_fresh_multiprocess_directory(settings, execs
     invoke(settings, "worker", PAGLETS_ARTIFACTS_METRICS_PORT="9999", PROMETHEUS_MULTIPROC_DIR="")
     [(_args, env)] = execs
     directory = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    assert directory.name == f"{cli.METRICS_DIR_PREFIX}{os.getpid()}"  # the pid dramatiq's main process gets by exec
     assert directory.is_dir() and not any(directory.iterdir())
     directory.rmdir()
+
+
+def test_worker_removes_metrics_directories_of_runs_that_ended(settings, execs, tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = Path(tempfile.gettempdir()) / f"{cli.METRICS_DIR_PREFIX}{int(ended.stdout)}"
+    stale.mkdir(exist_ok=True)
+    (stale / "counter_1.db").write_bytes(b"")
+    live = Path(tempfile.gettempdir()) / f"{cli.METRICS_DIR_PREFIX}{os.getppid()}"
+    live_existed = live.exists()
+    live.mkdir(exist_ok=True)
+    try:
+        invoke(settings, "worker", PAGLETS_ARTIFACTS_METRICS_PORT="9999", PROMETHEUS_MULTIPROC_DIR="")
+        assert not stale.exists()
+        assert live.is_dir()  # its process still runs
+    finally:
+        if not live_existed:
+            shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(execs[0][1]["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def test_worker_refuses_a_bad_configuration_before_starting(settings, execs):

@@ -40,7 +40,16 @@ def answers(port: int) -> bool:
     return True
 
 
-def test_worker_metrics_count_jobs_bytes_sweeps_and_deletions(settings, workers, files, jobs):
+@pytest.fixture
+def metrics_dir(tmp_path, monkeypatch):
+    """Workers started by the test write their metric files here (removed with tmp_path)."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    return directory
+
+
+def test_worker_metrics_count_jobs_bytes_sweeps_and_deletions(settings, workers, files, jobs, metrics_dir):
     metered = settings.with_changes(metrics_port=free_port())
     workers.start(processes=2, threads=2, settings=metered)
     sizes = [100_000 + i for i in range(6)]
@@ -72,6 +81,7 @@ def test_worker_metrics_count_jobs_bytes_sweeps_and_deletions(settings, workers,
     assert value(samples, "paglets_artifacts_store_readable") == 1
     assert value(samples, "paglets_artifacts_store_used_bytes") == sum(sizes[2:])
     assert value(samples, "paglets_artifacts_store_quota_bytes") == settings.quota_bytes
+    assert len(list(metrics_dir.glob("counter_*.db"))) == 2  # both worker processes count
 
 
 # A worker process's middleware, driven by hand in a process of its own (multiprocess mode
@@ -128,7 +138,7 @@ def test_metrics_are_off_by_default(settings):
     assert metrics.metrics is None
 
 
-def test_a_metrics_port_in_use_is_logged_and_jobs_still_run(settings, workers, jobs):
+def test_a_metrics_port_in_use_is_logged_and_jobs_still_run(settings, workers, jobs, metrics_dir):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()

@@ -471,12 +471,32 @@ def rm(
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
+METRICS_DIR_PREFIX = "paglets-artifacts-metrics-"
+
+
 def _fresh_metrics_dir() -> str:
-    """An empty directory for prometheus_client's multiprocess files (one per worker run)."""
-    path = Path(tempfile.gettempdir()) / f"paglets-artifacts-metrics-{os.getpid()}"
+    """An empty directory for prometheus_client's multiprocess files (one per worker run,
+    named by the pid the worker's main process will have); those of runs whose main
+    process is gone are removed."""
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(f"{METRICS_DIR_PREFIX}*"):
+        pid = stale.name[len(METRICS_DIR_PREFIX):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    path = base / f"{METRICS_DIR_PREFIX}{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return str(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _exec(args: list[str], env: dict[str, str]) -> None:

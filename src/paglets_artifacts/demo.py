@@ -257,7 +257,9 @@ class Demo:
     def _start_processes(self, settings: Settings) -> None:
         assert self.directory is not None
         env = {**self.environ, **settings.to_env()}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        metrics_dir = self.directory / "metrics"  # removed with the demo's directory
+        metrics_dir.mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         cli = [sys.executable, "-m", "paglets_artifacts.cli"]
         worker = Child(
             "worker",
