@@ -83,9 +83,13 @@ def import_file(
             delete_source=delete_source,
             progress=current_job().progress,
         )
-    elif delete_source:  # committed by an attempt that died before removing the source
-        with contextlib.suppress(FileNotFoundError):
-            source.unlink()
+    else:
+        # Committed by an attempt that died (or lost Redis) before it finished: make sure the
+        # index knows the artifact, and that a moved source is gone.
+        ctx.store.index.committed(result.ref)
+        if delete_source:
+            with contextlib.suppress(FileNotFoundError):
+                source.unlink()
     try:
         _check_owner_alive(owner_agent_id)
     except OwnerDeleted:

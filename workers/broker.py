@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Any
 
 import dramatiq
 import redis
@@ -18,7 +19,7 @@ from paglets_artifacts.settings import Settings
 
 from .logs import StructuredLogs
 from .metrics import Metrics
-from .middleware import JobRecordsMiddleware
+from .middleware import JobRecordsMiddleware, retry_while_unreachable
 
 #: OS errors worth another try: the resource may be back in a moment.
 TRANSIENT_ERRNOS = frozenset(
@@ -42,6 +43,35 @@ def is_transient(exception: BaseException) -> bool:
     return isinstance(exception, OSError) and exception.errno in TRANSIENT_ERRNOS
 
 
+class PatientRetries(Retries):
+    """Dramatiq's ``Retries``, except that enqueueing the retry waits for an unreachable
+    Redis (a restart, a failover) instead of failing: the message is acknowledged right
+    after this hook, so a retry that is not enqueued would be a job lost for good.
+
+    Parameters: those of ``Retries``.
+    """
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:
+        super().after_process_message(_PatientEnqueue(broker), message, result=result, exception=exception)
+
+
+class _PatientEnqueue:
+    """The broker, with an ``enqueue`` that retries while Redis cannot be reached."""
+
+    def __init__(self, broker: Any):
+        self._broker = broker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        sent: list[Any] = []
+        retry_while_unreachable(
+            lambda: sent.append(self._broker.enqueue(message, delay=delay)), f"the retry of job {message.message_id}"
+        )
+        return sent[0] if sent else None
+
+
 def make_broker(settings: Settings) -> RedisBroker:
     """A Redis broker with the standard middleware, job records, and retries of transient errors only."""
 
@@ -58,7 +88,7 @@ def make_broker(settings: Settings) -> RedisBroker:
         StructuredLogs(settings),
         JobRecordsMiddleware(),  # before Retries: its after-hooks then run after Retries decided
         Metrics(settings),  # after job records (the result is still known), before Retries
-        Retries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms, retry_when=retry_when),
+        PatientRetries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms, retry_when=retry_when),
     ]
     return RedisBroker(
         url=settings.redis_url,

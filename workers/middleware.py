@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from dramatiq import Middleware
 from dramatiq.middleware import SkipMessage
 
@@ -15,6 +18,29 @@ from paglets_artifacts.contract import KINDS_BY_ACTOR
 from .context import context
 
 logger = logging.getLogger("paglets_artifacts.jobs")
+
+#: How long a job's final state waits for an unreachable Redis (a restart, a failover)
+#: before it is given up: without it the record would say "running" for ever.
+RECORD_WRITE_PATIENCE_SECONDS = 300.0
+#: Longest pause between two attempts to write a final state.
+RECORD_WRITE_MAX_DELAY_SECONDS = 5.0
+
+
+def retry_while_unreachable(action: Callable[[], Any], what: str, *, patience: float = RECORD_WRITE_PATIENCE_SECONDS) -> None:
+    """Run ``action`` (a job record update, a retry's enqueue), retrying while Redis cannot be reached."""
+    deadline = time.monotonic() + patience
+    delay = 0.1
+    while True:
+        try:
+            action()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                logger.error("gave up recording %s after %.0f s: %s", what, patience, exc)
+                return
+            logger.warning("cannot record %s yet (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RECORD_WRITE_MAX_DELAY_SECONDS)
 
 
 @dataclass
@@ -45,7 +71,11 @@ class ProgressReporter:
     def __call__(self, done: int, total: int) -> None:
         if self._last < 0 or done - self._last >= self.every_bytes or done == total:
             self._last = done
-            context().records.progress(self.job_id, done, total)
+            try:
+                context().records.progress(self.job_id, done, total)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Progress is news, not state: a Redis blip must not abort the transfer.
+                logger.warning("job %s: progress not recorded: %s", self.job_id, exc)
 
 
 _CURRENT: contextvars.ContextVar[RunningJob | None] = contextvars.ContextVar("paglets_artifacts_job", default=None)
@@ -77,9 +107,16 @@ class JobRecordsMiddleware(Middleware):
             return
         ctx = context()
         enqueued_at = message.message_timestamp / 1000
-        attempt = ctx.records.started(
-            message.message_id, worker=ctx.worker_name, kind=kind.name, enqueued_at=enqueued_at
+        started: list[int] = []
+        # Dramatiq logs and swallows an error raised here and runs the actor anyway, so an
+        # unreachable Redis is waited for: the job must not run without its record.
+        retry_while_unreachable(
+            lambda: started.append(
+                ctx.records.started(message.message_id, worker=ctx.worker_name, kind=kind.name, enqueued_at=enqueued_at)
+            ),
+            f"the start of job {message.message_id}",
         )
+        attempt = started[0] if started else 0
         if attempt < 0:
             # The job already ended (a redelivery after its result was recorded): its
             # effect happened once, and it must not happen twice.
@@ -95,14 +132,17 @@ class JobRecordsMiddleware(Middleware):
         if job is None or job.id != message.message_id:
             return
         records = context().records
+        what = f"the end of job {job.id}"
         if exception is None:
-            records.finished(job.id, state="succeeded", result=job.result)
+            retry_while_unreachable(lambda: records.finished(job.id, state="succeeded", result=job.result), what)
             logger.info("job %s %s succeeded", job.id, job.kind)
         elif message.failed:
-            records.finished(job.id, state="failed", error=describe_error(exception))
+            error = describe_error(exception)
+            retry_while_unreachable(lambda: records.finished(job.id, state="failed", error=error), what)
             logger.warning("job %s %s failed: %s: %s", job.id, job.kind, type(exception).__name__, exception)
         else:
-            records.retrying(job.id, describe_error(exception))
+            error = describe_error(exception)
+            retry_while_unreachable(lambda: records.retrying(job.id, error), f"the retry of job {job.id}")
             logger.warning("job %s %s will be retried: %s: %s", job.id, job.kind, type(exception).__name__, exception)
 
     def after_skip_message(self, broker: Any, message: Any) -> None:

@@ -22,6 +22,10 @@ from .records import FAILED, JobRecord, JobRecords
 from .settings import Settings
 
 
+#: Pause between two attempts to reach Redis while a caller waits for a job.
+RECONNECT_DELAY_SECONDS = 0.2
+
+
 class Job:
     """A handle on one enqueued job.
 
@@ -41,7 +45,7 @@ class Job:
         """The job's current record (``LookupError`` if unknown or past retention)."""
         record = self._jobs.records.get(self.id)
         if record is None:
-            raise LookupError(f"no job {self.id!r} (unknown, or its record expired)")
+            raise LookupError(f"no job {self.id!r} (unknown, its record expired, or Redis lost it)")
         return record
 
     def wait(self, timeout: float | None = None) -> Any:
@@ -50,22 +54,34 @@ class Job:
         The error raised is of the job's error type (``QuotaExceeded``, ``ChecksumMismatch``,
         ...); ``JobTimeout`` if it has not ended after ``timeout`` seconds. Waiting listens
         on the job-events channel and re-reads the record each second, so a lost
-        notification costs at most a second.
+        notification costs at most a second. A Redis that restarts or drops the connection
+        meanwhile is reconnected to until the deadline (its error is raised only then).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self._jobs.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = None
         try:
-            pubsub.subscribe(self._jobs.records.channel)
             while True:
-                record = self.status()
-                if record.done:
-                    return _outcome(record)
-                remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-                if remaining <= 0:
-                    raise JobTimeout(f"job {self.id} is still {record.state} after {timeout} s")
-                _wait_for_event(pubsub, self.id, remaining)
+                try:
+                    if pubsub is None:
+                        pubsub = self._jobs.client.pubsub(ignore_subscribe_messages=True)
+                        pubsub.subscribe(self._jobs.records.channel)
+                    record = self.status()
+                    if record.done:
+                        return _outcome(record)
+                    remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                    if remaining <= 0:
+                        raise JobTimeout(f"job {self.id} is still {record.state} after {timeout} s")
+                    _wait_for_event(pubsub, self.id, remaining)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if pubsub is not None:
+                        pubsub.close()
+                        pubsub = None
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    time.sleep(RECONNECT_DELAY_SECONDS)
         finally:
-            pubsub.close()
+            if pubsub is not None:
+                pubsub.close()
 
 
 def _wait_for_event(pubsub: Any, job_id: str, seconds: float) -> None:

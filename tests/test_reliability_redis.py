@@ -1,0 +1,248 @@
+"""Redis restarts under load, on a Redis these tests start and stop themselves.
+
+Two kinds of restart: a graceful one that keeps the data (``SHUTDOWN SAVE``, then the same
+server again), and one that comes back empty (persistence off: queues, job records and
+the index are gone). Workers and hosts must reconnect on their own; jobs in flight finish
+or are reported (a job Redis forgot is a ``LookupError``, never a record stuck in
+``running``); nothing on disk is lost; the index is rebuilt from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import wait_until
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from paglets_artifacts import ArtifactJobs, ArtifactRef, ArtifactStore, JobTimeout, Settings
+from paglets_artifacts.redis_server import EmbeddedRedis
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis for this test alone (never the session's): it is restarted under load."""
+    server = EmbeddedRedis()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_settings(settings: Settings, own_redis: EmbeddedRedis) -> Settings:
+    return settings.with_changes(redis_url=own_redis.url, fsync=True)
+
+
+def restart_keeping_data(server: EmbeddedRedis, *, down_seconds: float = 0.5) -> None:
+    """``SHUTDOWN SAVE``, stay down a moment, start the same server on the same port and data."""
+    # No client retries: the server closing the connection is the expected answer.
+    client = redis.Redis(host="127.0.0.1", port=server.port, password=server.password, retry=Retry(NoBackoff(), 0))
+    try:
+        client.shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it exits
+    finally:
+        client.close()
+    server.process.wait(timeout=10)
+    time.sleep(down_seconds)
+    server.start()
+
+
+def restart_empty(server: EmbeddedRedis, *, down_seconds: float = 0.5) -> None:
+    """Stop the server without saving, stay down a moment, start it again empty."""
+    port = server.port
+    server.stop()
+    data_dir = getattr(server, "_dir", None)
+    if data_dir is not None:  # a snapshot an earlier graceful restart saved must not come back
+        for snapshot in Path(data_dir.name).glob("*.rdb"):
+            snapshot.unlink()
+    time.sleep(down_seconds)
+    server.port = port
+    server.start()
+
+
+class Load:
+    """Imports enqueued in a batch, and a host thread waiting for the last one across the restart.
+
+    Parameters:
+      jobs(ArtifactJobs): the host.
+      files(Path): the allowed root the sources are written to.
+      count(int): how many imports.
+    """
+
+    def __init__(self, jobs: ArtifactJobs, files: Path, count: int):
+        self.jobs = jobs
+        self.shas: dict[str, str] = {}  # job id -> sha of its source
+        self.handles = []
+        for i in range(count):
+            data = os.urandom(4 * MiB)
+            source = files / f"load-{i}.bin"
+            source.write_bytes(data)
+            handle = jobs.import_file(str(source), owner_agent_id=f"owner-{i % 3}")
+            self.shas[handle.id] = hashlib.sha256(data).hexdigest()
+            self.handles.append(handle)
+        self.waited: dict[str, object] = {}
+        self.waiter = threading.Thread(target=self._wait_for_last, daemon=True)
+        self.waiter.start()
+
+    def _wait_for_last(self) -> None:
+        try:
+            self.waited["result"] = self.handles[-1].wait(90)
+        except BaseException as exc:  # what the host saw is what the test checks
+            self.waited["error"] = exc
+
+    def states(self) -> dict[str, str | None]:
+        states = {}
+        for handle in self.handles:
+            record = self.jobs.records.get(handle.id)
+            states[handle.id] = record.state if record else None
+        return states
+
+    def wait_until_busy(self) -> None:
+        """Until a few imports succeeded while others still wait: the restart lands mid-load."""
+        wait_until(lambda: sum(state == "succeeded" for state in self.states().values()) >= 2, timeout=60,
+                   interval=0.005)
+
+
+def _committed(store: ArtifactStore) -> dict[str, str]:
+    """Artifact id -> sha256 of every artifact whose metadata and blob are both on disk."""
+    found = {}
+    for meta in store.metadata_dir.glob("*.json"):
+        if (store.blobs_dir / f"{meta.stem}.bin").exists():
+            found[meta.stem] = store.ref(meta.stem).sha256
+    return found
+
+
+def _assert_store_whole(store: ArtifactStore) -> None:
+    metas = {p.stem for p in store.metadata_dir.glob("*.json")}
+    blobs = {p.stem for p in store.blobs_dir.glob("*.bin")}
+    assert metas == blobs
+    for artifact_id in blobs:
+        blob = store.blobs_dir / f"{artifact_id}.bin"
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == store.ref(artifact_id).sha256
+    assert store.index.used_bytes() == sum(p.stat().st_size for p in store.blobs_dir.glob("*.bin"))
+    assert sorted(store.index.all_ids()) == sorted(blobs)
+
+
+def test_jobs_in_flight_finish_when_redis_restarts_with_its_data(own_redis, own_settings, files, workers):
+    jobs = ArtifactJobs(settings=own_settings)
+    load = Load(jobs, files, 40)
+    workers.start(settings=own_settings, processes=1, threads=2)
+    load.wait_until_busy()
+    before = load.states()
+    restart_keeping_data(own_redis)
+    assert any(state != "succeeded" for state in before.values()), "the restart did not land mid-load"
+
+    # Every job ends, none is stuck in "running" or "retrying", none is duplicated or lost.
+    for handle in load.handles:
+        ref = ArtifactRef.from_wire(handle.wait(90))
+        assert ref.artifact_id == uuid.UUID(handle.id).hex and ref.sha256 == load.shas[handle.id]
+    load.waiter.join(30)
+    assert "error" not in load.waited, load.waited.get("error")  # the waiting host reconnected
+    store = ArtifactStore.from_settings(own_settings, redis=jobs.client)
+    assert _committed(store) == {uuid.UUID(job_id).hex: sha for job_id, sha in load.shas.items()}
+    jobs.sweep().wait(30)
+    assert list(store.tmp_dir.iterdir()) == []
+    _assert_store_whole(store)
+    jobs.close()
+
+
+def test_a_redis_that_comes_back_empty_loses_no_file_and_reports_what_it_forgot(
+    own_redis, own_settings, files, workers
+):
+    jobs = ArtifactJobs(settings=own_settings)
+    store = ArtifactStore.from_settings(own_settings, redis=jobs.client)
+    load = Load(jobs, files, 40)
+    workers.start(settings=own_settings, processes=1, threads=2)
+    load.wait_until_busy()
+    on_disk_before = _committed(store)
+    restart_empty(own_redis)
+
+    # Workers reconnect on their own: a job enqueued after the restart runs.
+    probe = files / "after-restart.bin"
+    probe.write_bytes(os.urandom(MiB))
+    after = ArtifactRef.from_wire(jobs.import_file(str(probe)).wait(60))
+
+    # Each job of the load either finished (its record is back, with its result) or is
+    # reported unknown (Redis forgot its message): never a record left non-final.
+    finished = forgotten = 0
+    for handle in load.handles:
+        try:
+            ref = ArtifactRef.from_wire(handle.wait(60))
+        except LookupError:
+            # Redis forgot the job: it was still queued (no artifact), or it had finished
+            # (its artifact, named by the job id, is on disk and whole).
+            forgotten += 1
+            sha = _committed(store).get(uuid.UUID(handle.id).hex)
+            assert sha in (None, load.shas[handle.id])
+            continue
+        finished += 1
+        assert ref.sha256 == load.shas[handle.id]
+    assert finished + forgotten == len(load.handles) and forgotten > 0
+    load.waiter.join(30)
+    waited = load.waited.get("error", load.waited.get("result"))
+    assert isinstance(waited, (LookupError, dict)), waited  # reported, not a connection error
+
+    # Nothing that was on disk is lost; everything on disk is whole; the index was rebuilt.
+    now_on_disk = _committed(store)
+    assert on_disk_before.items() <= now_on_disk.items()
+    assert after.artifact_id in now_on_disk
+    for artifact_id, sha in now_on_disk.items():
+        if artifact_id != after.artifact_id:
+            job_id = str(uuid.UUID(artifact_id))
+            assert load.shas[job_id] == sha  # one artifact per job, the right bytes
+    report = jobs.sweep(now=time.time() + own_settings.spool_ttl_seconds + 1).wait(30)
+    assert report["orphans_removed"] == 0
+    assert list(store.tmp_dir.iterdir()) == []
+    _assert_store_whole(store)
+    assert store.index.is_built()
+    jobs.close()
+
+
+def test_a_host_waiting_for_a_job_reconnects_after_a_restart(own_redis, own_settings):
+    jobs = ArtifactJobs(settings=own_settings)
+    job = jobs.sweep()  # no worker: it stays queued
+    outcome: dict[str, BaseException] = {}
+
+    def wait() -> None:
+        try:
+            job.wait(2.5)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    restart_keeping_data(own_redis, down_seconds=0.8)
+    waiter.join(10)
+    assert isinstance(outcome["error"], JobTimeout)  # it kept waiting through the restart
+    assert job.status().state == "queued"
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    restart_empty(own_redis)
+    waiter.join(10)
+    assert isinstance(outcome["error"], LookupError) and "Redis lost it" in str(outcome["error"])
+    jobs.close()
+
+
+def test_waiting_on_a_redis_that_stays_down_raises_its_connection_error_at_the_deadline(own_redis, own_settings):
+    jobs = ArtifactJobs(settings=own_settings)
+    job = jobs.sweep()
+    own_redis.stop()
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        job.wait(1.0)
+    assert time.monotonic() - started >= 1.0
+    jobs.close()
