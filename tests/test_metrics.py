@@ -14,7 +14,6 @@ import pytest
 from conftest import ROOT, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from paglets_artifacts import Settings
 from paglets_artifacts.redis_server import free_port
 
 

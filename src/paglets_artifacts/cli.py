@@ -515,7 +515,7 @@ def worker(
         typer.Option("--queues", "-Q", help="Only these queues (artifact-transfers, artifact-maintenance); repeatable."),
     ] = None,
 ) -> None:
-    """Start Dramatiq workers (``python -m dramatiq workers``); other options pass through."""
+    """Start Dramatiq workers (python -m dramatiq workers); other options pass through."""
     settings = _begin(ctx)
     args = [sys.executable, "-m", "dramatiq", "workers"]
     if processes:
@@ -541,7 +541,7 @@ def scheduler_available() -> bool:
 
 @app.command("scheduler", context_settings=_PASSTHROUGH)
 def scheduler(ctx: typer.Context) -> None:
-    """Start the scheduler (``python -m workers.scheduler``): periodic sweeps and reindexing."""
+    """Start the scheduler (python -m workers.scheduler): periodic sweeps and reindexing."""
     _begin(ctx)
     if not scheduler_available():
         raise RuntimeError("the scheduler (workers.scheduler) is not installed")
@@ -575,8 +575,7 @@ def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's directory (the path is printed).")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the whole pipeline on this machine: Redis, a worker and the scheduler; import,
-    export and verify, owner deletion and a sweep of a generated file. Leaves nothing running."""
+    """Run the whole pipeline here: Redis, a worker, the scheduler; import, export, owner deletion, sweep."""
     _begin(ctx, as_json)
     from .demo import Demo
 
