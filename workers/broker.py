@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from paglets_artifacts.errors import TransferError
-from paglets_artifacts.settings import Settings
+from paglets_artifacts.settings import Settings, SettingsError
 
 from .logs import StructuredLogs
 from .metrics import Metrics
@@ -99,7 +99,10 @@ def make_broker(settings: Settings) -> RedisBroker:
     )
 
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except SettingsError as exc:  # a configuration mistake is one line, not a traceback
+    raise SystemExit(f"paglets-artifacts: configuration error: {exc}") from None
 logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
 broker = make_broker(settings)
 dramatiq.set_broker(broker)
