@@ -676,6 +676,8 @@ class ArtifactStore:
             if artifact_id in blobs:
                 try:
                     self.ref(artifact_id)
+                except ArtifactNotFound:
+                    pass  # deleted since the listing: gone, not unreadable
                 except TransferError:
                     report.unreadable_metadata += 1
                     report.unreadable_ids.append(artifact_id)
