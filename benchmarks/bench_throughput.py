@@ -18,8 +18,9 @@ the two can overlap. Then the peak RSS of a fresh process that imports (and one 
 exports) the file. Rows run round-robin, one repeat after another, so that noise from the
 machine falls on every row alike.
 
-To add a row, write a function that does the timed work and register it with ``@row``
-(see ``ROWS``); ``prepare`` and ``cleanup`` hooks run untimed around each repetition.
+To add a row (the same import through a worker job, say), write a function that does the
+timed work and register it with ``@row`` (see ``ROWS``); ``prepare`` and ``cleanup`` hooks
+run untimed around each repetition, and ``limit``/``target`` put its ratio in the table.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Row:
       reads(str): what the row reads, ``source`` or ``blob`` (the stored artifact); it is
         read through once, untimed, right before each run, so it comes from the page cache.
       prepare, cleanup: untimed hooks around each repetition.
+      note(str): printed under the table.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Row:
     reads: str = "source"
     prepare: Callable[[Bench], None] | None = None
     cleanup: Callable[[Bench], None] | None = None
+    note: str = ""
     times: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
@@ -219,7 +222,8 @@ def durable_export(bench: Bench) -> None:
     bench.durable_store.export_to_path(bench.artifact_id, bench.output("export-sync.bin"))
 
 
-@row("move-import, fsync on", section="fsync", limit=HASH_LIMIT, prepare=fresh_copy, cleanup=remove_durable)
+@row("move-import, fsync on", section="fsync", limit=HASH_LIMIT, prepare=fresh_copy, cleanup=remove_durable,
+     note="move-import, fsync on: the store fsyncs metadata and directories, not the moved blob's data")
 def durable_move(bench: Bench) -> None:
     result = bench.durable_store.create_from_path(bench.scratch.pop("move_source"), delete_source=True)
     bench.scratch["durable"] = result.ref.artifact_id
@@ -343,7 +347,7 @@ def main() -> None:
             raise SystemExit("the store's sha256 differs from hashlib's")
 
         rows = [entry for entry in ROWS if not (args.no_fsync_rows and entry.section == "fsync")]
-        print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start", flush=True)
+        load_before = os.getloadavg()[0]
         for section in ("main", "fsync"):
             for repeat in range(args.repeat):
                 for entry in rows:
@@ -356,12 +360,12 @@ def main() -> None:
         load_after = os.getloadavg()[0]
 
         rss = {kind: peak_rss(bench, kind) for kind in ("import", "export")}
-        report(bench, rows, args, load_after, rss)
+        report(bench, rows, args, (load_before, load_after), rss)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load_after: float, rss: dict) -> None:
+def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load: tuple[float, float], rss: dict) -> None:
     median = {entry.name: statistics.median(entry.times) for entry in rows}
     copy = min(median[plain_cp_row.name], median[plain_copyfile_row.name])
     hashed = median[hash_only_row.name]
@@ -371,7 +375,8 @@ def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load_after: 
     gib = bench.size / (1024 * MIB)
 
     print()
-    print(f"{args.size_mib} MiB, medians of {args.repeat}; load average {load_after:.2f} after the timed rows")
+    print(f"{args.size_mib} MiB, medians of {args.repeat}, {os.cpu_count()} CPUs;"
+          f" 1-minute load average {load[0]:.2f} before and {load[1]:.2f} after the timed rows")
     print(page_cache_note(bench.size) + "; each row's input (the source, or the stored")
     print("blob for exports) is read through untimed right before the row runs, so reads come from the page cache.")
     print("Writes land in the page cache; rows without fsync are not flushed, and each output is deleted")
@@ -401,6 +406,9 @@ def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load_after: 
     print(f"limit = {limits[COPY_LIMIT]:.3f} s (plain copy {copy:.3f} s, hash-only {hashed:.3f} s);"
           " ratios marked h are to hash-only; 'vs ref' is the reference-style loop's time over the row's;"
           " cpu s is the median CPU time of all threads (and of cp)")
+    for entry in rows:
+        if entry.note:
+            print(entry.note)
     for kind, (before, peak, maxrss) in rss.items():
         verdict = "under" if peak * MIB < 150e6 else "OVER"
         print(f"peak RSS of a fresh process that {kind}s the file: {peak:.1f} MiB VmHWM, {before:.1f} MiB before"
