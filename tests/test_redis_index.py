@@ -191,7 +191,7 @@ def test_an_adopted_store_directory_is_indexed_automatically(tmp_path, redis_cli
     assert built["mode"] == "build" and built["added"] == 25
 
 
-def test_only_one_process_builds_a_missing_index(tmp_path, redis_url, namespace, monkeypatch):
+def test_only_one_of_many_clients_builds_a_missing_index(tmp_path, redis_url, namespace, monkeypatch):
     root = tmp_path / "store"
     fill(root, 300, now=time.time())
     builds = []
@@ -341,14 +341,14 @@ def test_a_deletion_during_a_pass_is_never_added_back(tmp_path, redis_client, na
     refs = fill(root, 8, now=time.time())
     store = make_store(root, redis_client, namespace, quota_bytes=None)
     victim = refs[2].artifact_id
-    record = store.index._upsert_one
+    record = store.index._upsert_many
 
-    def delete_then_record(client, artifact_id, *args):
-        if artifact_id == victim:
-            store.remove(artifact_id)  # deleted after the pass read it from disk, before it is recorded
-        return record(client, artifact_id, *args)
+    def delete_then_record(entries, *args):
+        if any(entry[0] == victim for entry in entries):
+            store.remove(victim)  # deleted after the pass read it from disk, before it is recorded
+        return record(entries, *args)
 
-    store.index._upsert_one = delete_then_record
+    store.index._upsert_many = delete_then_record
     report = store.index.rebuild()
     assert victim not in store.index.all_ids()
     assert report["artifacts"] == 7

@@ -95,71 +95,78 @@ return 1
 """
 
 # KEYS: used sizes owners expiry reservations deadlines removed
-# ARGV: id size owner expires_at mode(commit|adopt|sync) scan_start_ms owner_key_prefix
-# Returns 0 (skipped or unchanged), 1 (added) or 2 (changed).
+# ARGV: mode(commit|adopt|sync) scan_start_ms owner_key_prefix, then per artifact: id size owner expires_at
+# One call records a whole batch (a build sends 1000 artifacts per call). Returns {added, changed}.
 _UPSERT = """
-local id, size, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[5]
-local expires = tonumber(ARGV[4])
-if mode == 'commit' then
-  redis.call('ZREM', KEYS[7], id)
-else
-  local gone = redis.call('ZSCORE', KEYS[7], id)
-  if gone and tonumber(gone) >= tonumber(ARGV[6]) then return 0 end
-end
-local old = redis.call('HGET', KEYS[2], id)
-if old and mode == 'adopt' then return 0 end
-local delta = size
-local result = 1
-if old then
-  delta = size - tonumber(old)
-  local old_owner = redis.call('HGET', KEYS[3], id)
-  local old_expiry = tonumber(redis.call('ZSCORE', KEYS[4], id) or '0')
-  if old_owner ~= owner then
-    if old_owner then redis.call('SREM', ARGV[7] .. old_owner, id) end
+local mode, scan_start, owner_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local added, changed = 0, 0
+for i = 4, #ARGV, 4 do
+  local id, size, owner, expires = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  local skip = false
+  if mode == 'commit' then
+    redis.call('ZREM', KEYS[7], id)
+  else
+    local gone = redis.call('ZSCORE', KEYS[7], id)
+    skip = gone ~= false and tonumber(gone) >= scan_start
   end
-  if delta == 0 and old_owner == owner and old_expiry == expires then result = 0 else result = 2 end
+  local old = redis.call('HGET', KEYS[2], id)
+  if old and mode == 'adopt' then skip = true end
+  if not skip then
+    local delta = size
+    if old then
+      delta = size - tonumber(old)
+      local old_owner = redis.call('HGET', KEYS[3], id)
+      local old_expiry = tonumber(redis.call('ZSCORE', KEYS[4], id) or '0')
+      if old_owner and old_owner ~= owner then redis.call('SREM', owner_prefix .. old_owner, id) end
+      if delta ~= 0 or old_owner ~= owner or old_expiry ~= expires then changed = changed + 1 end
+    else
+      added = added + 1
+    end
+    local held = redis.call('HGET', KEYS[5], id)
+    if held then
+      delta = delta - tonumber(held)
+      redis.call('HDEL', KEYS[5], id)
+      redis.call('ZREM', KEYS[6], id)
+    end
+    redis.call('HSET', KEYS[2], id, ARGV[i + 1])
+    redis.call('HSET', KEYS[3], id, owner)
+    redis.call('SADD', owner_prefix .. owner, id)
+    if expires > 0 then redis.call('ZADD', KEYS[4], ARGV[i + 3], id) else redis.call('ZREM', KEYS[4], id) end
+    if delta ~= 0 then redis.call('INCRBY', KEYS[1], string.format('%d', delta)) end
+  end
 end
-local held = redis.call('HGET', KEYS[5], id)
-if held then
-  delta = delta - tonumber(held)
-  redis.call('HDEL', KEYS[5], id)
-  redis.call('ZREM', KEYS[6], id)
-end
-redis.call('HSET', KEYS[2], id, ARGV[2])
-redis.call('HSET', KEYS[3], id, owner)
-redis.call('SADD', ARGV[7] .. owner, id)
-if expires > 0 then redis.call('ZADD', KEYS[4], ARGV[4], id) else redis.call('ZREM', KEYS[4], id) end
-if delta ~= 0 then redis.call('INCRBY', KEYS[1], string.format('%d', delta)) end
-return result
+return {added, changed}
 """
 
-# KEYS: used sizes owners expiry reservations deadlines removed lock | ARGV: id owner_key_prefix
+# KEYS: used sizes owners expiry reservations deadlines removed lock | ARGV: owner_key_prefix id...
+# Forgets artifacts (and any hold of theirs); returns how many were indexed. While a pass holds
+# the lock, each id is marked removed so that pass never adds it back.
 _REMOVE = (
-    """
-local id = ARGV[1]
-local found = 0
-local size = redis.call('HGET', KEYS[2], id)
-if size then
-  found = 1
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('DECRBY', KEYS[1], size)
-  local owner = redis.call('HGET', KEYS[3], id)
-  if owner then
-    redis.call('SREM', ARGV[2] .. owner, id)
-    redis.call('HDEL', KEYS[3], id)
-  end
-  redis.call('ZREM', KEYS[4], id)
-end
-local held = redis.call('HGET', KEYS[5], id)
-if held then
-  redis.call('HDEL', KEYS[5], id)
-  redis.call('ZREM', KEYS[6], id)
-  redis.call('DECRBY', KEYS[1], held)
-end
-if redis.call('EXISTS', KEYS[8]) == 1 then"""
-    + _NOW_MS
+    _NOW_MS
     + """
-  redis.call('ZADD', KEYS[7], string.format('%d', now_ms), id)
+local marking = redis.call('EXISTS', KEYS[8]) == 1
+local found = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local size = redis.call('HGET', KEYS[2], id)
+  if size then
+    found = found + 1
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('DECRBY', KEYS[1], size)
+    local owner = redis.call('HGET', KEYS[3], id)
+    if owner then
+      redis.call('SREM', ARGV[1] .. owner, id)
+      redis.call('HDEL', KEYS[3], id)
+    end
+    redis.call('ZREM', KEYS[4], id)
+  end
+  local held = redis.call('HGET', KEYS[5], id)
+  if held then
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('ZREM', KEYS[6], id)
+    redis.call('DECRBY', KEYS[1], held)
+  end
+  if marking then redis.call('ZADD', KEYS[7], string.format('%d', now_ms), id) end
 end
 return found
 """
@@ -368,10 +375,10 @@ class RedisIndex:
         self._release(keys=[k.used, k.reservations, k.reservation_deadlines], args=[artifact_id])
 
     def committed(self, ref: ArtifactRef) -> None:
-        self._upsert_one(self.client, ref.artifact_id, ref.size_bytes, ref.owner_agent_id, ref.expires_at, "commit", 0)
+        self._upsert_many([(ref.artifact_id, ref.size_bytes, ref.owner_agent_id, ref.expires_at)], "commit", 0)
 
     def removed(self, artifact_id: str) -> None:
-        self._remove_one(self.client, artifact_id)
+        self._remove_many([artifact_id])
 
     def used_bytes(self) -> int:
         self.ensure_built()
@@ -497,37 +504,31 @@ class RedisIndex:
 
         for batch in _batches(to_read, BATCH_SIZE):
             lock.renew()
-            pipe = self.client.pipeline(transaction=False)
+            entries = []
             for artifact_id in batch:
                 try:
                     ref = self.store.ref(artifact_id)
                     size = blobs[artifact_id].stat(follow_symlinks=False).st_size
-                except ArtifactNotFound:
+                except (ArtifactNotFound, FileNotFoundError):
                     continue  # deleted since the listing
-                except FileNotFoundError:
-                    continue
                 except (TransferError, ValueError, TypeError, KeyError):
                     report.unreadable_metadata += 1
                     if len(report.unreadable_ids) < 100:
                         report.unreadable_ids.append(artifact_id)
                     continue
-                self._upsert_one(pipe, artifact_id, size, ref.owner_agent_id, ref.expires_at, upsert_mode, scan_start_ms)
-            for outcome in pipe.execute():
-                if outcome == 1:
-                    report.added += 1
-                elif outcome == 2:
-                    report.updated += 1
+                entries.append((artifact_id, size, ref.owner_agent_id, ref.expires_at))
+            if entries:
+                added, changed = self._upsert_many(entries, upsert_mode, scan_start_ms)
+                report.added += int(added)
+                report.updated += int(changed)
 
         on_disk_set = set(on_disk)
         vanished = [artifact_id for artifact_id in indexed if artifact_id not in on_disk_set]
         for batch in _batches(vanished, BATCH_SIZE):
             lock.renew()
-            pipe = self.client.pipeline(transaction=False)
-            for artifact_id in batch:
-                if self._present(artifact_id):  # committed after the listing
-                    continue
-                self._remove_one(pipe, artifact_id)
-            report.removed += sum(1 for outcome in pipe.execute() if outcome == 1)
+            gone = [artifact_id for artifact_id in batch if not self._present(artifact_id)]  # else committed since
+            if gone:
+                report.removed += int(self._remove_many(gone))
 
         self._remove_orphans(blobs, metas, current, report)
         report.lapsed_reservations = int(
@@ -591,22 +592,27 @@ class RedisIndex:
             store.blobs_dir / f"{artifact_id}.bin"
         ).exists()
 
-    def _upsert_one(
-        self, client: Any, artifact_id: str, size: int, owner: str, expires_at: float, mode: str, scan_start_ms: int
-    ) -> Any:
+    def _upsert_many(
+        self, entries: list[tuple[str, int, str, float]], mode: str, scan_start_ms: int
+    ) -> tuple[int, int]:
+        """Record ``(id, size, owner, expires_at)`` entries; returns (added, changed)."""
         k = self.keys
-        return self._upsert(
-            keys=[k.used, k.sizes, k.owners, k.expiry, k.reservations, k.reservation_deadlines, k.removed],
-            args=[artifact_id, int(size), owner, repr(float(expires_at)), mode, scan_start_ms, k.owner_prefix],
-            client=client,
+        args: list[Any] = [mode, scan_start_ms, k.owner_prefix]
+        for artifact_id, size, owner, expires_at in entries:
+            args += [artifact_id, int(size), owner, repr(float(expires_at))]
+        added, changed = self._upsert(
+            keys=[k.used, k.sizes, k.owners, k.expiry, k.reservations, k.reservation_deadlines, k.removed], args=args
         )
+        return int(added), int(changed)
 
-    def _remove_one(self, client: Any, artifact_id: str) -> Any:
+    def _remove_many(self, artifact_ids: list[str]) -> int:
         k = self.keys
-        return self._remove(
-            keys=[k.used, k.sizes, k.owners, k.expiry, k.reservations, k.reservation_deadlines, k.removed, k.build_lock],
-            args=[artifact_id, k.owner_prefix],
-            client=client,
+        return int(
+            self._remove(
+                keys=[k.used, k.sizes, k.owners, k.expiry, k.reservations, k.reservation_deadlines, k.removed,
+                      k.build_lock],
+                args=[k.owner_prefix, *artifact_ids],
+            )
         )
 
 
