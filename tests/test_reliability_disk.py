@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import time
 import uuid
@@ -120,10 +121,14 @@ def test_a_moved_in_source_is_given_back_whole_when_the_commit_finds_the_disk_fu
     source.parent.mkdir()
     data = os.urandom(3 * MiB)
     source.write_bytes(data)
-    _fill(small_fs / "filler")  # the rename needs no space; the metadata does
+    os.chmod(source, 0o666)  # the store drops the write bits while the inode is a blob...
+    os.utime(source, (1_000_000, 1_000_000))
+    _fill(small_fs / "filler")  # the link needs no space; the metadata does
     with pytest.raises(StorageFull):
         store.create_from_path(source, delete_source=True)
     assert source.read_bytes() == data  # not lost, not half-moved
+    info = source.stat()  # ...and gives the source back its own mode and times
+    assert (stat.S_IMODE(info.st_mode), info.st_mtime) == (0o666, 1_000_000)
     _assert_store_clean(store, set())
 
 
@@ -181,3 +186,22 @@ def test_an_import_job_on_a_full_store_fails_at_once_and_a_later_one_succeeds(sm
     finally:
         jobs.close()
         workers.stop_all()  # before the tmpfs is unmounted
+
+
+def test_an_upload_to_a_full_store_answers_507_and_leaves_nothing(small_fs, settings, jobs):
+    import httpx
+
+    from paglets_artifacts.http_api import ServerThread, create_app
+
+    store = _store(small_fs / "store")
+    with ServerThread(create_app(settings, store=store, jobs=jobs)) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        answer = client.post("/artifacts", params={"name": "big.bin"}, content=os.urandom(12 * MiB))
+        assert answer.status_code == 507, answer.text
+        body = answer.json()
+        assert body["error_type"] == "TransferError" and body["error_class"] == "StorageFull"
+        assert "no space left" in body["error"].lower()
+        _assert_store_clean(store, set())
+        ok = client.post("/artifacts", params={"name": "small.bin"}, content=os.urandom(MiB))
+        assert ok.status_code == 200, ok.text
+        _assert_store_clean(store, {ok.json()["artifact"]["artifact_id"]})

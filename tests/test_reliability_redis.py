@@ -246,3 +246,119 @@ def test_waiting_on_a_redis_that_stays_down_raises_its_connection_error_at_the_d
         job.wait(1.0)
     assert time.monotonic() - started >= 1.0
     jobs.close()
+
+
+# ---------------------------------------------------------------------- password and TLS
+
+
+class TlsProxy:
+    """Terminates TLS on a free loopback port and forwards the bytes to a plain Redis port.
+
+    The embedded ``redis-server`` is built without TLS; with this in front of it, hosts and
+    workers speak ``rediss://`` exactly as they would to a TLS-enabled Redis.
+
+    Parameters:
+      target_port(int): the plain Redis port.
+      cert(Path), key(Path): the server certificate and its key.
+    """
+
+    def __init__(self, target_port: int, cert: Path, key: Path):
+        import socket
+        import ssl
+
+        self.target_port = target_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._closed = False
+        self._sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._closed:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            except OSError:
+                raw.close()  # a client that does not speak TLS, or does not trust us
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [conn, upstream]
+            threading.Thread(target=self._pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """A password-protected Redis reached through TLS: (``rediss://`` URL, CA file, password)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    password = "tls-redis-pw-51e0"
+    with EmbeddedRedis(password=password) as server:
+        proxy = TlsProxy(server.port, cert, key)
+        try:
+            yield f"rediss://:{password}@127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}", cert, password
+        finally:
+            proxy.close()
+
+
+def test_hosts_and_workers_speak_tls_to_a_password_protected_redis(tls_redis, settings, files, workers):
+    url, cert, password = tls_redis
+    secured = settings.with_changes(redis_url=url)
+    assert password not in repr(secured)
+    workers.start(settings=secured)
+    jobs = ArtifactJobs(settings=secured)
+    (files / "over-tls.bin").write_bytes(b"sent through TLS")
+    ref = ArtifactRef.from_wire(jobs.import_file(str(files / "over-tls.bin")).wait(60))
+    assert ref.size_bytes == 16
+    assert password not in workers.logs()
+    jobs.close()
+
+    port = url.split("@127.0.0.1:", 1)[1].split("/", 1)[0]
+    plain = redis.Redis.from_url(f"redis://:{password}@127.0.0.1:{port}/0", socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.RedisError):  # the port speaks TLS only
+        plain.ping()
+    untrusting = redis.Redis.from_url(f"rediss://:{password}@127.0.0.1:{port}/0", retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.ConnectionError, match="(?i)certificate"):  # and the certificate is checked
+        untrusting.ping()
+    wrong = redis.Redis.from_url(url.replace(password, "wrong-password"), retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()

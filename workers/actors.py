@@ -48,7 +48,11 @@ def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[
 
 def _artifact_id_for_job() -> str:
     # One job, one artifact: a redelivered import finds the artifact its first attempt made.
-    return uuid.UUID(current_job().id).hex
+    job_id = current_job().id
+    try:
+        return uuid.UUID(job_id).hex
+    except (ValueError, TypeError):
+        raise InvalidInput(f"job id {job_id!r} is not a UUID (enqueue jobs with ArtifactJobs)") from None
 
 
 def _check_owner_alive(owner_agent_id: str) -> None:
@@ -106,7 +110,7 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
     try:
         ref = ctx.store.export_to_path(
             artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress,
-            part_token=uuid.UUID(current_job().id).hex,  # a retry replaces a killed attempt's .part
+            part_token=_artifact_id_for_job(),  # a retry replaces a killed attempt's .part
         )
     except ArtifactNotFound:
         # A redelivered move whose first attempt finished: the artifact is gone but the

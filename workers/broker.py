@@ -11,7 +11,8 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from paglets_artifacts.errors import TransferError
@@ -72,6 +73,43 @@ class _PatientEnqueue:
         return sent[0] if sent else None
 
 
+class TolerantRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, whose consumers move an undecodable message to the
+    dead-letter queue and go on. Dramatiq's own consumer restarts instead, and strands the
+    messages it had prefetched with the bad one until the worker process dies.
+
+    Parameters: those of ``RedisBroker``.
+    """
+
+    @property
+    def consumer_class(self) -> type:
+        return _TolerantConsumer
+
+
+class _TolerantConsumer(_RedisConsumer):
+    def __next__(self) -> Any:
+        while True:
+            try:
+                return super().__next__()
+            except DecodeError as exc:
+                self._dead_letter(exc.data)
+
+    def _dead_letter(self, data: Any) -> None:
+        """Find the bad payload among this consumer's fetched messages and nack it."""
+        broker = self.broker
+        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        payloads = f"{broker.namespace}:{self.queue_name}.msgs"
+        try:
+            for redis_id in broker.client.smembers(acks):
+                if broker.client.hget(payloads, redis_id) == data:
+                    broker.do_nack(self.queue_name, redis_id.decode())
+                    logging.getLogger("paglets_artifacts.jobs").error(
+                        "undecodable message %s on %s moved to the dead-letter queue", redis_id.decode(), self.queue_name
+                    )
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+
 def make_broker(settings: Settings) -> RedisBroker:
     """A Redis broker with the standard middleware, job records, and retries of transient errors only."""
 
@@ -90,7 +128,7 @@ def make_broker(settings: Settings) -> RedisBroker:
         Metrics(settings),  # after job records (the result is still known), before Retries
         PatientRetries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms, retry_when=retry_when),
     ]
-    return RedisBroker(
+    return TolerantRedisBroker(
         url=settings.redis_url,
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,

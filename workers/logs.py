@@ -52,8 +52,10 @@ def job_context() -> dict[str, Any]:
     if attempt is not None:
         fields["attempt"] = attempt
     artifact_id = None
-    if message is not None and message.message_id == job_id:
-        artifact_id = message.kwargs.get("artifact_id")
+    if message is not None and message.message_id == job_id and isinstance(message.kwargs, dict):
+        # A garbage message may carry anything: logging about it must not fail.
+        named = message.kwargs.get("artifact_id")
+        artifact_id = named if isinstance(named, str) else None
     if artifact_id is None and kind in _ARTIFACT_FROM_JOB_ID:
         try:
             artifact_id = uuid.UUID(job_id).hex

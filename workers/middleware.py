@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ def describe_error(exception: BaseException) -> dict[str, str]:
     return {"type": type(exception).__name__, "message": str(exception) or type(exception).__name__}
 
 
+def _enqueued_at(message: Any) -> float:
+    """When the message was enqueued (now, for a garbage timestamp: the job still gets its record)."""
+    stamp = message.message_timestamp
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp):
+        return stamp / 1000
+    return time.time()
+
+
 class JobRecordsMiddleware(Middleware):
     """Keeps each job's record in step with its message.
 
@@ -106,7 +115,7 @@ class JobRecordsMiddleware(Middleware):
         if kind is None:
             return
         ctx = context()
-        enqueued_at = message.message_timestamp / 1000
+        enqueued_at = _enqueued_at(message)
         started: list[int] = []
         # Dramatiq logs and swallows an error raised here and runs the actor anyway, so an
         # unreachable Redis is waited for: the job must not run without its record.

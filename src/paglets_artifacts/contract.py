@@ -90,9 +90,18 @@ def _artifact_id(name: str, value: Any) -> str:
 
 def _http_url(name: str, value: Any) -> str:
     text = _non_empty(name, value)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise InvalidInput(f"argument {name!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"argument {name!r} must be an http(s) URL, got {text!r}")
+    if parts.username is not None or parts.password is not None:
+        # Job arguments are stored in job records and show in logs: no secret belongs there.
+        raise InvalidInput(
+            f"argument {name!r} must not carry credentials; give hosts their keys in PAGLETS_ARTIFACTS_HOST_API_KEYS"
+        )
     return text.rstrip("/") if name == "host_url" else text
 
 

@@ -57,6 +57,7 @@ from .errors import (
     InvalidInput,
     QuotaExceeded,
     SizeMismatch,
+    StorageFull,
     TransferError,
 )
 from .jobs import ArtifactJobs
@@ -86,6 +87,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ArtifactTooLarge: 413,
     QuotaExceeded: 413,
     ChecksumMismatch: 422,
+    StorageFull: 507,  # Insufficient Storage: the store's filesystem is full
 }
 
 #: The ``error_type`` paglets' client knows for each of our classes (TransferError otherwise).

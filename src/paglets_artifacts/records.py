@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from .errors import InvalidInput
+
 QUEUED = "queued"
 RUNNING = "running"
 RETRYING = "retrying"
@@ -68,6 +70,14 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, job_id: str, data: Mapping[bytes | str, bytes | str]) -> JobRecord:
+        """Parse a record's Redis hash; a field that does not parse is ``InvalidInput``."""
+        try:
+            return cls._from_hash(job_id, data)
+        except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # JSON, numbers, UTF-8
+            raise InvalidInput(f"job record {job_id!r} is unreadable: {exc}") from None
+
+    @classmethod
+    def _from_hash(cls, job_id: str, data: Mapping[bytes | str, bytes | str]) -> JobRecord:
         values = {_s(key): _s(value) for key, value in data.items()}
 
         def number(key: str, kind: type, default: Any) -> Any:
@@ -85,10 +95,17 @@ class JobRecord:
             bytes_done=number("bytes_done", int, 0),
             bytes_total=number("bytes_total", int, -1),
             result=json.loads(values["result"]) if values.get("result") else None,
-            error=json.loads(values["error"]) if values.get("error") else None,
+            error=_mapping_or_none(json.loads(values["error"]) if values.get("error") else None, "error"),
             worker=values.get("worker", ""),
-            arguments=json.loads(values["arguments"]) if values.get("arguments") else {},
+            arguments=_mapping_or_none(json.loads(values["arguments"]) if values.get("arguments") else None, "arguments")
+            or {},
         )
+
+
+def _mapping_or_none(value: Any, name: str) -> Any:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"field {name!r} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _s(value: bytes | str) -> str:

@@ -60,7 +60,10 @@ class RemoteUnavailable(ConnectionError):
 
 
 def _origin(url: str) -> tuple[str, str, int | None, str]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": an unparseable URL matches nothing
+        return "", "", -1, ""
     scheme = parts.scheme.lower()
     try:
         port = parts.port or {"http": 80, "https": 443}.get(scheme)
@@ -75,6 +78,8 @@ def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
     if scheme not in ("http", "https") or not host:
         return False
     segments = [part for part in path.split("/") if part]
+    if any(unquote(part) in (".", "..") for part in segments):
+        return False  # a client or server resolves them: the path would leave its prefix
     for allowed in allowed_hosts:
         a_scheme, a_host, a_port, a_path = _origin(allowed)
         if (a_scheme, a_host, a_port) != (scheme, host, port):

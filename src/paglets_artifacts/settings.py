@@ -67,6 +67,21 @@ class Settings:
     metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or scheduler (0: off)", "count"))
     log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
 
+    def __repr__(self) -> str:
+        """Every setting, with the Redis password and the API keys shown as ``***`` (logs)."""
+        shown = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            kind = spec.metadata["parse"]
+            if kind == "secret" and value:
+                value = "***"
+            elif kind == "keys":
+                value = tuple((url, "***") for url, _ in value)
+            elif spec.name == "redis_url":
+                value = redacted_url(value)
+            shown.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every variable (``REDIS_URL`` and ``PAGLETS_ARTIFACTS_*``); keyword overrides win."""
@@ -126,6 +141,15 @@ class Settings:
             default = spec.default
             rows.append((var, "" if default in ((), "") else str(default), spec.metadata["doc"]))
         return rows
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -202,6 +226,11 @@ def _parse(var: str, kind: str, raw: str) -> Any:
                 raise ValueError("expected 'text' or 'json'")
             return text
     except ValueError as exc:
-        shown = "***" if kind in ("secret", "keys") else repr(raw)
+        if kind in ("secret", "keys"):
+            shown = "***"
+        elif kind == "url" and "@" in raw:  # whatever precedes the '@' may be a password
+            shown = repr("***@" + raw.rpartition("@")[2])
+        else:
+            shown = repr(raw)
         raise SettingsError(f"{var}={shown} is invalid: {exc}") from None
     raise AssertionError(f"unknown setting kind {kind}")

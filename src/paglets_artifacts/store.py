@@ -385,6 +385,8 @@ class ArtifactStore:
             if (linked.st_ino, linked.st_dev, linked.st_size) != (info.st_ino, info.st_dev, info.st_size):
                 _cleanup(tmp_path)
                 raise SourceUnavailable(f"artifact source was replaced while it was imported: {path}")
+            if info.st_mode & 0o022:  # the inode becomes the blob: nobody else may rewrite it
+                os.chmod(tmp_path, stat.S_IMODE(info.st_mode) & ~0o022)
         except BaseException:
             self.index.release(artifact_id)
             raise
@@ -404,7 +406,9 @@ class ArtifactStore:
             result = self._commit(tmp_path, ref)
         except BaseException as exc:
             _cleanup(tmp_path)
-            with contextlib.suppress(OSError):  # the source keeps its own times
+            with contextlib.suppress(OSError):  # the source keeps its own mode and times
+                if info.st_mode & 0o022 and os.lstat(path).st_ino == info.st_ino:
+                    os.chmod(path, stat.S_IMODE(info.st_mode))
                 os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             self.index.release(artifact_id)
             _raise_if_no_space(exc, self.root)
@@ -527,12 +531,12 @@ class ArtifactStore:
         of the same job then replaces what a killed attempt left beside the target.
         """
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
+        token = uuid.uuid4().hex if part_token is None else validate_artifact_id(part_token)
         ref = self.ref(artifact_id)
         target_path = Path(target)
         if target_path.is_dir():
             raise InvalidInput(f"export target is a directory: {target_path}")
         target_path.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex if part_token is None else validate_artifact_id(part_token)
         tmp_path = target_path.with_name(f".{target_path.name}.{token}.part")
         if part_token is not None:
             self._clear_stale_part(tmp_path)  # a killed attempt's, of the same job
