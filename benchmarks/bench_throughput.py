@@ -16,7 +16,10 @@ and prints medians beside the limit: the slower of the plain copy (the faster of
 and ``shutil.copyfile``) and hash-only, since a verified copy must both copy and hash and
 the two can overlap. Then the peak RSS of a fresh process that imports (and one that
 exports) the file. Rows run round-robin, one repeat after another, so that noise from the
-machine falls on every row alike.
+machine falls on every row alike; the first repeat runs in the table's order, later ones in
+a shuffled (seeded) order: on a VM the cost of the page-cache pages a write takes depends on
+what the previous row freed (pages freed after reaching the disk are often several times
+dearer to fill again), and a fixed order would hand the same row the same luck every time.
 
 To add a row (the same import through a worker job, say), write a function that does the
 timed work and register it with ``@row`` (see ``ROWS``); ``prepare`` and ``cleanup`` hooks
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -349,10 +353,12 @@ def main() -> None:
         rows = [entry for entry in ROWS if not (args.no_fsync_rows and entry.section == "fsync")]
         load_before = os.getloadavg()[0]
         for section in ("main", "fsync"):
+            group = [entry for entry in rows if (entry.section == "fsync") == (section == "fsync")]
             for repeat in range(args.repeat):
-                for entry in rows:
-                    if (entry.section == "fsync") != (section == "fsync"):
-                        continue
+                order = list(group)
+                if repeat:  # what a row costs depends on what ran before it (see the module docstring)
+                    random.Random(repeat).shuffle(order)
+                for entry in order:
                     elapsed = time_row(bench, entry)
                     print(f"  [{repeat + 1}/{args.repeat}] {entry.name:55s} {elapsed:7.3f} s", flush=True)
             if section == "main":
