@@ -1,7 +1,7 @@
 """Scale benchmark: store operations with the Redis index beside the scanning baseline.
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 1000,10000,100000] [--imports 500]
-                                               [--baseline-seconds 3] [--sweep-only 1000000] [--dir DIR]
+                                               [--rounds 3] [--baseline-seconds 3] [--sweep-only 1000000] [--dir DIR]
 
 For each store size N, two store directories are filled with the same N artifacts (512-byte
 blobs, written directly in the on-disk format a paglets host writes: 100 owners of 1% each,
@@ -16,8 +16,11 @@ other the scanning ``ScanIndex`` (the reference store's semantics). On both, in 
 3. ``cleanup_temporary()`` with 1% of the artifacts expired;
 4. ``delete_owner()`` of one owner (1% of N).
 
-The files are flushed (``sync``) after the fill and after the index build, so the fill's
-writeback is not measured. Both stores must give the same answers (checked); times are
+Steps 2-4 run ``--rounds`` times (default 3) on fresh targets: other owners, and expiry
+cohorts of 1% each that the successive sweeps find expired; the median is shown.
+
+The files are flushed (``sync``) before every timed operation, so writeback left by the
+fill or by the previous operation is not billed to the next one. Both stores must give the same answers (checked); times are
 printed side by side with the ratio baseline / index. ``--sweep-only`` sizes measure only the sweep (and the index build).
 The targets of the scale issue are printed at the end.
 
@@ -57,7 +60,13 @@ BLOB_SHA256 = hashlib.sha256(BLOB).hexdigest()
 QUOTA = 1 << 40
 
 
-def fill(roots: list[Path], count: int, now: float) -> None:
+def cohort_expiry(now: float, cohort: int) -> float:
+    """``expires_at`` of expiry cohort ``cohort`` (1% of the store each); sweeping at
+    ``cohort_expiry(now, c) + 50`` finds exactly cohort ``c`` expired once the earlier ones are gone."""
+    return now - 1000 + 100 * cohort
+
+
+def fill(roots: list[Path], count: int, now: float, cohorts: int) -> None:
     """Write ``count`` artifacts into every root, the way a paglets host lays them out."""
     for root in roots:
         for sub in ("blobs", "metadata", "tmp"):
@@ -65,9 +74,13 @@ def fill(roots: list[Path], count: int, now: float) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for number in range(count):
         artifact_id = uuid.UUID(int=number + 1).hex
-        # 1% expired, spread over owners; 1% more expire in the future; the rest never.
+        # Cohorts of 1% that expire one sweep after the other, spread over owners; 1% more
+        # expire in the future; the rest never.
         spread = (number + number // OWNERS) % 100  # one in each run of 100, a different owner each run
-        expires = now - 60 if spread == 7 else now + 86400 if spread == 8 else 0.0
+        if spread % 10 == 7 and spread // 10 < cohorts:
+            expires = cohort_expiry(now, spread // 10)
+        else:
+            expires = now + 86400 if spread == 8 else 0.0
         ref = ArtifactRef(
             host_url=HOST, artifact_id=artifact_id, name=f"a{number}.bin", size_bytes=len(BLOB),
             sha256=BLOB_SHA256, compression="", created_at=now, expires_at=expires,
@@ -82,6 +95,9 @@ def fill(roots: list[Path], count: int, now: float) -> None:
 
 
 def timed(fn):
+    # Flush first: writeback left by the previous operation (even atime updates of a
+    # scan) must not be billed to this one.
+    os.sync()
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
@@ -92,6 +108,7 @@ def imports(store: ArtifactStore, *, count: int, budget_seconds: float | None) -
     after ``budget_seconds`` once 5 are measured)."""
     payload = b"i" * 1024
     costs, ids = [], []
+    os.sync()
     started = time.perf_counter()
     for number in range(count + 3):
         t0 = time.perf_counter()
@@ -117,7 +134,8 @@ def row(name: str, size: int, index_s: float, scan_s: float, unit: str = "s") ->
 def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace, *, sweep_only: bool) -> list[dict]:
     now = time.time()
     indexed_root, scanned_root = base / f"indexed-{size}", base / f"scanned-{size}"
-    fill_s, _ = timed(lambda: fill([indexed_root, scanned_root], size, now))
+    rounds = args.rounds
+    fill_s, _ = timed(lambda: fill([indexed_root, scanned_root], size, now, rounds))
     os.sync()  # measure the operations, not the writeback of the files just written
     namespace = f"bench-scale-{uuid.uuid4().hex[:8]}"
     indexed = ArtifactStore(indexed_root, host_url=HOST, quota_bytes=QUOTA, fsync=False)
@@ -147,24 +165,42 @@ def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace
                 for artifact_id in ids:
                     store.remove(artifact_id)
 
-            owner = "owner-01"
-            index_s, index_list = timed(lambda: indexed.list(owner_agent_id=owner))
-            scan_s, scan_list = timed(lambda: scanned.list(owner_agent_id=owner))
-            assert [r.artifact_id for r in index_list] == [r.artifact_id for r in scan_list]
-            assert len(index_list) == size // OWNERS
-            rows.append(row(f"list one owner ({len(index_list):,})", size, index_s, scan_s))
+            # Each destructive or cached operation runs ``rounds`` times on fresh targets
+            # (other owners, the next expiry cohort): the median shrugs off an I/O stall.
+            index_times, scan_times = [], []
+            for number in range(rounds):
+                owner = f"owner-{10 + number:02d}"
+                index_s, index_list = timed(lambda: indexed.list(owner_agent_id=owner))
+                scan_s, scan_list = timed(lambda: scanned.list(owner_agent_id=owner))
+                assert [r.artifact_id for r in index_list] == [r.artifact_id for r in scan_list]
+                assert len(index_list) == size // OWNERS
+                index_times.append(index_s)
+                scan_times.append(scan_s)
+            rows.append(row(f"list one owner ({len(index_list):,})", size, statistics.median(index_times),
+                            statistics.median(scan_times)))
 
-        index_s, index_report = timed(lambda: indexed.cleanup_temporary(now=now))
-        scan_s, scan_report = timed(lambda: scanned.cleanup_temporary(now=now))
-        assert index_report.expired_removed == scan_report.expired_removed == size // 100, (index_report, scan_report)
-        rows.append(row(f"sweep, 1% expired ({index_report.expired_removed:,})", size, index_s, scan_s))
+        index_times, scan_times = [], []
+        for number in range(rounds):
+            sweep_now = cohort_expiry(now, number) + 50
+            index_s, index_report = timed(lambda: indexed.cleanup_temporary(now=sweep_now))
+            scan_s, scan_report = timed(lambda: scanned.cleanup_temporary(now=sweep_now))
+            assert index_report.expired_removed == scan_report.expired_removed == size // 100, (index_report, scan_report)
+            index_times.append(index_s)
+            scan_times.append(scan_s)
+        rows.append(row(f"sweep, 1% expired ({index_report.expired_removed:,})", size, statistics.median(index_times),
+                        statistics.median(scan_times)))
 
         if not sweep_only:
-            owner = "owner-02"
-            index_s, index_deleted = timed(lambda: indexed.delete_owner(owner))
-            scan_s, scan_deleted = timed(lambda: scanned.delete_owner(owner))
-            assert sorted(r.artifact_id for r in index_deleted) == sorted(r.artifact_id for r in scan_deleted)
-            rows.append(row(f"delete one owner ({len(index_deleted):,})", size, index_s, scan_s))
+            index_times, scan_times = [], []
+            for number in range(rounds):
+                owner = f"owner-{20 + number:02d}"
+                index_s, index_deleted = timed(lambda: indexed.delete_owner(owner))
+                scan_s, scan_deleted = timed(lambda: scanned.delete_owner(owner))
+                assert sorted(r.artifact_id for r in index_deleted) == sorted(r.artifact_id for r in scan_deleted)
+                index_times.append(index_s)
+                scan_times.append(scan_s)
+            rows.append(row(f"delete one owner ({len(index_deleted):,})", size, statistics.median(index_times),
+                            statistics.median(scan_times)))
             assert indexed.index.used_bytes() == scanned.index.used_bytes()
     finally:
         keys = indexed.index.keys.existing(client)
@@ -199,6 +235,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="store sizes to measure (comma-separated)")
     parser.add_argument("--sweep-only", default="", help="further sizes at which only the sweep is measured")
     parser.add_argument("--imports", type=int, default=500, help="imports through the Redis-indexed store per size")
+    parser.add_argument("--rounds", type=int, default=3, choices=range(1, 10),
+                        help="listings, sweeps and owner deletions per size (the median is shown)")
     parser.add_argument("--baseline-seconds", type=float, default=3.0, help="time budget of the baseline's imports")
     parser.add_argument("--dir", default=None, help="where the stores are written (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
