@@ -232,6 +232,13 @@ def test_waiting_too_long_for_another_build_raises_index_unavailable(tmp_path, r
     assert isinstance(IndexUnavailable("x"), redis.TimeoutError)  # transient: jobs retry it
 
 
+def test_an_index_that_vanishes_while_reserving_raises_index_unavailable(tmp_path, redis_client, namespace):
+    index = make_store(tmp_path / "store", redis_client, namespace).index
+    index.ensure_built = lambda: None  # flushed again right after each build
+    with pytest.raises(IndexUnavailable, match="vanished while reserving"):
+        index.reserve("aa", 10, 100)
+
+
 def test_a_dead_builders_lock_lapses_and_another_process_builds(tmp_path, redis_client, namespace):
     root = tmp_path / "store"
     fill(root, 5, now=time.time())
@@ -353,6 +360,27 @@ def test_a_deletion_during_a_pass_is_never_added_back(tmp_path, redis_client, na
     assert victim not in store.index.all_ids()
     assert report["artifacts"] == 7
     assert store.index.used_bytes() == disk_bytes(root)
+
+
+def test_an_artifact_deleted_while_a_pass_reads_it_is_skipped(tmp_path, redis_client, namespace):
+    root = tmp_path / "store"
+    refs = fill(root, 6, now=time.time())
+    store = make_store(root, redis_client, namespace)
+    victims = {refs[1].artifact_id: "blob", refs[4].artifact_id: "metadata"}
+    read = store.ref
+
+    def read_then_lose(artifact_id: str) -> ArtifactRef:
+        if victims.get(artifact_id) == "metadata":
+            (root / "metadata" / f"{artifact_id}.json").unlink()  # gone before it is read
+        result = read(artifact_id)
+        if victims.get(artifact_id) == "blob":
+            (root / "blobs" / f"{artifact_id}.bin").unlink()  # gone after its metadata was read
+        return result
+
+    store.ref = read_then_lose
+    report = store.index.rebuild()
+    assert (report["added"], report["unreadable_metadata"]) == (4, 0)
+    assert set(store.index.all_ids()) == {ref.artifact_id for ref in refs} - set(victims)
 
 
 def test_the_sweep_drops_entries_of_artifacts_deleted_behind_its_back(tmp_path, redis_client, namespace):
