@@ -419,9 +419,6 @@ class RedisIndex:
             "expiring": int(expiring),
         }
 
-    def is_built(self) -> bool:
-        return bool(self.client.exists(self.keys.ready))
-
     # ------------------------------------------------------------------ building and reconciling
 
     def ensure_built(self) -> None:
