@@ -419,6 +419,10 @@ class RedisIndex:
             "expiring": int(expiring),
         }
 
+    def is_built(self) -> bool:
+        """Whether the index was built from disk (``<ns>:index:ready`` exists)."""
+        return bool(self.client.exists(self.keys.ready))
+
     # ------------------------------------------------------------------ building and reconciling
 
     def ensure_built(self) -> None:
