@@ -387,8 +387,8 @@ class CrashRun:
         except Exception as exc:  # a harness failure is a finding too: report it, never hide it
             outcome.problems.append(f"run aborted: {type(exc).__name__}: {exc}")
         finally:
-            for process in workers:
-                stop_worker(process)
+            for process in workers:  # every job has ended (or the run failed): no need to wait
+                kill_worker(process)
             outcome.seconds = time.monotonic() - started
         return outcome
 
@@ -617,6 +617,29 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def breakdown(outcomes: list[Outcome]) -> str:
+    """Runs grouped by target kind and way of injection."""
+    lines = [f"{'target':<12} {'mode':<6} {'runs':>4} {'kills':>5} {'in job':>6} {'jobs ok':>7} {'failed':>6} "
+             f"{'redeliv':>7} {'lost':>4} {'probs':>5}"]
+    for mode in MODES:
+        for kind in KINDS:
+            group = [o for o in outcomes if o.plan.kind == kind and o.plan.mode == mode]
+            if not group:
+                continue
+            lines.append(
+                f"{kind:<12} {mode:<6} {len(group):>4} {sum(o.injected.startswith('SIGKILL') for o in group):>5} "
+                f"{sum(_hit_a_running_job(o) for o in group):>6} {sum(o.succeeded for o in group):>7} "
+                f"{sum(len(o.failed) for o in group):>6} {sum(o.redeliveries for o in group):>7} "
+                f"{sum(len(o.lost) for o in group):>4} {sum(len(o.problems) for o in group):>5}"
+            )
+    return "\n".join(lines)
+
+
+def _hit_a_running_job(outcome: Outcome) -> bool:
+    """Whether the kill landed inside a job of the target kind (always so for a step kill)."""
+    return outcome.injected.startswith("SIGKILL before") or "(running" in outcome.injected
+
+
 def summary(outcomes: list[Outcome]) -> str:
     kills = sum(1 for o in outcomes if o.injected.startswith("SIGKILL"))
     by_kind = {kind: sum(1 for o in outcomes if o.plan.kind == kind and o.injected.startswith("SIGKILL"))
@@ -624,7 +647,9 @@ def summary(outcomes: list[Outcome]) -> str:
     jobs = sum(o.jobs for o in outcomes)
     return "\n".join([
         f"runs: {len(outcomes)}   SIGKILLs injected: {kills} "
-        f"({', '.join(f'{kind} {count}' for kind, count in by_kind.items())})",
+        f"({', '.join(f'{kind} {count}' for kind, count in by_kind.items())}), "
+        f"{sum(_hit_a_running_job(o) for o in outcomes)} of them inside a running job of the target kind   "
+        f"time: {sum(o.seconds for o in outcomes):.0f} s",
         f"jobs: {jobs}   succeeded: {sum(o.succeeded for o in outcomes)}   "
         f"failed with a reason: {sum(len(o.failed) for o in outcomes)}   "
         f"redeliveries: {sum(o.redeliveries for o in outcomes)}",
@@ -657,6 +682,8 @@ def main() -> int:
             print(table([outcome]).split("\n", 1)[1], flush=True)  # live, without the header
         print()
         print(table(outcomes))
+        print()
+        print(breakdown(outcomes))
         print()
         print(summary(outcomes))
         print(f"reproduce: .venv/bin/python benchmarks/stress.py --runs {args.runs} --seed {seed}")

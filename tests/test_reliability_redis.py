@@ -27,6 +27,18 @@ from paglets_artifacts import ArtifactJobs, ArtifactRef, ArtifactStore, JobTimeo
 from paglets_artifacts.redis_server import EmbeddedRedis
 
 MiB = 1024 * 1024
+#: Dramatiq restarts a consumer that lost its connection after 3 s; tests need not wait that long.
+QUICK_RECONNECT = {"dramatiq_restart_delay": "300"}
+
+
+@pytest.fixture
+def workers(workers):
+    """The shared fixture's workers, killed rather than stopped after each test: every job
+    has ended by then, and a graceful stop only costs time."""
+    yield workers
+    for process in workers.processes:
+        if process.poll() is None:
+            workers.kill(process)
 
 
 @pytest.fixture
@@ -137,7 +149,7 @@ def _assert_store_whole(store: ArtifactStore) -> None:
 def test_jobs_in_flight_finish_when_redis_restarts_with_its_data(own_redis, own_settings, files, workers):
     jobs = ArtifactJobs(settings=own_settings)
     load = Load(jobs, files, 40)
-    workers.start(settings=own_settings, processes=1, threads=2)
+    workers.start(settings=own_settings, processes=1, threads=2, extra_env=QUICK_RECONNECT)
     load.wait_until_busy()
     before = load.states()
     restart_keeping_data(own_redis)
@@ -163,7 +175,7 @@ def test_a_redis_that_comes_back_empty_loses_no_file_and_reports_what_it_forgot(
     jobs = ArtifactJobs(settings=own_settings)
     store = ArtifactStore.from_settings(own_settings, redis=jobs.client)
     load = Load(jobs, files, 40)
-    workers.start(settings=own_settings, processes=1, threads=2)
+    workers.start(settings=own_settings, processes=1, threads=2, extra_env=QUICK_RECONNECT)
     load.wait_until_busy()
     on_disk_before = _committed(store)
     restart_empty(own_redis)
@@ -216,22 +228,22 @@ def test_a_host_waiting_for_a_job_reconnects_after_a_restart(own_redis, own_sett
 
     def wait() -> None:
         try:
-            job.wait(2.5)
+            job.wait(1.5)
         except BaseException as exc:
             outcome["error"] = exc
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.3)
-    restart_keeping_data(own_redis, down_seconds=0.8)
+    time.sleep(0.2)
+    restart_keeping_data(own_redis, down_seconds=0.5)
     waiter.join(10)
     assert isinstance(outcome["error"], JobTimeout)  # it kept waiting through the restart
     assert job.status().state == "queued"
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.3)
-    restart_empty(own_redis)
+    time.sleep(0.2)
+    restart_empty(own_redis, down_seconds=0.3)
     waiter.join(10)
     assert isinstance(outcome["error"], LookupError) and "Redis lost it" in str(outcome["error"])
     jobs.close()
