@@ -374,3 +374,23 @@ def test_hosts_and_workers_speak_tls_to_a_password_protected_redis(tls_redis, se
     wrong = redis.Redis.from_url(url.replace(password, "wrong-password"), retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
+
+
+def test_the_http_host_answers_again_after_redis_restarts(own_redis, own_settings):
+    import httpx
+
+    from paglets_artifacts.http_api import ServerThread, create_app
+
+    jobs = ArtifactJobs(settings=own_settings)
+    with ServerThread(create_app(own_settings, jobs=jobs)) as server, httpx.Client(base_url=server.url) as client:
+        first = client.post("/jobs/sweep", json={})
+        assert first.status_code == 202, first.text
+        job_id = first.json()["job_id"]
+        restart_keeping_data(own_redis)
+        assert client.get(f"/jobs/{job_id}").json()["job"]["state"] == "queued"  # reconnected, data kept
+        restart_empty(own_redis)
+        gone = client.get(f"/jobs/{job_id}")
+        assert gone.status_code == 404 and gone.json()["error"]  # reported unknown
+        assert client.post("/jobs/sweep", json={}).status_code == 202
+        assert client.get("/artifacts").status_code == 200  # the index is rebuilt on demand
+    jobs.close()
