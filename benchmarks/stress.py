@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import io
 import json
 import os
 import random
@@ -282,7 +283,7 @@ class CrashRun:
 
     def _seed_artifact(self, role: str, size: int, **options: Any) -> str:
         data = self.rng.randbytes(size)
-        ref = self.store.create_from_stream(iter_reader(data), size_bytes=size, **options).ref
+        ref = self.store.create_from_stream(io.BytesIO(data), size_bytes=size, **options).ref
         self.seeded[ref.artifact_id] = {"role": role, "sha": _sha(data), "owner": ref.owner_agent_id}
         return ref.artifact_id
 
@@ -548,19 +549,6 @@ class CrashRun:
 
     def close(self) -> None:
         self.jobs.close()
-
-
-class iter_reader:  # noqa: N801 - a tiny file-like over bytes, read in pieces
-    """A read-only stream over ``data`` (what ``create_from_stream`` reads from)."""
-
-    def __init__(self, data: bytes):
-        self._view = memoryview(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = len(self._view)
-        piece, self._view = self._view[:size], self._view[size:]
-        return bytes(piece)
 
 
 def run_one(plan: Plan, *, redis_url: str, base: Path, timeout: float = 120.0) -> Outcome:

@@ -34,7 +34,7 @@ from benchmarks.stress import (  # noqa: E402
     kill_worker,
     start_worker,
 )
-from paglets_artifacts import ArtifactJobs, ArtifactRef, ArtifactStore, Settings  # noqa: E402
+from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
 
 MiB = 1024 * 1024
 
