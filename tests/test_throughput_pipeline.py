@@ -4,6 +4,7 @@ and any error stops every helper thread before it reaches the caller."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -225,6 +226,149 @@ def test_large_inputs_hash_and_write_on_helper_threads(tmp_path, monkeypatch):
     assert seen[0] == threading.current_thread().name  # the first bytes, before the size is known
     assert set(seen[1:]) == {"paglets-artifacts-copy-write"}
     assert copy_threads() == []
+
+
+# ---------------------------------------------------------------- file to file: the kernel copies
+
+
+@pytest.fixture
+def kernel_copies(monkeypatch):
+    """Counts copy_file_range calls; small files take the kernel path."""
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+    calls = []
+    real = os.copy_file_range
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streams.os, "copy_file_range", counting)
+    baseline = threading.active_count()
+    yield calls
+    assert copy_threads() == []
+    assert threading.active_count() == baseline
+
+
+def write_source(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "source.bin"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("size", [CHUNK + 1, 5 * CHUNK, 40 * CHUNK + 3])
+def test_a_file_into_a_file_is_copied_by_the_kernel_and_hashed_as_it_landed(tmp_path, kernel_copies, size):
+    data = os.urandom(size)
+    totals = []
+    with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+        count, digest, landed = copy_into(tmp_path, handle, on_chunk=totals.append, chunk_size=CHUNK)
+    assert (count, digest, landed == data) == (size, sha(data), True)
+    assert any(kernel_copies)  # not only the zero-length probe
+    assert totals == sorted(totals) and totals[-1] == size
+
+
+def test_a_kernel_copy_starts_at_both_files_offsets(tmp_path, kernel_copies):
+    data = os.urandom(20 * CHUNK)
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"header")
+        with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+            handle.seek(CHUNK + 5)
+            count, digest = hashed_copy(handle, fd, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+    assert (count, digest) == (len(data) - CHUNK - 5, sha(data[CHUNK + 5 :]))
+    assert target.read_bytes() == b"header" + data[CHUNK + 5 :]
+    assert any(kernel_copies)
+
+
+def test_a_buffered_source_is_not_copied_behind_its_buffer(tmp_path, kernel_copies):
+    data = os.urandom(20 * CHUNK)
+    with open(write_source(tmp_path, data), "rb") as handle:
+        assert handle.read(10) == data[:10]  # the rest of a buffer-full sits in the reader
+        count, digest, landed = copy_into(tmp_path, handle, chunk_size=CHUNK)
+    assert (count, digest, landed) == (len(data) - 10, sha(data[10:]), data[10:])
+    assert kernel_copies == []
+
+
+@pytest.mark.parametrize("refusal", ["probe", "first copy"])
+def test_a_refused_kernel_copy_falls_back_to_our_buffers(tmp_path, monkeypatch, refusal):
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+    real = os.copy_file_range
+
+    def refusing(source, target, count, *args):
+        if refusal == "probe" or count:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(source, target, count, *args)
+
+    monkeypatch.setattr(streams.os, "copy_file_range", refusing)
+    data = os.urandom(20 * CHUNK + 1)
+    with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+        assert copy_into(tmp_path, handle, chunk_size=CHUNK) == (len(data), sha(data), data)
+    assert copy_threads() == []
+
+
+def test_a_kernel_copy_error_after_the_first_chunk_propagates(tmp_path, kernel_copies, monkeypatch):
+    real = os.copy_file_range
+    calls = []
+
+    def failing(source, target, count, *args):
+        calls.append(count)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, target, count, *args)
+
+    monkeypatch.setattr(streams.os, "copy_file_range", failing)
+    with open(write_source(tmp_path, os.urandom(20 * CHUNK)), "rb", buffering=0) as handle:
+        with pytest.raises(OSError, match="No space left"):
+            copy_into(tmp_path, handle, chunk_size=CHUNK)
+
+
+def test_a_kernel_copy_stops_before_copying_a_chunk_on_chunk_refuses(tmp_path, kernel_copies):
+    data = os.urandom(30 * CHUNK)
+
+    def cap(total: int) -> None:
+        if total > 10 * CHUNK:
+            raise SizeMismatch("over the cap")
+
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+            with pytest.raises(SizeMismatch):
+                hashed_copy(handle, fd, on_chunk=cap, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == data[: 10 * CHUNK]
+
+
+def test_a_source_that_grows_during_a_kernel_copy_is_copied_to_its_new_end(tmp_path, kernel_copies):
+    data = os.urandom(10 * CHUNK)
+    extra = os.urandom(3 * CHUNK + 7)
+    source = write_source(tmp_path, data)
+
+    def grow(total: int) -> None:
+        if total == CHUNK:
+            with open(source, "ab") as more:
+                more.write(extra)
+
+    with open(source, "rb", buffering=0) as handle:
+        count, digest, landed = copy_into(tmp_path, handle, on_chunk=grow, chunk_size=CHUNK)
+    assert (count, digest, landed) == (len(data + extra), sha(data + extra), data + extra)
+
+
+def test_a_source_that_shrinks_during_a_kernel_copy_yields_the_bytes_that_landed(tmp_path, kernel_copies):
+    data = os.urandom(10 * CHUNK)
+    source = write_source(tmp_path, data)
+
+    def shrink(total: int) -> None:
+        if total == 2 * CHUNK:
+            os.truncate(source, 3 * CHUNK + 1)
+
+    with open(source, "rb", buffering=0) as handle:
+        count, digest, landed = copy_into(tmp_path, handle, on_chunk=shrink, chunk_size=CHUNK)
+    assert landed == data[: 3 * CHUNK + 1]
+    assert (count, digest) == (len(landed), sha(landed))
 
 
 # ---------------------------------------------------------------- errors stop every thread

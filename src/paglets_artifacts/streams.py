@@ -6,7 +6,9 @@ Every copy here hashes the bytes it writes, so a caller can verify exactly what 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -258,6 +260,99 @@ class _ChunkReader:
         return view[:filled] if view is not None and filled else None
 
 
+class _NoKernelCopy(Exception):
+    """``copy_file_range`` refused this pair of files before copying anything."""
+
+
+#: errno values with which ``copy_file_range`` says "not between these files".
+_NO_KERNEL_COPY_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EXDEV", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EINVAL", "EBADF", "EPERM")
+    if hasattr(errno, name)
+)
+
+
+class _KernelCopy:
+    """Copies one regular file into another inside the kernel (``copy_file_range``) and
+    reads each chunk back from the target, so the digest covers the bytes that landed.
+
+    The kernel copies page to page without a trip through our buffers; reading the target
+    back costs one copy, done while the previous chunk is hashed on another thread.
+
+    Parameters:
+      source(int): the source's descriptor; copying starts at its offset.
+      target(int): the target's descriptor (a regular file); copying starts at its offset.
+      readback(int): the target opened again for reading.
+      length(int): bytes to copy (what the source held when the copy started).
+      on_chunk: called with the running total *before* each chunk is copied, so a
+        callback that refuses a total stops the copy before those bytes land.
+    """
+
+    def __init__(self, source: int, target: int, readback: int, length: int, on_chunk: Callable[[int], None] | None):
+        self._source = source
+        self._target = target
+        self._readback = readback
+        self._start = os.lseek(target, 0, os.SEEK_CUR)
+        self._length = length
+        self._on_chunk = on_chunk
+        self.copied = 0
+
+    @classmethod
+    def open(cls, source: Any, fd: int, length: int, on_chunk: Callable[[int], None] | None) -> _KernelCopy | None:
+        """A copier when the kernel can copy between these two files, else ``None``."""
+        if not (hasattr(os, "copy_file_range") and hasattr(os, "preadv")) or type(source) is not io.FileIO:
+            return None  # a buffered source may hold bytes its descriptor has already passed
+        try:
+            target_info = os.fstat(fd)
+            if not stat.S_ISREG(target_info.st_mode):
+                return None
+            readback = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            readback_info = os.fstat(readback)
+            if (readback_info.st_dev, readback_info.st_ino) != (target_info.st_dev, target_info.st_ino):
+                raise OSError("not the same file")
+            os.copy_file_range(source.fileno(), fd, 0)  # refuses unsupported pairs up front
+            return cls(source.fileno(), fd, readback, length, on_chunk)
+        except OSError:
+            os.close(readback)
+            return None
+
+    def close(self) -> None:
+        os.close(self._readback)
+
+    def next(self, size: int, buffer: Callable[[], memoryview]) -> memoryview | None:
+        """Copy the next chunk; return it as read back from the target, ``None`` at the end."""
+        want = min(size, self._length - self.copied)
+        if want <= 0:
+            return None
+        if self._on_chunk is not None:
+            self._on_chunk(self.copied + want)
+        done = 0
+        while done < want:
+            try:
+                count = os.copy_file_range(self._source, self._target, want - done)
+            except OSError as exc:
+                if self.copied == 0 and done == 0 and exc.errno in _NO_KERNEL_COPY_ERRNOS:
+                    raise _NoKernelCopy() from exc
+                raise
+            if not count:
+                break  # the source ended sooner than it was long
+            done += count
+        if not done:
+            self._length = self.copied
+            return None
+        view = buffer()[:done]
+        filled = 0
+        while filled < done:
+            count = os.preadv(self._readback, [view[filled:]], self._start + self.copied + filled)
+            if not count:
+                raise TransferError("the copy's target shrank while it was being written")
+            filled += count
+        self.copied += done
+        return view
+
+
 def _remaining_bytes(source: Any) -> int | None:
     """Bytes left in ``source`` when it is a regular file, else ``None`` (only a hint)."""
     try:
@@ -401,9 +496,24 @@ def _hashed_stream(
     chunks = _ChunkReader(source, min(MIN_HANDOFF_BYTES, chunk_size))
     remaining = _remaining_bytes(source)
     total = 0
+    if fd is not None and remaining is not None and remaining > PIPELINE_MIN_BYTES:
+        copier = _KernelCopy.open(source, fd, remaining, on_chunk)
+        if copier is not None:
+            try:
+                pipeline = _Pipeline(
+                    copier, [("hash", digest.update)], on_chunk=None, chunk_size=chunk_size, depth=PIPELINE_DEPTH
+                )
+                total = pipeline.run(0)
+            except _NoKernelCopy:
+                pass  # refused before a byte was copied: copy through our buffers instead
+            finally:
+                copier.close()
+            remaining = _remaining_bytes(source)  # usually 0: whatever the source gained meanwhile
     if remaining is None or remaining <= PIPELINE_MIN_BYTES:
         # Small or of unknown size: start on this thread; a known-small file never leaves it.
-        size = min(chunk_size, STREAM_CHUNK_BYTES, (remaining if remaining is not None else chunk_size) + 1)
+        # A buffer no bigger than the file (plus one byte to see its end), but not tiny:
+        # after a kernel copy ``remaining`` is usually 0, yet a growing source may go on.
+        size = min(chunk_size, STREAM_CHUNK_BYTES, chunk_size if remaining is None else max(remaining + 1, 64 * 1024))
         buffer: memoryview | None = None
 
         def inline_buffer() -> memoryview:
@@ -439,15 +549,23 @@ def hashed_copy(
 ) -> tuple[int, str]:
     """Copy ``source`` into the open file descriptor ``fd``; return (bytes, sha256 hex).
 
-    The digest is taken over exactly the buffers handed to ``os.write``. A large input is
-    read on the calling thread while a helper thread hashes and another writes, so the
-    copy takes about as long as the slower of hashing and I/O; small inputs stay on the
-    calling thread. Memory stays at a few chunks whatever the size.
+    The digest covers exactly the bytes that land in ``fd``, and hashing overlaps the I/O,
+    so a large copy takes about as long as the slower of the two:
 
-    ``on_chunk(total_so_far)`` runs on the calling thread after each chunk is read and
-    before it is hashed or written: it may raise to stop the copy (a size cap) or report
-    progress. ``chunk_size`` defaults to ``FILE_CHUNK_BYTES`` for sources with
-    ``readinto`` and ``STREAM_CHUNK_BYTES`` for ``read()``-only ones.
+    - a raw regular file (``io.FileIO``) into a regular file is copied by the kernel
+      (``copy_file_range``); each chunk is read back from ``fd``'s file and hashed on a
+      helper thread while the next one is copied;
+    - anything else is read on the calling thread into reused buffers (``read()``-only
+      sources' bytes are passed on as they are) while one helper thread hashes and another
+      writes, the digest being taken over the very buffers handed to ``os.write``;
+    - inputs up to ``PIPELINE_MIN_BYTES`` stay on the calling thread.
+
+    Memory stays at a few chunks whatever the size. ``on_chunk(total_so_far)`` runs on the
+    calling thread after each chunk is read and before it is hashed or written (for a
+    kernel copy: before the chunk is copied, with the total it will bring): it may raise
+    to stop the copy (a size cap) or report progress. ``chunk_size`` defaults to
+    ``FILE_CHUNK_BYTES`` for sources with ``readinto`` and ``STREAM_CHUNK_BYTES`` for
+    ``read()``-only ones.
     """
     return _hashed_stream(source, fd, on_chunk, chunk_size)
 
