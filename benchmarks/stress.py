@@ -9,7 +9,7 @@ one of them a move, a sweep, an owner deletion), and kills the worker once with 
 while a job of the run's target kind runs. Two ways, alternating:
 
 - ``step``: the worker kills its own process group just before the N-th file-system step
-  (``os.write``, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``) of a job of that kind, N drawn
+  (a write or kernel copy, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``) of a job of that kind, N drawn
   at random: every point between two steps of a commit, a deletion or a sweep is reachable;
 - ``signal``: the suite sends SIGKILL from outside a random few milliseconds after a job of
   that kind reported ``running``.
@@ -64,8 +64,12 @@ MODES = ("step", "signal")
 #: Environment of a worker that must crash: the kind, and the step before which it dies.
 CRASH_KIND_ENV = "PAGLETS_STRESS_CRASH_KIND"
 CRASH_STEP_ENV = "PAGLETS_STRESS_CRASH_STEP"
-#: The file-system calls counted as steps (pathlib's unlink goes through os.unlink too).
-STEP_CALLS = ("write", "replace", "rename", "link", "unlink")
+#: The file-system calls counted as steps (pathlib's unlink goes through os.unlink too;
+#: a kernel-side copy writes through copy_file_range or sendfile instead of write).
+STEP_CALLS = tuple(
+    name for name in ("write", "pwrite", "writev", "copy_file_range", "sendfile", "replace", "rename", "link", "unlink")
+    if hasattr(os, name)
+)
 #: Longest delay (s) between a job's start and the SIGKILL in ``signal`` mode: about as long
 #: as such a job runs here, so most kills land while it runs.
 SIGNAL_WINDOW = {"import": 0.03, "export": 0.02, "sweep": 0.06, "delete_owner": 0.06}
@@ -76,9 +80,11 @@ MiB = 1024 * 1024
 # --------------------------------------------------------------------- in the worker process
 
 
-def install_crash_point(kind: str, step: int) -> None:
+def install_crash_point(kind: str, step: str) -> None:
     """SIGKILL this worker's whole process group just before the ``step``-th file-system
-    call made while a job of ``kind`` runs.
+    call made while a job of ``kind`` runs: ``"7"`` counts every call of ``STEP_CALLS``,
+    ``"unlink:2"`` only the calls of one of them (a point that does not move when the way
+    bytes are copied changes).
 
     The worker runs one thread, so every call made meanwhile (the store's copy threads
     included) belongs to that job. A middleware tells which messages are running.
@@ -87,6 +93,8 @@ def install_crash_point(kind: str, step: int) -> None:
 
     from paglets_artifacts.contract import KINDS_BY_ACTOR
 
+    only, _, number = step.rpartition(":")
+    target = int(number)
     running: set[str] = set()
     lock = threading.Lock()
     calls = [0]
@@ -110,7 +118,7 @@ def install_crash_point(kind: str, step: int) -> None:
             if running:
                 with lock:
                     calls[0] += 1
-                    if calls[0] == step:
+                    if calls[0] == target:
                         os.killpg(os.getpgrp(), signal.SIGKILL)
             return fn(*args, **kwargs)
 
@@ -118,7 +126,8 @@ def install_crash_point(kind: str, step: int) -> None:
 
     dramatiq.get_broker().add_middleware(CrashPoint())
     for name in STEP_CALLS:
-        setattr(os, name, counted(getattr(os, name)))
+        if not only or name == only:
+            setattr(os, name, counted(getattr(os, name)))
 
 
 def count_steps(fn: Callable[[], Any]) -> int:
@@ -144,7 +153,7 @@ def count_steps(fn: Callable[[], Any]) -> int:
 
 
 if __name__ != "__main__" and os.environ.get(CRASH_KIND_ENV):
-    install_crash_point(os.environ[CRASH_KIND_ENV], int(os.environ.get(CRASH_STEP_ENV, "1")))
+    install_crash_point(os.environ[CRASH_KIND_ENV], os.environ.get(CRASH_STEP_ENV, "1"))
 
 
 # --------------------------------------------------------------------- worker processes

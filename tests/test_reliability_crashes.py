@@ -44,7 +44,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start workers that load the crash point; every one is stopped after the test."""
     started = []
 
-    def start(settings: Settings, *, crash: tuple[str, int] | None = None):
+    def start(settings: Settings, *, crash: tuple[str, str] | None = None):
         env = {CRASH_KIND_ENV: crash[0], CRASH_STEP_ENV: str(crash[1])} if crash else None
         process = start_worker(settings, tmp_path / "worker.log", env=env, threads=1 if crash else 2)
         started.append(process)
@@ -55,8 +55,9 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., object]]:
         kill_worker(process)  # every job has ended: a kill is as good as a graceful stop, and faster
 
 
-def _crash_then_finish(launch, settings: Settings, kind: str, step: int, job) -> object:
-    """Run ``job`` on a worker that dies before ``kind`` step ``step``; finish it on a clean one."""
+def _crash_then_finish(launch, settings: Settings, kind: str, step: str, job) -> object:
+    """Run ``job`` on a worker that dies before ``step`` (``"unlink:2"``: the second unlink)
+    of a ``kind`` job; finish it on a clean one."""
     doomed = launch(settings, crash=(kind, step))
     assert doomed.wait(timeout=60) == -signal.SIGKILL, "the crash point was not reached"
     assert job.status().state == "running"  # the dead worker held it
@@ -81,9 +82,9 @@ def _assert_consistent(store: ArtifactStore) -> None:
     assert sorted(store.index.all_ids()) == sorted(blobs)
 
 
-# Steps of a move-in import: clear .part, link, clear staged metadata, blob rename,
-# metadata rename, remove the source.
-@pytest.mark.parametrize("step", [4, 6], ids=["before-the-blob-rename", "before-the-source-removal"])
+# A move-in import: unlink (a stale .part), link, unlink (stale staged metadata), replace
+# (the blob), replace (the metadata), unlink (the source).
+@pytest.mark.parametrize("step", ["replace:1", "unlink:3"], ids=["before-the-blob-rename", "before-the-source-removal"])
 def test_a_move_in_import_killed_mid_commit_loses_nothing(step, settings, files, jobs, launch):
     source = files / "model.bin"
     data = os.urandom(3 * MiB)
@@ -103,7 +104,7 @@ def test_an_owner_deletion_killed_between_metadata_and_blob_leaves_no_orphan(set
     doomed = store.create_from_stream(io.BytesIO(os.urandom(5000)), owner_agent_id="doomed").ref
     kept = store.create_from_stream(io.BytesIO(os.urandom(7000)), owner_agent_id="kept").ref
     job = jobs.delete_owner("doomed")
-    result = _crash_then_finish(launch, settings, "delete_owner", 2, job)  # dies before the blob's unlink
+    result = _crash_then_finish(launch, settings, "delete_owner", "unlink:2", job)  # before the blob's unlink
     assert result["bytes_freed"] == 5000  # the retry removed what the first attempt left
     assert [ref.artifact_id for ref in store.list()] == [kept.artifact_id]
     assert doomed.artifact_id not in store.index.owner_ids("doomed")
@@ -115,7 +116,7 @@ def test_a_sweep_killed_between_metadata_and_blob_leaves_no_orphan(settings, fil
     expired = store.create_from_stream(io.BytesIO(os.urandom(4000)), expires_at=1.0).ref
     kept = store.create_from_stream(io.BytesIO(os.urandom(3000))).ref
     job = jobs.sweep()
-    result = _crash_then_finish(launch, settings, "sweep", 2, job)
+    result = _crash_then_finish(launch, settings, "sweep", "unlink:2", job)  # before the blob's unlink
     assert result["orphans_removed"] == 1 and result["bytes_freed"] == 4000
     assert [ref.artifact_id for ref in store.list()] == [kept.artifact_id]
     assert expired.artifact_id not in store.index.expired_ids(2.0)
@@ -127,9 +128,9 @@ def test_a_move_export_killed_between_metadata_and_blob_leaves_no_orphan(setting
     data = os.urandom(2 * MiB)
     ref = store.create_from_stream(io.BytesIO(data)).ref
     target = files / "out" / "moved.bin"
-    # Steps: clear the .part, write, rename into place, unlink metadata, unlink blob.
+    # unlink (a stale .part), the copy, replace (into place), unlink (metadata), unlink (blob)
     job = jobs.export(ref.artifact_id, str(target), move=True)
-    result = _crash_then_finish(launch, settings, "export", 5, job)
+    result = _crash_then_finish(launch, settings, "export", "unlink:3", job)
     assert result["moved"] is True and target.read_bytes() == data
     assert store.list() == []
     _assert_consistent(store)
@@ -141,7 +142,7 @@ def test_an_export_killed_mid_copy_leaves_no_part_beside_the_target(settings, fi
     ref = store.create_from_stream(io.BytesIO(data)).ref
     target = files / "work" / "copy.bin"
     job = jobs.export(ref.artifact_id, str(target))
-    _crash_then_finish(launch, settings, "export", 3, job)  # dies with the copy written, before its rename
+    _crash_then_finish(launch, settings, "export", "replace:1", job)  # the copy written, not yet renamed
     assert target.read_bytes() == data
     assert sorted(p.name for p in target.parent.iterdir()) == ["copy.bin"]  # the retry replaced the .part
     _assert_consistent(store)
