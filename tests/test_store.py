@@ -595,6 +595,35 @@ def test_move_import_on_the_same_filesystem_renames_without_copying(store, tmp_p
     assert leftovers(store) == [f"blobs/{result.ref.artifact_id}.bin", f"metadata/{result.ref.artifact_id}.json"]
 
 
+def test_move_import_with_fsync_flushes_the_blob_data_before_it_is_visible(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path / "store", host_url=HOST, fsync=True)
+    source = tmp_path / "moved.bin"
+    source.write_bytes(b"unflushed bytes")
+    inode = os.stat(source).st_ino
+    real_fsync = os.fsync
+    flushed = []  # (inode, metadata visible yet) of each fsync
+
+    def recording_fsync(fd):
+        meta = store.metadata_dir / f"{FIXED_ID}.json"
+        flushed.append((os.fstat(fd).st_ino, meta.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    result = store.create_from_path(source, delete_source=True, artifact_id=FIXED_ID)
+    assert os.stat(result.path).st_ino == inode  # moved, not copied
+    assert (inode, False) in flushed
+
+
+def test_move_import_without_fsync_does_not_flush_the_blob(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path / "store", host_url=HOST, fsync=False)
+    source = tmp_path / "moved.bin"
+    source.write_bytes(b"bytes")
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    store.create_from_path(source, delete_source=True)
+    assert calls == []
+
+
 def test_move_import_refreshes_the_blob_mtime_so_a_sweep_keeps_it(store, tmp_path):
     source = tmp_path / "old.bin"
     source.write_bytes(b"old file")

@@ -391,6 +391,8 @@ class ArtifactStore:
             self.index.release(artifact_id)
             raise
         try:
+            if self.fsync:  # the source's bytes may still sit in the page cache: flush them before they count
+                os.fsync(handle.fileno())
             os.utime(tmp_path)  # a fresh mtime, so a sweep never takes the commit for a stale file
             ref = ArtifactRef(
                 host_url=self.host_url,
