@@ -11,11 +11,15 @@ In one run, on one source file and one filesystem, times
   export (``export_to_path``) and move-import (``create_from_path(delete_source=True)``
   from a fresh copy on the store's filesystem, made before each run and not timed);
 - with ``fsync`` on, import, export and move-import beside ``cp`` followed by ``fsync``;
+- the same import and export through a worker job: enqueue to result, on one real
+  ``dramatiq workers -p 1 -t 1`` process serving a store of its own on the same filesystem
+  (fsync off, like the in-process rows), over an embedded Redis (or ``REDIS_URL`` when set,
+  under a namespace of its own whose keys are deleted afterwards);
 
 and prints medians beside the limit: the slower of the plain copy (the faster of ``cp``
 and ``shutil.copyfile``) and hash-only, since a verified copy must both copy and hash and
 the two can overlap. Then the peak RSS of a fresh process that imports (and one that
-exports) the file. Rows run round-robin, one repeat after another, so that noise from the
+exports) the file, and that of the worker's forked worker process during its jobs. Rows run round-robin, one repeat after another, so that noise from the
 machine falls on every row alike; the first repeat runs in the table's order, later ones in
 a shuffled (seeded) order: on a VM the cost of the page-cache pages a write takes depends on
 what the previous row freed (pages freed after reaching the disk are often several times
@@ -33,12 +37,14 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +52,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+import redis  # noqa: E402
+
+from paglets_artifacts.jobs import ArtifactJobs  # noqa: E402
+from paglets_artifacts.redis_server import EmbeddedRedis  # noqa: E402
+from paglets_artifacts.settings import Settings  # noqa: E402
 from paglets_artifacts.store import ArtifactStore  # noqa: E402
 
 MIB = 1024 * 1024
@@ -68,6 +79,8 @@ class Bench:
     durable_store: ArtifactStore
     artifact_id: str = ""
     scratch: dict = field(default_factory=dict)
+    #: called in reverse order when the run ends, however it ends (worker, Redis)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def output(self, name: str) -> Path:
         return self.work / "out" / name
@@ -84,8 +97,9 @@ class Row:
       limit(str|None): ``copy`` (the slower of plain copy and hash-only) or ``hash``; the
         row's median is printed as a ratio to it. ``None`` for baselines.
       target(float|None): the ratio the row should stay within, printed beside it.
-      reads(str): what the row reads, ``source`` or ``blob`` (the stored artifact); it is
+      reads(str|None): what the row reads, ``source`` or ``blob`` (the stored artifact); it is
         read through once, untimed, right before each run, so it comes from the page cache.
+        ``None``: the row's ``prepare`` does its own reading.
       prepare, cleanup: untimed hooks around each repetition.
       note(str): printed under the table.
     """
@@ -95,7 +109,7 @@ class Row:
     section: str = "store"
     limit: str | None = COPY_LIMIT
     target: float | None = None
-    reads: str = "source"
+    reads: str | None = "source"
     prepare: Callable[[Bench], None] | None = None
     cleanup: Callable[[Bench], None] | None = None
     note: str = ""
@@ -227,10 +241,179 @@ def durable_export(bench: Bench) -> None:
 
 
 @row("move-import, fsync on", section="fsync", limit=HASH_LIMIT, prepare=fresh_copy, cleanup=remove_durable,
-     note="move-import, fsync on: the store fsyncs metadata and directories, not the moved blob's data")
+     note="move-import, fsync on: the moved blob's data is fsynced before the commit (the fresh copy's dirty pages)")
 def durable_move(bench: Bench) -> None:
     result = bench.durable_store.create_from_path(bench.scratch.pop("move_source"), delete_source=True)
     bench.scratch["durable"] = result.ref.artifact_id
+
+
+# ---------------------------------------------------------------- through a worker job
+
+#: How long one job may take before the benchmark gives up on it.
+JOB_TIMEOUT = 900.0
+
+
+class WorkerRig:
+    """Redis and one real ``dramatiq workers -p 1 -t 1`` process, for the worker-job rows.
+
+    The worker serves a store of its own (``worker-store`` beside the bench's store, so the
+    same filesystem), with the bench directory as its allowed root, fsync off like the
+    in-process rows, no quota and a cap above the source's size.
+
+    Parameters:
+      work(Path): the bench directory.
+      size(int): the source's size in bytes.
+    """
+
+    def __init__(self, work: Path, size: int):
+        self.work = work
+        self.size = size
+        self.server: EmbeddedRedis | None = None
+        self.process: subprocess.Popen | None = None
+        self.client: redis.Redis | None = None
+        self.namespace = ""
+        self.artifact_id = ""  # the worker store's copy of the source, what exports read
+        self.peaks: dict[str, list[float]] = {"import": [], "export": []}  # MiB
+        self.peak_reset = True
+
+    def start(self) -> None:
+        url = os.environ.get("REDIS_URL")
+        if url:  # someone else's server: a namespace nobody else uses, deleted afterwards
+            self.namespace = f"bench-throughput-{uuid.uuid4().hex}"
+        else:
+            self.server = EmbeddedRedis()
+            url = self.server.start()
+            self.namespace = "bench-throughput"
+        self.settings = Settings(
+            redis_url=url,
+            namespace=self.namespace,
+            store_root=self.work / "worker-store",
+            host_url=HOST,
+            fsync=False,
+            quota_bytes=None,
+            max_artifact_bytes=2 * self.size + MIB,
+            allowed_roots=(self.work,),
+        )
+        self.client = redis.Redis.from_url(url)
+        self.jobs = ArtifactJobs(client=self.client, settings=self.settings)
+        # the worker's store seen from here, through the same Redis index, to remove what rows import
+        self.store = ArtifactStore.from_settings(self.settings, redis=self.client)
+        env = {**os.environ, **self.settings.to_env()}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]))
+        with open(self.work / "worker.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dramatiq", "workers", "-p", "1", "-t", "1"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            )
+        warmup = self.work / "warmup.bin"
+        warmup.write_bytes(b"warm up")
+        try:  # imports and connections made once, before any timing
+            self.store.remove(self.wait(self.jobs.import_file(str(warmup)), timeout=120)["artifact_id"])
+        finally:
+            warmup.unlink(missing_ok=True)
+        self.artifact_id = self.wait(self.jobs.import_file(str(self.work / "source.bin")))["artifact_id"]
+
+    def wait(self, job, timeout: float = JOB_TIMEOUT) -> dict:
+        try:
+            return job.wait(timeout=timeout)
+        except Exception:
+            log = (self.work / "worker.log").read_text(errors="replace")[-3000:]
+            print(f"worker job {job.id} failed; the worker's log ends with:\n{log}", file=sys.stderr)
+            raise
+
+    def worker_pid(self) -> int:
+        """The forked worker process: a child of the main process with the main's command line."""
+        assert self.process is not None
+        main = self.process.pid
+        with open(f"/proc/{main}/cmdline", "rb") as handle:
+            command = handle.read()
+        with open(f"/proc/{main}/task/{main}/children") as handle:
+            children = [int(pid) for pid in handle.read().split()]
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if handle.read() == command:
+                    return pid
+        raise RuntimeError(f"no forked worker process under dramatiq's main process {main}")
+
+    def reset_peak(self) -> None:
+        """Set the worker process's VmHWM back to its current RSS (``clear_refs`` 5)."""
+        try:
+            with open(f"/proc/{self.worker_pid()}/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            self.peak_reset = False  # the peak then covers the worker's whole life
+
+    def record_peak(self, kind: str) -> None:
+        with open(f"/proc/{self.worker_pid()}/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        self.peaks[kind].append(kib / 1024)
+
+    def stop(self) -> None:
+        """Stop the worker (its whole process group) and Redis; delete our keys from a shared Redis."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self.client is not None:
+            if self.server is None and self.namespace:
+                keys = list(self.client.scan_iter(match=f"{self.namespace}:*", count=1000))
+                for start in range(0, len(keys), 500):
+                    self.client.delete(*keys[start:start + 500])
+            self.client.close()
+            self.client = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+def worker_rig(bench: Bench) -> WorkerRig:
+    """The run's worker, started on first use (untimed) and stopped when the run ends."""
+    rig = bench.scratch.get("worker")
+    if rig is None:
+        rig = bench.scratch["worker"] = WorkerRig(bench.work, bench.size)
+        bench.closers.append(rig.stop)
+        print("starting Redis and a dramatiq worker (-p 1 -t 1) ...", flush=True)
+        rig.start()
+    return rig
+
+
+def before_worker_import(bench: Bench) -> None:
+    worker_rig(bench).reset_peak()
+
+
+def after_worker_import(bench: Bench) -> None:
+    rig = worker_rig(bench)
+    rig.record_peak("import")
+    rig.store.remove(bench.scratch.pop("worker_imported"))
+
+
+def before_worker_export(bench: Bench) -> None:
+    rig = worker_rig(bench)
+    read_through(rig.store.blob_path(rig.artifact_id))
+    rig.reset_peak()
+
+
+def after_worker_export(bench: Bench) -> None:
+    worker_rig(bench).record_peak("export")
+    bench.output("worker-export.bin").unlink(missing_ok=True)
+
+
+@row("worker job: import_file, enqueue to result", target=1.25, prepare=before_worker_import,
+     cleanup=after_worker_import)
+def worker_import(bench: Bench) -> None:
+    rig = worker_rig(bench)
+    bench.scratch["worker_imported"] = rig.wait(rig.jobs.import_file(str(bench.source)))["artifact_id"]
+
+
+@row("worker job: export, enqueue to result", target=1.25, reads=None, prepare=before_worker_export,
+     cleanup=after_worker_export)
+def worker_export(bench: Bench) -> None:
+    rig = worker_rig(bench)
+    rig.wait(rig.jobs.export(rig.artifact_id, str(bench.output("worker-export.bin"))))
 
 
 # ---------------------------------------------------------------- running
@@ -256,7 +439,8 @@ def read_through(path: Path) -> None:
 
 
 def time_row(bench: Bench, entry: Row) -> float:
-    read_through(bench.store.blob_path(bench.artifact_id) if entry.reads == "blob" else bench.source)
+    if entry.reads is not None:
+        read_through(bench.store.blob_path(bench.artifact_id) if entry.reads == "blob" else bench.source)
     if entry.prepare is not None:
         entry.prepare(bench)
     before = os.times()
@@ -329,6 +513,7 @@ def main() -> None:
     size = args.size_mib * MIB
 
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-", dir=args.dir))
+    bench: Bench | None = None
     try:
         (work / "out").mkdir()
         source = work / "source.bin"
@@ -368,7 +553,11 @@ def main() -> None:
         rss = {kind: peak_rss(bench, kind) for kind in ("import", "export")}
         report(bench, rows, args, (load_before, load_after), rss)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            for close in reversed(bench.closers if bench is not None else []):
+                close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load: tuple[float, float], rss: dict) -> None:
@@ -419,6 +608,14 @@ def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load: tuple[
         verdict = "under" if peak * MIB < 150e6 else "OVER"
         print(f"peak RSS of a fresh process that {kind}s the file: {peak:.1f} MiB VmHWM, {before:.1f} MiB before"
               f" the transfer (ru_maxrss {maxrss:.1f} MiB); target < 150 MB: {verdict}")
+    rig = bench.scratch.get("worker")
+    if rig is not None:
+        scope = "reset before each job" if rig.peak_reset else "over the worker's whole life (reset refused)"
+        for kind, peaks in rig.peaks.items():
+            if peaks:
+                verdict = "under" if max(peaks) * MIB < 150e6 else "OVER"
+                print(f"peak RSS of the dramatiq worker process during its {kind} jobs: {max(peaks):.1f} MiB VmHWM"
+                      f" (max of {len(peaks)}; {scope}); target < 150 MB: {verdict}")
 
 
 plain_cp_row, plain_copyfile_row, hash_only_row, reference_row = ROWS[:4]
