@@ -1178,3 +1178,16 @@ def test_scan_index_reservations(store):
     assert index.used_bytes() == 0
     index.reserve("cc", 10**15, quota_bytes=None)
     assert index.used_bytes() == 10**15
+
+
+def test_sweep_leaves_a_directory_named_like_a_part_file_alone(tmp_path):
+    store = ArtifactStore(tmp_path / "store", host_url="http://h", fsync=False)
+    odd = store.tmp_dir / "not-ours.part"
+    odd.mkdir()
+    stale = store.tmp_dir / f"{'a' * 32}.part"
+    stale.write_bytes(b"xx")
+    os.utime(odd, (0, 0))
+    os.utime(stale, (0, 0))
+    report = store.cleanup_temporary()
+    assert report.parts_removed == 1 and not stale.exists()
+    assert odd.is_dir()

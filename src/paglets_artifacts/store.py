@@ -627,8 +627,8 @@ class ArtifactStore:
                 info = path.lstat()
             except FileNotFoundError:
                 continue
-            if current - info.st_mtime < self.spool_ttl_seconds:
-                continue
+            if current - info.st_mtime < self.spool_ttl_seconds or stat.S_ISDIR(info.st_mode):
+                continue  # fresh, or a directory that is none of ours: never ours to remove
             _cleanup(path)
             report.parts_removed += 1
             report.bytes_freed += info.st_size
