@@ -319,3 +319,29 @@ def test_unknown_error_type_maps_to_job_failed(jobs):
 
     assert error_class("TimeLimitExceeded") is JobFailed
     assert error_class("QuotaExceeded") is QuotaExceeded
+
+
+def test_a_final_state_is_written_once_and_never_overwritten(jobs):
+    job = jobs.sweep()  # no worker: the record stays queued until this test ends it
+    assert jobs.records.finished(job.id, state="succeeded", result={"parts_removed": 0})
+    # A second, overlapping attempt of the same job ends later with an error: the record keeps the first end.
+    assert not jobs.records.finished(job.id, state="failed", error={"type": "ArtifactNotFound", "message": "late"})
+    record = job.status()
+    assert (record.state, record.result, record.error) == ("succeeded", {"parts_removed": 0}, None)
+
+
+def test_a_job_whose_start_cannot_be_recorded_is_retried_not_run(monkeypatch):
+    from types import SimpleNamespace
+
+    from workers import middleware
+    from workers.broker import is_transient
+
+    monkeypatch.setattr(middleware, "retry_while_unreachable", lambda write, what: None)  # Redis never answered
+    monkeypatch.setattr(middleware, "context", lambda: SimpleNamespace(records=None, worker_name="w", settings=None))
+    message = Message(
+        queue_name=contract.MAINTENANCE_QUEUE, actor_name=contract.SWEEP.actor_name, args=(), kwargs={}, options={},
+    )
+    with pytest.raises(middleware.RecordUnavailable) as raised:
+        middleware.JobRecordsMiddleware().before_process_message(None, message)
+    assert is_transient(raised.value)
+    assert middleware._CURRENT.get() is None  # nothing runs as this job

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -1191,3 +1192,59 @@ def test_sweep_leaves_a_directory_named_like_a_part_file_alone(tmp_path):
     report = store.cleanup_temporary()
     assert report.parts_removed == 1 and not stale.exists()
     assert odd.is_dir()
+
+
+class _InterruptedSource:
+    """A read()-only source that runs ``meanwhile`` once, halfway through being read."""
+
+    def __init__(self, data: bytes, meanwhile):
+        self._data = io.BytesIO(data)
+        self._half = len(data) // 2
+        self._meanwhile = meanwhile
+
+    def read(self, size: int = -1) -> bytes:
+        if self._meanwhile is not None and self._data.tell() >= self._half:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            meanwhile()
+        return self._data.read(min(size, 4096) if size and size > 0 else 4096)
+
+
+def test_an_overlapping_attempt_of_the_same_artifact_gives_way_without_touching_the_winner(tmp_path):
+    from paglets_artifacts.errors import Superseded
+
+    store = ArtifactStore(tmp_path / "store", host_url="http://h", fsync=False)
+    artifact_id = "c" * 32
+    first, second = os.urandom(300_000), os.urandom(300_000)
+    committed = []
+
+    def second_attempt() -> None:  # a redelivered copy of the job runs to the end meanwhile
+        committed.append(store.create_from_stream(io.BytesIO(second), artifact_id=artifact_id))
+
+    with pytest.raises(Superseded):
+        store.create_from_stream(_InterruptedSource(first, second_attempt), artifact_id=artifact_id)
+    ref = store.ref(artifact_id)
+    assert ref == committed[0].ref
+    assert store.blob_path(artifact_id).read_bytes() == second  # blob and metadata agree
+    assert ref.sha256 == hashlib.sha256(second).hexdigest()
+    assert list(store.tmp_dir.iterdir()) == []
+    # Retried, the first attempt finds the artifact instead of writing another.
+    assert store.create_from_stream(io.BytesIO(first), artifact_id=artifact_id).ref == ref
+
+
+def test_a_failed_move_in_after_its_commit_keeps_the_blob_mode_and_does_not_revert_the_source(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path / "store", host_url="http://h", fsync=False)
+    source = tmp_path / "group-writable.bin"
+    source.write_bytes(os.urandom(50_000))
+    os.chmod(source, 0o664)
+    calls = []
+
+    def index_down(ref):
+        calls.append(ref.artifact_id)
+        raise ConnectionError("index unreachable")
+
+    monkeypatch.setattr(store.index, "committed", index_down)
+    with pytest.raises(ConnectionError):
+        store.create_from_path(source, delete_source=True, artifact_id="d" * 32)
+    blob = store.blobs_dir / f"{'d' * 32}.bin"
+    assert calls and blob.exists()  # the commit happened before the index failed
+    assert stat.S_IMODE(blob.stat().st_mode) & 0o022 == 0

@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from paglets_artifacts.errors import TransferError
+from paglets_artifacts.errors import Superseded, TransferError
 from paglets_artifacts.settings import Settings, SettingsError
 
 from .logs import StructuredLogs
@@ -32,7 +32,7 @@ def is_transient(exception: BaseException) -> bool:
     """Broker and network hiccups and EAGAIN-like OS errors retry; everything else fails at once."""
     if isinstance(exception, TransferError):
         return False
-    if isinstance(exception, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
+    if isinstance(exception, (redis.ConnectionError, redis.TimeoutError, ConnectionError, Superseded)):
         return True
     try:
         import httpx

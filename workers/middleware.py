@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 from dramatiq import Middleware
-from dramatiq.middleware import SkipMessage
+from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from paglets_artifacts.contract import KINDS_BY_ACTOR
 
@@ -79,6 +79,11 @@ class ProgressReporter:
                 logger.warning("job %s: progress not recorded: %s", self.job_id, exc)
 
 
+class RecordUnavailable(MiddlewareError, ConnectionError):
+    """A job's start could not be recorded. A ``MiddlewareError`` so that Dramatiq does not
+    swallow it and run the actor anyway; a ``ConnectionError`` so that it is retried."""
+
+
 _CURRENT: contextvars.ContextVar[RunningJob | None] = contextvars.ContextVar("paglets_artifacts_job", default=None)
 
 
@@ -125,7 +130,9 @@ class JobRecordsMiddleware(Middleware):
             ),
             f"the start of job {message.message_id}",
         )
-        attempt = started[0] if started else 0
+        if not started:  # Redis stayed unreachable: retry the job later rather than run it unrecorded
+            raise RecordUnavailable(f"job {message.message_id}: its record could not be written")
+        attempt = started[0]
         if attempt < 0:
             # The job already ended (a redelivery after its result was recorded): its
             # effect happened once, and it must not happen twice.

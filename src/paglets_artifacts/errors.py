@@ -73,6 +73,13 @@ class ForbiddenError(TransferError):
     """A request was authenticated but is not allowed."""
 
 
+class Superseded(Exception):
+    """Another attempt of the same job replaced this attempt's files; this one gives way.
+
+    Not a ``TransferError``: the job is retried, and the retry finds the other attempt's
+    artifact (or makes it)."""
+
+
 class JobTimeout(TimeoutError):
     """A job did not finish within the time a caller waited for it."""
 

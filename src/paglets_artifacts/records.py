@@ -121,6 +121,17 @@ for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# A final state is written once: when two attempts of one job overlap (a message
+# redelivered while its first worker still runs), the first to end decides the record.
+_FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
+"""
+
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'succeeded' or state == 'failed' then return -1 end
@@ -152,6 +163,7 @@ class JobRecords:
         self.channel = f"{namespace}:job-events"
         self._update = client.register_script(_UPDATE_UNLESS_FINAL)
         self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
 
     def key(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
@@ -198,8 +210,10 @@ class JobRecords:
         if self._update(keys=[self.key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]):
             self._announce(job_id, RETRYING)
 
-    def finished(self, job_id: str, *, state: str, result: Any = None, error: dict[str, str] | None = None) -> None:
-        """Record a job's end and announce it; the record expires after the retention time."""
+    def finished(self, job_id: str, *, state: str, result: Any = None, error: dict[str, str] | None = None) -> bool:
+        """Record a job's end and announce it; the record expires after the retention time.
+
+        Returns ``False`` (and changes nothing) when the record had already ended."""
         assert state in FINAL_STATES
         key = self.key(job_id)
         fields: dict[str, Any] = {"state": state, "finished_at": repr(time.time())}
@@ -211,11 +225,10 @@ class JobRecords:
             if isinstance(size, int):
                 fields["bytes_done"] = size
                 fields["bytes_total"] = size
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, max(1, int(self.retention_seconds)))
-        pipe.publish(self.channel, json.dumps({"id": job_id, "state": state}))
-        pipe.execute()
+        args: list[Any] = [max(1, int(self.retention_seconds)), json.dumps({"id": job_id, "state": state})]
+        for name, value in fields.items():
+            args += [name, value]
+        return bool(self._finish(keys=[key, self.channel], args=args))
 
     def get(self, job_id: str) -> JobRecord | None:
         data = self.client.hgetall(self.key(job_id))

@@ -27,6 +27,7 @@ from .errors import (
     InvalidInput,
     SizeMismatch,
     SourceUnavailable,
+    Superseded,
     StorageFull,
     TransferError,
 )
@@ -109,6 +110,13 @@ _NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOP
 
 class _LinkRefused(Exception):
     """The source could not be hard-linked into the store."""
+
+
+def _cleanup_own(path: Path, inode: int) -> None:
+    """Remove ``path`` if it is still the file this attempt created (inode ``inode``)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(path).st_ino == inode:
+            path.unlink()
 
 
 def _cleanup(*paths: Path) -> None:
@@ -297,11 +305,13 @@ class ArtifactStore:
         tmp_path = self.tmp_dir / f"{artifact_id}.part"
         reserved = False
         fd = -1
+        inode = -1
         try:
             if size_bytes >= 0:
                 self.index.reserve(artifact_id, size_bytes, self.quota_bytes)
                 reserved = True
             fd = self._create_part(tmp_path)
+            inode = os.fstat(fd).st_ino
 
             def on_chunk(total: int) -> None:
                 self._check_size(total)
@@ -333,11 +343,11 @@ class ArtifactStore:
                 expires_at=expires,
                 owner_agent_id=owner_agent_id,
             )
-            return self._commit(tmp_path, ref)
+            return self._commit(tmp_path, ref, inode=inode)
         except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
-            _cleanup(tmp_path)
+            _cleanup_own(tmp_path, inode)
             if reserved:
                 self.index.release(artifact_id)
             _raise_if_no_space(exc, self.root)
@@ -385,6 +395,7 @@ class ArtifactStore:
             if (linked.st_ino, linked.st_dev, linked.st_size) != (info.st_ino, info.st_dev, info.st_size):
                 _cleanup(tmp_path)
                 raise SourceUnavailable(f"artifact source was replaced while it was imported: {path}")
+            os.utime(tmp_path)  # at once: a sweep must never take the new link for a stale file
             if info.st_mode & 0o022:  # the inode becomes the blob: nobody else may rewrite it
                 os.chmod(tmp_path, stat.S_IMODE(info.st_mode) & ~0o022)
         except BaseException:
@@ -393,7 +404,6 @@ class ArtifactStore:
         try:
             if self.fsync:  # the source's bytes may still sit in the page cache: flush them before they count
                 os.fsync(handle.fileno())
-            os.utime(tmp_path)  # a fresh mtime, so a sweep never takes the commit for a stale file
             ref = ArtifactRef(
                 host_url=self.host_url,
                 artifact_id=artifact_id,
@@ -405,13 +415,16 @@ class ArtifactStore:
                 expires_at=expires,
                 owner_agent_id=options["owner_agent_id"],
             )
-            result = self._commit(tmp_path, ref)
+            result = self._commit(tmp_path, ref, inode=info.st_ino)
         except BaseException as exc:
-            _cleanup(tmp_path)
-            with contextlib.suppress(OSError):  # the source keeps its own mode and times
-                if info.st_mode & 0o022 and os.lstat(path).st_ino == info.st_ino:
-                    os.chmod(path, stat.S_IMODE(info.st_mode))
-                os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+            _cleanup_own(tmp_path, info.st_ino)
+            if not self._metadata_path(artifact_id).exists():
+                # Not committed: the source keeps its own mode and times. (Once committed, the
+                # source is a second name of the blob, which must keep its safer mode.)
+                with contextlib.suppress(OSError):
+                    if info.st_mode & 0o022 and os.lstat(path).st_ino == info.st_ino:
+                        os.chmod(path, stat.S_IMODE(info.st_mode))
+                    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             self.index.release(artifact_id)
             _raise_if_no_space(exc, self.root)
             raise
@@ -420,7 +433,7 @@ class ArtifactStore:
                 path.unlink()
         return result
 
-    def _commit(self, tmp_path: Path, ref: ArtifactRef) -> ArtifactWriteResult:
+    def _commit(self, tmp_path: Path, ref: ArtifactRef, *, inode: int) -> ArtifactWriteResult:
         """Make a fully written ``.part`` visible: blob, then metadata, each renamed into place.
 
         The metadata is staged in ``tmp/`` first, so a crash between the two renames leaves
@@ -437,12 +450,24 @@ class ArtifactStore:
         except FileExistsError:
             raise TransferError(f"another transfer is committing {ref.artifact_id}") from None
         blob_moved = False
+        meta_inode = -1
         try:
             with open(fd, "w", encoding="utf-8", closefd=True) as handle:
+                meta_inode = os.fstat(handle.fileno()).st_ino
                 handle.write(metadata_json(ref))
                 handle.flush()
                 if self.fsync:
                     os.fsync(handle.fileno())
+            # Two attempts of one job may overlap (a message redelivered while its first worker
+            # still runs); each clears the other's leftovers by name. Rename only what this
+            # attempt wrote, so a blob never goes out with another attempt's metadata.
+            for staged, own in ((tmp_path, inode), (meta_tmp, meta_inode)):
+                try:
+                    mine = os.lstat(staged).st_ino == own
+                except FileNotFoundError:
+                    mine = False
+                if not mine:
+                    raise Superseded(f"another attempt replaced {staged.name}; this one gives way")
             os.replace(tmp_path, blob_path)
             blob_moved = True
             os.replace(meta_tmp, meta_path)
@@ -450,8 +475,9 @@ class ArtifactStore:
                 self._fsync_dir(self.blobs_dir)
                 self._fsync_dir(self.metadata_dir)
         except BaseException:
-            _cleanup(meta_tmp, meta_path)
+            _cleanup_own(meta_tmp, meta_inode)
             if blob_moved:
+                _cleanup(meta_path)
                 try:
                     os.replace(blob_path, tmp_path)
                 except OSError:
