@@ -387,7 +387,9 @@ def worker_rig(bench: Bench) -> WorkerRig:
     if rig is None:
         rig = bench.scratch["worker"] = WorkerRig(bench.work, bench.size)
         bench.closers.append(rig.stop)
-        print("starting Redis and a dramatiq worker (-p 1 -t 1) ...", flush=True)
+        # An idle Dramatiq consumer backs off up to its worker timeout before polling again.
+        timeout = os.environ.get("dramatiq_worker_timeout", "1000 (default)")
+        print(f"starting Redis and a dramatiq worker (-p 1 -t 1, dramatiq_worker_timeout {timeout} ms) ...", flush=True)
         rig.start()
     return rig
 
