@@ -63,15 +63,6 @@ json_values = st.recursive(
 
 
 
-@pytest.fixture
-def workers(workers):
-    """The shared fixture's workers, killed rather than stopped after each test: every job
-    has ended by then, and a graceful stop only costs time."""
-    yield workers
-    for process in workers.processes:
-        if process.poll() is None:
-            workers.kill(process)
-
 
 def _store(root: Path, **options) -> ArtifactStore:
     return ArtifactStore(root, host_url="http://127.0.0.1:8470", fsync=False, **options)

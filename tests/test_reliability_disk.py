@@ -26,15 +26,6 @@ MiB = 1024 * 1024
 PAGE = 4096
 
 
-@pytest.fixture
-def workers(workers):
-    """The shared fixture's workers, killed rather than stopped after each test: every job
-    has ended by then, and a graceful stop only costs time."""
-    yield workers
-    for process in workers.processes:
-        if process.poll() is None:
-            workers.kill(process)
-
 
 def _mount_tmpfs(mount_point: Path, size: str) -> None:
     if os.geteuid() != 0:

@@ -27,15 +27,6 @@ ROUNDS = 12
 OWNERS = ("alpha", "beta")
 
 
-@pytest.fixture
-def workers(workers):
-    """The shared fixture's workers, killed rather than stopped after each test: every job
-    has ended by then, and a graceful stop only costs time."""
-    yield workers
-    for process in workers.processes:
-        if process.poll() is None:
-            workers.kill(process)
-
 
 def _make_store(settings: Settings, redis_client, index: str) -> ArtifactStore:
     if index == "redis":

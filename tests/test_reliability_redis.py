@@ -31,15 +31,6 @@ MiB = 1024 * 1024
 QUICK_RECONNECT = {"dramatiq_restart_delay": "300"}
 
 
-@pytest.fixture
-def workers(workers):
-    """The shared fixture's workers, killed rather than stopped after each test: every job
-    has ended by then, and a graceful stop only costs time."""
-    yield workers
-    for process in workers.processes:
-        if process.poll() is None:
-            workers.kill(process)
-
 
 @pytest.fixture
 def own_redis() -> Iterator[EmbeddedRedis]:
