@@ -46,7 +46,7 @@ def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[
     return register
 
 
-def _artifact_id_for_job() -> str:
+def artifact_id_for_job() -> str:
     # One job, one artifact: a redelivered import finds the artifact its first attempt made.
     job_id = current_job().id
     try:
@@ -55,7 +55,7 @@ def _artifact_id_for_job() -> str:
         raise InvalidInput(f"job id {job_id!r} is not a UUID (enqueue jobs with ArtifactJobs)") from None
 
 
-def _check_owner_alive(owner_agent_id: str) -> None:
+def check_owner_alive(owner_agent_id: str) -> None:
     """Fail an import enqueued before its owner was deleted (see README: owner deletion)."""
     if not owner_agent_id:
         return
@@ -65,6 +65,15 @@ def _check_owner_alive(owner_agent_id: str) -> None:
         raise OwnerDeleted(f"owner {owner_agent_id!r} was deleted after this import was enqueued")
 
 
+def keep_unless_owner_deleted(artifact_id: str, owner_agent_id: str) -> None:
+    """After a commit: if the owner was deleted meanwhile, remove the artifact and fail."""
+    try:
+        check_owner_alive(owner_agent_id)
+    except OwnerDeleted:
+        context().store.remove(artifact_id)
+        raise
+
+
 @job_actor(contract.IMPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
 def import_file(
     *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
@@ -72,8 +81,8 @@ def import_file(
 ) -> dict[str, Any]:
     ctx = context()
     source = resolve_allowed(path, settings.allowed_roots, what="import source")
-    _check_owner_alive(owner_agent_id)
-    artifact_id = _artifact_id_for_job()
+    check_owner_alive(owner_agent_id)
+    artifact_id = artifact_id_for_job()
     result = ctx.store.committed(artifact_id)
     if result is None:
         result = ctx.store.create_from_path(
@@ -94,11 +103,7 @@ def import_file(
         if delete_source:
             with contextlib.suppress(FileNotFoundError):
                 source.unlink()
-    try:
-        _check_owner_alive(owner_agent_id)
-    except OwnerDeleted:
-        ctx.store.remove(artifact_id)
-        raise
+    keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
 
@@ -110,7 +115,7 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
     try:
         ref = ctx.store.export_to_path(
             artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress,
-            part_token=_artifact_id_for_job(),  # a retry replaces a killed attempt's .part
+            part_token=artifact_id_for_job(),  # a retry replaces a killed attempt's .part
         )
     except ArtifactNotFound:
         # A redelivered move whose first attempt finished: the artifact is gone but the

@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 from paglets_artifacts import contract
-from paglets_artifacts.errors import OwnerDeleted
 from paglets_artifacts.refs import ArtifactRef
 from paglets_artifacts.remote import RemoteTransfers
 
-from .actors import _artifact_id_for_job, _check_owner_alive, job_actor
+from .actors import artifact_id_for_job, check_owner_alive, job_actor, keep_unless_owner_deleted
 from .broker import settings
 from .context import context
 from .middleware import current_job
@@ -24,9 +23,9 @@ def import_url(
     ctx = context()
     with RemoteTransfers(settings) as remote:
         remote.check_allowed(url)  # before anything else: no request to a host not allowed
-        _check_owner_alive(owner_agent_id)
+        check_owner_alive(owner_agent_id)
         # The job's own artifact id: a redelivered pull finds what its first attempt committed.
-        artifact_id = _artifact_id_for_job()
+        artifact_id = artifact_id_for_job()
         result = remote.pull(
             url,
             ctx.store,
@@ -39,11 +38,7 @@ def import_url(
             expected_size=expected_size,
             progress=current_job().progress,
         )
-    try:
-        _check_owner_alive(owner_agent_id)
-    except OwnerDeleted:
-        ctx.store.remove(artifact_id)
-        raise
+    keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
 
