@@ -29,6 +29,7 @@ import redis  # noqa: E402
 
 from benchmarks.noop_actor import NOOP  # noqa: E402
 from paglets_artifacts import ArtifactJobs, Settings  # noqa: E402
+from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
 
 
@@ -127,9 +128,7 @@ def main() -> None:
                 )
             ratio = statistics.median(results["1 GiB"]) / statistics.median(results["1 KiB"])
             print(f"median ratio 1 GiB / 1 KiB: {ratio:.2f}x (size-independent: ~1.0)")
-            keys = list(jobs.client.scan_iter(match=f"{namespace}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                jobs.client.delete(*keys[start:start + 1000])
+            delete_namespace(jobs.client, namespace)
 
         files = []
         for i in range(args.jobs + 20):
@@ -151,9 +150,7 @@ def main() -> None:
         print(f"import / no-op: {imports / noops:.2f}x")
         cleanup = redis.Redis.from_url(url)
         for ns in (namespace + "-imp", namespace + "-noop"):
-            keys = list(cleanup.scan_iter(match=f"{ns}:*", count=1000))
-            if keys:
-                cleanup.delete(*keys)
+            delete_namespace(cleanup, ns)
         cleanup.close()
 
 

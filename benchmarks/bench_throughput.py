@@ -56,7 +56,7 @@ import redis  # noqa: E402
 
 from paglets_artifacts.jobs import ArtifactJobs  # noqa: E402
 from paglets_artifacts.redis_server import EmbeddedRedis  # noqa: E402
-from paglets_artifacts.settings import Settings  # noqa: E402
+from paglets_artifacts.settings import Settings, delete_namespace  # noqa: E402
 from paglets_artifacts.store import ArtifactStore  # noqa: E402
 
 MIB = 1024 * 1024
@@ -371,9 +371,7 @@ class WorkerRig:
                 process.wait()
         if self.client is not None:
             if self.server is None and self.namespace:
-                keys = list(self.client.scan_iter(match=f"{self.namespace}:*", count=1000))
-                for start in range(0, len(keys), 500):
-                    self.client.delete(*keys[start:start + 500])
+                delete_namespace(self.client, self.namespace)
             self.client.close()
             self.client = None
         if self.server is not None:

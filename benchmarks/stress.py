@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
+from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.records import FINAL_STATES  # noqa: E402
 
 #: The job kinds a crash can target.
@@ -586,9 +587,7 @@ def run_one(plan: Plan, *, redis_url: str, base: Path, timeout: float = 120.0) -
     finally:
         run.close()
         client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start:start + 1000])
+        delete_namespace(client, namespace)
         client.close()
 
 

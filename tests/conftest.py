@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from paglets_artifacts import ArtifactJobs, Settings
+from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.redis_server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +42,7 @@ def namespace(redis_url: str) -> Iterator[str]:
     yield ns
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_namespace(client, ns)
     finally:
         client.close()
 

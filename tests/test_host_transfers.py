@@ -32,6 +32,7 @@ from paglets_artifacts import (
     Settings,
     SizeMismatch,
 )
+from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.http_api import ServerThread, create_app
 from paglets_artifacts.redis_server import free_port
 from paglets_artifacts.remote import RemoteTransfers, RemoteUnavailable, host_allowed
@@ -153,9 +154,7 @@ def hosts(settings: Settings, tmp_path: Path, redis_url: str, odd) -> Iterator[t
         host.server.stop()
         host.jobs.close()
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{settings_b.namespace}:*"))
-    if keys:
-        client.delete(*keys)
+    delete_namespace(client, settings_b.namespace)
     client.close()
 
 

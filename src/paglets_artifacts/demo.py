@@ -41,7 +41,7 @@ from .cli import scheduler_available
 from .jobs import ArtifactJobs, Job
 from .records import FAILED, JobRecord
 from .redis_server import EmbeddedRedis, _die_with_parent, free_port
-from .settings import Settings
+from .settings import Settings, delete_namespace
 from .streams import file_sha256
 
 MIB = 1024 * 1024
@@ -369,9 +369,7 @@ def _drop_namespace(settings: Settings) -> None:
     with contextlib.suppress(redis.RedisError):
         client = redis.Redis.from_url(settings.redis_url)
         try:
-            keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
-            if keys:
-                client.delete(*keys)
+            delete_namespace(client, settings.namespace)
         finally:
             client.close()
 
