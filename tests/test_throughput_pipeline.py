@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from paglets_artifacts import streams
-from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch
+from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch, TransferError
 from paglets_artifacts.store import ArtifactStore
 from paglets_artifacts.streams import (
     LimitedRequestReader,
@@ -369,6 +369,71 @@ def test_a_source_that_shrinks_during_a_kernel_copy_yields_the_bytes_that_landed
         count, digest, landed = copy_into(tmp_path, handle, on_chunk=shrink, chunk_size=CHUNK)
     assert landed == data[: 3 * CHUNK + 1]
     assert (count, digest) == (len(landed), sha(landed))
+
+
+def test_the_calling_thread_only_copies_and_the_hash_thread_reads_back_in_small_pieces(
+    tmp_path, kernel_copies, monkeypatch
+):
+    monkeypatch.setattr(streams, "READBACK_BYTES", CHUNK // 2)
+    real = os.preadv
+    reads = []
+
+    def recording(fd, buffers, offset, *args):
+        reads.append((threading.current_thread().name, sum(map(len, buffers))))
+        return real(fd, buffers, offset, *args)
+
+    monkeypatch.setattr(streams.os, "preadv", recording)
+    data = os.urandom(12 * CHUNK + 5)
+    with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+        assert copy_into(tmp_path, handle, chunk_size=CHUNK) == (len(data), sha(data), data)
+    assert reads and {name for name, _ in reads} == {"paglets-artifacts-copy-hash"}
+    assert max(size for _, size in reads) <= CHUNK // 2
+
+
+def test_a_kernel_copy_hashes_the_bytes_that_landed_not_the_source(tmp_path, kernel_copies, monkeypatch):
+    """A chunk that lands other than it left (here: one byte changed in the target as it
+    lands) is what the digest covers, so the store's checks compare against the landed bytes."""
+    real = os.copy_file_range
+    calls = []
+
+    def corrupting(source, target, count, *args):
+        copied = real(source, target, count, *args)
+        calls.append(copied)
+        if len(calls) == 3 and copied:  # the second real chunk: flip its last byte in the target
+            end = os.lseek(target, 0, os.SEEK_CUR)
+            os.pwrite(target, bytes([os.pread(target, 1, end - 1)[0] ^ 0xFF]), end - 1)
+        return copied
+
+    monkeypatch.setattr(streams.os, "copy_file_range", corrupting)
+    data = os.urandom(6 * CHUNK)
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT)  # readable, so the test can flip a landed byte
+    try:
+        with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+            count, digest = hashed_copy(handle, fd, chunk_size=CHUNK)
+    finally:
+        os.close(fd)
+    landed = target.read_bytes()
+    assert landed != data and len(landed) == count == len(data)
+    assert digest == sha(landed)
+
+
+def test_a_target_cut_short_during_a_kernel_copy_is_an_error_and_stops_every_thread(
+    tmp_path, kernel_copies, monkeypatch
+):
+    real = os.copy_file_range
+    data = os.urandom(10 * CHUNK)
+
+    def truncating(source, target, count, *args):
+        copied = real(source, target, count, *args)
+        if os.lseek(target, 0, os.SEEK_CUR) == len(data):  # the last chunk landed; its hash is to come
+            os.ftruncate(target, CHUNK)
+        return copied
+
+    monkeypatch.setattr(streams.os, "copy_file_range", truncating)
+    with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+        with pytest.raises(TransferError, match="target shrank"):
+            copy_into(tmp_path, handle, chunk_size=CHUNK)
 
 
 # ---------------------------------------------------------------- errors stop every thread

@@ -271,12 +271,33 @@ _NO_KERNEL_COPY_ERRNOS = frozenset(
 )
 
 
-class _KernelCopy:
-    """Copies one regular file into another inside the kernel (``copy_file_range``) and
-    reads each chunk back from the target, so the digest covers the bytes that landed.
+#: Bytes read back from a kernel copy's target per read: small enough to stay in the CPU's
+#: cache between the read and the hash, large enough that the syscalls do not count.
+READBACK_BYTES = 1024 * 1024
 
-    The kernel copies page to page without a trip through our buffers; reading the target
-    back costs one copy, done while the previous chunk is hashed on another thread.
+
+class _Landed:
+    """A chunk the kernel has copied: ``length`` bytes at ``offset`` in the target."""
+
+    __slots__ = ("offset", "length")
+
+    def __init__(self, offset: int, length: int):
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _KernelCopy:
+    """Copies one regular file into another inside the kernel (``copy_file_range``); a
+    helper thread reads each chunk back from the target and hashes it, so the digest
+    covers the bytes that landed.
+
+    The kernel copies page to page without a trip through our buffers. The calling thread
+    only copies, and the helper reads back in ``READBACK_BYTES`` pieces into one reused
+    buffer that stays in the CPU's cache until it is hashed: the two threads' work is
+    about a plain copy's and a plain hash's, and they overlap.
 
     Parameters:
       source(int): the source's descriptor; copying starts at its offset.
@@ -321,8 +342,8 @@ class _KernelCopy:
     def close(self) -> None:
         os.close(self._readback)
 
-    def next(self, size: int, buffer: Callable[[], memoryview]) -> memoryview | None:
-        """Copy the next chunk; return it as read back from the target, ``None`` at the end."""
+    def next(self, size: int, buffer: Callable[[], memoryview]) -> _Landed | None:
+        """Copy the next chunk of at most ``size`` bytes; ``None`` at the end."""
         want = min(size, self._length - self.copied)
         if want <= 0:
             return None
@@ -342,15 +363,24 @@ class _KernelCopy:
         if not done:
             self._length = self.copied
             return None
-        view = buffer()[:done]
-        filled = 0
-        while filled < done:
-            count = os.preadv(self._readback, [view[filled:]], self._start + self.copied + filled)
-            if not count:
-                raise TransferError("the copy's target shrank while it was being written")
-            filled += count
+        landed = _Landed(self._start + self.copied, done)
         self.copied += done
-        return view
+        return landed
+
+    def hasher(self, digest: Any) -> Callable[[_Landed], None]:
+        """The stage that reads each landed chunk back from the target into ``digest``."""
+        view = memoryview(bytearray(min(READBACK_BYTES, max(self._length, 1))))
+
+        def hash_landed(chunk: _Landed) -> None:
+            offset, end = chunk.offset, chunk.offset + chunk.length
+            while offset < end:
+                count = os.preadv(self._readback, [view[: min(len(view), end - offset)]], offset)
+                if not count:
+                    raise TransferError("the copy's target shrank while it was being written")
+                digest.update(view[:count])
+                offset += count
+
+        return hash_landed
 
 
 def _remaining_bytes(source: Any) -> int | None:
@@ -368,7 +398,8 @@ class _Pipeline:
     """Reads on the calling thread while one helper thread hashes and another writes.
 
     Parameters:
-      chunks(_ChunkReader): where the bytes come from.
+      chunks: where the chunks come from (a ``_ChunkReader``'s buffers, or the ranges a
+        ``_KernelCopy`` copied); it fills the ring buffers it is handed, if any.
       stages: (name, callable) pairs; each callable consumes every chunk in order on a
         thread of its own named ``paglets-artifacts-copy-<name>``.
       on_chunk: called on the calling thread with the running total after a chunk is
@@ -500,9 +531,8 @@ def _hashed_stream(
         copier = _KernelCopy.open(source, fd, remaining, on_chunk)
         if copier is not None:
             try:
-                pipeline = _Pipeline(
-                    copier, [("hash", digest.update)], on_chunk=None, chunk_size=chunk_size, depth=PIPELINE_DEPTH
-                )
+                hashing = [("hash", copier.hasher(digest))]
+                pipeline = _Pipeline(copier, hashing, on_chunk=None, chunk_size=chunk_size, depth=PIPELINE_DEPTH)
                 total = pipeline.run(0)
             except _NoKernelCopy:
                 pass  # refused before a byte was copied: copy through our buffers instead
