@@ -27,7 +27,7 @@ from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 runner = CliRunner()
 
 
-def invoke(settings: Settings, *args: str, **env: str):
+def invoke(settings: Settings, *args: str, **env: str | None):
     """Run the CLI with ``settings`` as its environment (plus ``env``)."""
     return runner.invoke(cli.app, list(args), env={**settings.to_env(), **env}, catch_exceptions=False)
 
@@ -264,6 +264,14 @@ def test_worker_execs_dramatiq_with_its_options_passed_through(settings, execs):
                     "--queues", "artifact-transfers", "--verbose"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in env or env["PROMETHEUS_MULTIPROC_DIR"] == os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR")
+
+
+def test_worker_polls_redis_every_100_ms_unless_told_otherwise(settings, execs):
+    invoke(settings, "worker", dramatiq_worker_timeout=None)  # None: unset while the command runs
+    invoke(settings, "worker", dramatiq_worker_timeout="250")
+    [(_, default), (_, chosen)] = execs
+    assert default[cli.WORKER_TIMEOUT_VARIABLE] == "100"
+    assert chosen[cli.WORKER_TIMEOUT_VARIABLE] == "250"
 
 
 def test_worker_with_metrics_gets_a_fresh_multiprocess_directory(settings, execs):
