@@ -436,6 +436,113 @@ def test_a_target_cut_short_during_a_kernel_copy_is_an_error_and_stops_every_thr
             copy_into(tmp_path, handle, chunk_size=CHUNK)
 
 
+# ---------------------------------------------------------------- write-behind
+
+
+@pytest.fixture
+def writebacks(monkeypatch):
+    """Records every ``sync_file_range`` the copies ask for (nothing reaches the kernel)."""
+    calls: list[tuple[int, int, int, int]] = []
+
+    def recording(fd: int, offset: int, length: int, flags: int) -> int:
+        calls.append((fd, offset, length, flags))
+        return 0
+
+    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", recording)
+    return calls
+
+
+def covered_ranges(calls, fd: int) -> list[tuple[int, int]]:
+    assert calls and all(call[0] == fd and call[3] == streams._SYNC_FILE_RANGE_WRITE for call in calls)
+    return [(offset, offset + length) for _, offset, length, _ in calls]
+
+
+@pytest.mark.parametrize("path", ["kernel copy", "our buffers"])
+def test_write_behind_starts_the_writeback_of_every_landed_byte_once(tmp_path, writebacks, monkeypatch, path):
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+    if path == "our buffers":
+        monkeypatch.setattr(streams._KernelCopy, "open", classmethod(lambda cls, *args: None))
+    data = os.urandom(9 * CHUNK + 11)
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"head")  # the ranges start where the copy starts
+        with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+            assert hashed_copy(handle, fd, chunk_size=CHUNK, write_behind=True) == (len(data), sha(data))
+        ranges = covered_ranges(writebacks, fd)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"head" + data
+    assert ranges[0][0] == 4 and ranges[-1][1] == 4 + len(data)
+    assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:]))  # no gap, no overlap
+
+
+def test_without_write_behind_a_copy_leaves_writeback_to_the_kernel(tmp_path, writebacks, monkeypatch):
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+    data = os.urandom(9 * CHUNK)
+    with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+        assert copy_into(tmp_path, handle, chunk_size=CHUNK)[:2] == (len(data), sha(data))
+    assert writebacks == []
+
+
+def test_write_behind_into_a_pipe_copies_without_naming_ranges(writebacks):
+    data = os.urandom(3 * CHUNK)
+    read_end, write_end = os.pipe()
+    try:
+        # small enough for the pipe's buffer: nothing reads the other end meanwhile
+        assert hashed_copy(io.BytesIO(data), write_end, write_behind=True) == (len(data), sha(data))
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as landed:
+            read_end = -1
+            assert landed.read() == data
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    assert writebacks == []
+
+
+def test_start_writeback_is_only_a_hint_and_never_fails(tmp_path, monkeypatch):
+    read_end, write_end = os.pipe()
+    try:
+        streams.start_writeback(write_end)  # sync_file_range refuses a pipe (ESPIPE): nothing happens
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", None)  # a system without sync_file_range
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"data")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        streams.start_writeback(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_store_that_fsyncs_starts_writeback_as_it_imports_exports_and_moves(tmp_path, writebacks, monkeypatch, fsync):
+    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+    store = ArtifactStore(tmp_path / "store", host_url=HOST, fsync=fsync)
+    data = os.urandom(9 * CHUNK)
+    imported = store.create_from_path(write_source(tmp_path, data)).ref
+    after_import = len(writebacks)
+    store.export_to_path(imported.artifact_id, tmp_path / "exported.bin")
+    after_export = len(writebacks)
+    moved_source = tmp_path / "move-me.bin"
+    moved_source.write_bytes(data)
+    moved = store.create_from_path(moved_source, delete_source=True).ref
+    assert (tmp_path / "exported.bin").read_bytes() == data
+    assert store.ref(moved.artifact_id).sha256 == sha(data)
+    if fsync:
+        assert 0 < after_import < after_export < len(writebacks)
+        moved_ranges = [(offset, length) for _, offset, length, _ in writebacks[after_export:]]
+        assert sum(length for _, length in moved_ranges) == len(data)  # the moved source, as it is read
+        assert moved_ranges[0][0] == 0
+    else:
+        assert writebacks == []
+
+
 # ---------------------------------------------------------------- errors stop every thread
 
 

@@ -54,6 +54,7 @@ from .streams import (
     file_sha256,
     hashed_copy,
     hashed_read,
+    start_writeback,
 )
 
 #: Called with (bytes_done, bytes_total or -1) while a transfer runs.
@@ -320,7 +321,7 @@ class ArtifactStore:
                 if progress is not None:
                     progress(total, size_bytes)
 
-            written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk)
+            written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk, write_behind=self.fsync)
             if 0 <= size_bytes != written:
                 raise SizeMismatch(f"body ended after {written} of {size_bytes} declared bytes")
             if expected and sha256 != expected:
@@ -368,9 +369,15 @@ class ArtifactStore:
         self._check_size(size)
         progress = options["progress"]
 
+        read = 0
+
         def on_chunk(done: int) -> None:
+            nonlocal read
             if done > size:
                 raise SizeMismatch(f"source changed while it was read: more than its {size} bytes")
+            if self.fsync:  # the disk writes what the source may still hold in memory while it is hashed
+                start_writeback(handle.fileno(), read, done - read)
+                read = done
             if progress is not None:
                 progress(done, size)
 
@@ -581,7 +588,7 @@ class ArtifactStore:
                     if progress is not None:
                         progress(total, ref.size_bytes)
 
-                written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk)
+                written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk, write_behind=self.fsync)
                 if written != ref.size_bytes:
                     raise SizeMismatch(f"artifact size mismatch: expected {ref.size_bytes}, got {written}")
                 want = expected or ref.sha256

@@ -6,6 +6,8 @@ Every copy here hashes the bytes it writes, so a caller can verify exactly what 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import io
@@ -145,6 +147,36 @@ class ChunkedRequestReader:
             total += len(line)
             if total > MAX_CHUNK_TRAILER_BYTES:
                 raise InvalidInput(f"chunked body: trailers longer than {MAX_CHUNK_TRAILER_BYTES} bytes")
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or ``None`` where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+#: ``SYNC_FILE_RANGE_WRITE``: start writing the range's dirty pages, do not wait.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Have the kernel start writing ``length`` bytes of ``fd`` from ``offset`` (0: to the
+    end) to disk, without waiting for it.
+
+    Only a head start for a later ``fsync``, which alone makes data durable: a copy that
+    starts each chunk's writeback as it lands leaves that ``fsync`` little to wait for
+    (2 GiB: 0.6 s of waiting became a few ms on the machine this was measured on). Where
+    the system has no ``sync_file_range``, or it refuses this file, nothing happens.
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error only costs the head start
 
 
 def write_all(fd: int, data: memoryview | bytes) -> None:
@@ -306,19 +338,31 @@ class _KernelCopy:
       length(int): bytes to copy (what the source held when the copy started).
       on_chunk: called with the running total *before* each chunk is copied, so a
         callback that refuses a total stops the copy before those bytes land.
+      write_behind(bool): start each chunk's writeback as it lands (``start_writeback``).
     """
 
-    def __init__(self, source: int, target: int, readback: int, length: int, on_chunk: Callable[[int], None] | None):
+    def __init__(
+        self,
+        source: int,
+        target: int,
+        readback: int,
+        length: int,
+        on_chunk: Callable[[int], None] | None,
+        write_behind: bool = False,
+    ):
         self._source = source
         self._target = target
         self._readback = readback
         self._start = os.lseek(target, 0, os.SEEK_CUR)
         self._length = length
         self._on_chunk = on_chunk
+        self._write_behind = write_behind
         self.copied = 0
 
     @classmethod
-    def open(cls, source: Any, fd: int, length: int, on_chunk: Callable[[int], None] | None) -> _KernelCopy | None:
+    def open(
+        cls, source: Any, fd: int, length: int, on_chunk: Callable[[int], None] | None, write_behind: bool = False
+    ) -> _KernelCopy | None:
         """A copier when the kernel can copy between these two files, else ``None``."""
         if not (hasattr(os, "copy_file_range") and hasattr(os, "preadv")) or type(source) is not io.FileIO:
             return None  # a buffered source may hold bytes its descriptor has already passed
@@ -334,7 +378,7 @@ class _KernelCopy:
             if (readback_info.st_dev, readback_info.st_ino) != (target_info.st_dev, target_info.st_ino):
                 raise OSError("not the same file")
             os.copy_file_range(source.fileno(), fd, 0)  # refuses unsupported pairs up front
-            return cls(source.fileno(), fd, readback, length, on_chunk)
+            return cls(source.fileno(), fd, readback, length, on_chunk, write_behind)
         except OSError:
             os.close(readback)
             return None
@@ -364,6 +408,8 @@ class _KernelCopy:
             self._length = self.copied
             return None
         landed = _Landed(self._start + self.copied, done)
+        if self._write_behind:
+            start_writeback(self._target, landed.offset, done)
         self.copied += done
         return landed
 
@@ -513,11 +559,31 @@ class _Pipeline:
             self._cond.notify_all()
 
 
+def _writer(fd: int, write_behind: bool) -> Callable[[memoryview], None]:
+    """Writes each chunk it is given to ``fd``; with ``write_behind``, also starts writing
+    the chunk to disk (``start_writeback``) as soon as it is in the file."""
+    offset = -1
+    if write_behind:
+        with contextlib.suppress(OSError):  # not seekable (a pipe): no range to name
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+    if offset < 0:
+        return lambda chunk: write_all(fd, chunk)
+
+    def write(chunk: memoryview) -> None:
+        nonlocal offset
+        write_all(fd, chunk)
+        start_writeback(fd, offset, len(chunk))
+        offset += len(chunk)
+
+    return write
+
+
 def _hashed_stream(
     source: Any,
     fd: int | None,
     on_chunk: Callable[[int], None] | None,
     chunk_size: int | None,
+    write_behind: bool = False,
 ) -> tuple[int, str]:
     if chunk_size is None:
         chunk_size = FILE_CHUNK_BYTES if hasattr(source, "readinto") else STREAM_CHUNK_BYTES
@@ -528,7 +594,7 @@ def _hashed_stream(
     remaining = _remaining_bytes(source)
     total = 0
     if fd is not None and remaining is not None and remaining > PIPELINE_MIN_BYTES:
-        copier = _KernelCopy.open(source, fd, remaining, on_chunk)
+        copier = _KernelCopy.open(source, fd, remaining, on_chunk, write_behind)
         if copier is not None:
             try:
                 hashing = [("hash", copier.hasher(digest))]
@@ -539,6 +605,7 @@ def _hashed_stream(
             finally:
                 copier.close()
             remaining = _remaining_bytes(source)  # usually 0: whatever the source gained meanwhile
+    write = _writer(fd, write_behind) if fd is not None else None
     if remaining is None or remaining <= PIPELINE_MIN_BYTES:
         # Small or of unknown size: start on this thread; a known-small file never leaves it.
         # A buffer no bigger than the file (plus one byte to see its end), but not tiny:
@@ -560,11 +627,11 @@ def _hashed_stream(
             if on_chunk is not None:
                 on_chunk(total)
             digest.update(chunk)
-            if fd is not None:
-                write_all(fd, chunk)
+            if write is not None:
+                write(chunk)
     stages: list[tuple[str, Callable[[memoryview], Any]]] = [("hash", digest.update)]
-    if fd is not None:
-        stages.append(("write", lambda chunk: write_all(fd, chunk)))
+    if write is not None:
+        stages.append(("write", write))
     pipeline = _Pipeline(chunks, stages, on_chunk=on_chunk, chunk_size=chunk_size, depth=PIPELINE_DEPTH)
     total = pipeline.run(total)
     return total, digest.hexdigest()
@@ -576,6 +643,7 @@ def hashed_copy(
     *,
     on_chunk: Callable[[int], None] | None = None,
     chunk_size: int | None = None,
+    write_behind: bool = False,
 ) -> tuple[int, str]:
     """Copy ``source`` into the open file descriptor ``fd``; return (bytes, sha256 hex).
 
@@ -595,9 +663,11 @@ def hashed_copy(
     kernel copy: before the chunk is copied, with the total it will bring): it may raise
     to stop the copy (a size cap) or report progress. ``chunk_size`` defaults to
     ``FILE_CHUNK_BYTES`` for sources with ``readinto`` and ``STREAM_CHUNK_BYTES`` for
-    ``read()``-only ones.
+    ``read()``-only ones. ``write_behind``, for a caller that will ``fsync`` ``fd``,
+    starts writing each chunk to disk as it lands (``start_writeback``), so that the disk
+    works while the rest is copied and hashed and the ``fsync`` has little left to wait for.
     """
-    return _hashed_stream(source, fd, on_chunk, chunk_size)
+    return _hashed_stream(source, fd, on_chunk, chunk_size, write_behind)
 
 
 def hashed_read(
