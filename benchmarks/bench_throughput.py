@@ -24,9 +24,9 @@ machine falls on every row alike; the first repeat runs in the table's order, la
 a shuffled (seeded) order: on a VM the cost of the page-cache pages a write takes depends on
 what the previous row freed (pages freed after reaching the disk are often several times
 dearer to fill again), and a fixed order would hand the same row the same luck every time.
-Right before each timed run, untimed, the machine is left alone for a few seconds and the
-source is then copied to a scratch file that is deleted at once (``warm_free_memory``), so
-every row writes into memory in the same state.
+Before each timed run (and its ``prepare``), untimed, the machine is left alone for a few
+seconds and the source is then copied to a scratch file that is deleted at once
+(``warm_free_memory``), so every row writes into memory in the same state.
 
 To add a row (the same import through a worker job, say), write a function that does the
 timed work and register it with ``@row`` (see ``ROWS``); ``prepare`` and ``cleanup`` hooks
@@ -483,9 +483,9 @@ def warm_free_memory(bench: Bench) -> None:
 def time_row(bench: Bench, entry: Row) -> float:
     if entry.reads is not None:
         read_through(bench.store.blob_path(bench.artifact_id) if entry.reads == "blob" else bench.source)
+    warm_free_memory(bench)  # before ``prepare``: a fresh copy for a move must stay the only dirty data
     if entry.prepare is not None:
         entry.prepare(bench)
-    warm_free_memory(bench)
     before = os.times()
     start = time.perf_counter()
     entry.run(bench)
@@ -542,7 +542,7 @@ def page_cache_note(size: int) -> str:
     except OSError:
         return "page cache: unknown"
     available = info.get("MemAvailable", 0)
-    fits = "fits" if 3 * size < available else "may NOT fit"
+    fits = "fits" if 4 * size < available else "may NOT fit"  # source, blob, output, warm-up copy
     return f"page cache: the source ({size / MIB:.0f} MiB) {fits} in {available / MIB / 1024:.1f} GiB available memory"
 
 

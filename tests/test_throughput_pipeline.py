@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -458,8 +459,9 @@ def covered_ranges(calls, fd: int) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("path", ["kernel copy", "our buffers"])
-def test_write_behind_starts_the_writeback_of_every_landed_byte_once(tmp_path, writebacks, monkeypatch, path):
-    monkeypatch.setattr(streams, "PIPELINE_MIN_BYTES", CHUNK)
+def test_write_behind_starts_the_writeback_of_every_landed_byte_once(
+    tmp_path, writebacks, kernel_copies, monkeypatch, path
+):
     if path == "our buffers":
         monkeypatch.setattr(streams._KernelCopy, "open", classmethod(lambda cls, *args: None))
     data = os.urandom(9 * CHUNK + 11)
@@ -473,6 +475,7 @@ def test_write_behind_starts_the_writeback_of_every_landed_byte_once(tmp_path, w
     finally:
         os.close(fd)
     assert target.read_bytes() == b"head" + data
+    assert any(kernel_copies) == (path == "kernel copy")
     assert ranges[0][0] == 4 and ranges[-1][1] == 4 + len(data)
     assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:]))  # no gap, no overlap
 
@@ -510,14 +513,52 @@ def test_start_writeback_is_only_a_hint_and_never_fails(tmp_path, monkeypatch):
     finally:
         os.close(read_end)
         os.close(write_end)
-    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", None)  # a system without sync_file_range
-    path = tmp_path / "file.bin"
-    path.write_bytes(b"data")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        streams.start_writeback(fd)
-    finally:
-        os.close(fd)
+
+
+@pytest.mark.parametrize("system", ["no such symbol", "no libc", "no ctypes"])
+def test_without_sync_file_range_write_behind_does_nothing_and_copies_all_the_same(tmp_path, monkeypatch, system):
+    import builtins
+    import ctypes
+
+    class NoSymbol:
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    def no_libc(*args, **kwargs):
+        raise OSError("libc not found")
+
+    real_import = builtins.__import__
+
+    def no_ctypes(name, *args, **kwargs):
+        if name.startswith("ctypes"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    if system == "no such symbol":
+        monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: NoSymbol())
+    elif system == "no libc":
+        monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    else:
+        monkeypatch.setattr(builtins, "__import__", no_ctypes)
+    assert streams._load_sync_file_range() is None
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", None)
+    data = os.urandom(3 * CHUNK)
+    with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
+        target = tmp_path / "out.bin"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+        try:
+            assert hashed_copy(handle, fd, write_behind=True) == (len(data), sha(data))
+        finally:
+            os.close(fd)
+    assert target.read_bytes() == data
+
+
+def test_this_linux_has_sync_file_range():
+    """The write-behind the benchmarks measure is really there on Linux."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("sync_file_range is Linux's")
+    assert streams._load_sync_file_range() is not None
 
 
 @pytest.mark.parametrize("fsync", [True, False])

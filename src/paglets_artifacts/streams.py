@@ -6,8 +6,6 @@ Every copy here hashes the bytes it writes, so a caller can verify exactly what 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import io
@@ -150,11 +148,14 @@ class ChunkedRequestReader:
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux), or ``None`` where there is none."""
+    """libc's ``sync_file_range`` (Linux), or ``None`` where there is none (another
+    system, a Python without ``ctypes``)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError, TypeError):
+        import ctypes
+        import ctypes.util
+
+        function = ctypes.CDLL(ctypes.util.find_library("c")).sync_file_range
+    except (ImportError, OSError, AttributeError, TypeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     function.restype = ctypes.c_int
@@ -387,7 +388,8 @@ class _KernelCopy:
         os.close(self._readback)
 
     def next(self, size: int, buffer: Callable[[], memoryview]) -> _Landed | None:
-        """Copy the next chunk of at most ``size`` bytes; ``None`` at the end."""
+        """Copy the next chunk of at most ``size`` bytes; ``None`` at the end. (``buffer``,
+        the pipeline's ring buffer, is not needed: the bytes never pass through ours.)"""
         want = min(size, self._length - self.copied)
         if want <= 0:
             return None
@@ -414,7 +416,13 @@ class _KernelCopy:
         return landed
 
     def hasher(self, digest: Any) -> Callable[[_Landed], None]:
-        """The stage that reads each landed chunk back from the target into ``digest``."""
+        """The stage that reads each landed chunk back from the target into ``digest``.
+
+        It trails the copy by up to ``PIPELINE_DEPTH`` chunks. A target cut below a chunk
+        not yet read back is a ``TransferError``; a target cut and then written past again
+        (by something other than this copy: the store's ``.part`` files are its own) reads
+        back as it then is, zeros where it was cut, and the digest still matches the file.
+        """
         view = memoryview(bytearray(min(READBACK_BYTES, max(self._length, 1))))
 
         def hash_landed(chunk: _Landed) -> None:
@@ -459,8 +467,8 @@ class _Pipeline:
 
     def __init__(
         self,
-        chunks: _ChunkReader,
-        stages: list[tuple[str, Callable[[memoryview], Any]]],
+        chunks: _ChunkReader | _KernelCopy,
+        stages: list[tuple[str, Callable[[Any], Any]]],
         *,
         on_chunk: Callable[[int], None] | None,
         chunk_size: int,
