@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from paglets_artifacts import ArtifactJobs, Settings
+from paglets_artifacts import ArtifactJobs, Settings, cli
 from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.redis_server import EmbeddedRedis
 
@@ -97,7 +97,9 @@ class Workers:
 
     def start(self, *, processes: int = 1, threads: int = 2, settings: Settings | None = None,
               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        env = {**os.environ, **(settings or self.settings).to_env(), **(extra_env or {})}
+        # polling Redis as often as ``paglets-artifacts worker`` has Dramatiq do by default
+        env = {cli.WORKER_TIMEOUT_VARIABLE: str(cli.WORKER_TIMEOUT_MS), **os.environ}
+        env.update((settings or self.settings).to_env(), **(extra_env or {}))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
         log = open(self.log_dir / f"worker-{len(self.processes)}.log", "wb")
         process = subprocess.Popen(
