@@ -60,6 +60,7 @@ from .errors import (
     StorageFull,
     TransferError,
 )
+from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
 from .refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from .remote import SHA256_HEADER
@@ -227,10 +228,11 @@ class ArtifactAPI:
       jobs(ArtifactJobs): where the job endpoints enqueue and read records.
     """
 
-    def __init__(self, settings: Settings, store: ArtifactStore, jobs: ArtifactJobs):
+    def __init__(self, settings: Settings, store: ArtifactStore, jobs: ArtifactJobs, metrics: HostMetrics | None = None):
         self.settings = settings
         self.store = store
         self.jobs = jobs
+        self.metrics = metrics
         self.upload_limiter = anyio.CapacityLimiter(MAX_CONCURRENT_UPLOADS)
 
     async def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -261,6 +263,8 @@ class ArtifactAPI:
             expected_sha256=params.get("sha256") or None,
         )
         result = await anyio.to_thread.run_sync(create, limiter=self.upload_limiter)
+        if self.metrics is not None:
+            self.metrics.uploaded.inc(result.ref.size_bytes)
         return JSONResponse({"artifact": result.ref.to_wire()})
 
     async def download(self, request: Request) -> Response:
@@ -268,7 +272,9 @@ class ArtifactAPI:
         ref = await self._sync(self.store.ref, artifact_id)
         reader = await self._sync(self.store.open_reader, artifact_id)
         headers = {"Content-Length": str(ref.size_bytes), SHA256_HEADER: ref.sha256}
-        return StreamingResponse(_blob_chunks(reader, ref.size_bytes), media_type="application/octet-stream", headers=headers)
+        sent = self.metrics.downloaded.inc if self.metrics is not None else None
+        chunks = _blob_chunks(reader, ref.size_bytes, sent)
+        return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
     async def list(self, request: Request) -> Response:
         owner = request.query_params.get("owner_agent_id")
@@ -323,8 +329,9 @@ class ArtifactAPI:
         return JSONResponse(openapi_document())
 
 
-async def _blob_chunks(reader: Any, size: int) -> AsyncIterator[bytes]:
-    """The blob in chunks, never more than its recorded size; the reader is closed at the end."""
+async def _blob_chunks(reader: Any, size: int, sent: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:
+    """The blob in chunks, never more than its recorded size; the reader is closed at the end.
+    ``sent`` is told the size of each chunk once the server has sent it."""
     try:
         remaining = size
         while remaining > 0:
@@ -336,6 +343,8 @@ async def _blob_chunks(reader: Any, size: int) -> AsyncIterator[bytes]:
                 return
             remaining -= len(chunk)
             yield chunk
+            if sent is not None:
+                sent(len(chunk))
     finally:
         reader.close()
 
@@ -396,17 +405,24 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 # ---------------------------------------------------------------------- assembly
 
 
-def create_app(settings: Settings, *, store: ArtifactStore | None = None, jobs: ArtifactJobs | None = None) -> ASGIApp:
+def create_app(
+    settings: Settings,
+    *,
+    store: ArtifactStore | None = None,
+    jobs: ArtifactJobs | None = None,
+    metrics: HostMetrics | None = None,
+) -> ASGIApp:
     """The ASGI application of a host.
 
     ``store`` defaults to the store of ``settings``; ``jobs`` to an :class:`ArtifactJobs`
     on ``settings.redis_url`` (closed when the application shuts down). With
-    ``settings.api_key`` set, every request needs ``Authorization: Bearer <key>``.
+    ``settings.api_key`` set, every request needs ``Authorization: Bearer <key>``. With
+    ``metrics``, every request and every artifact byte up and down is counted there.
     """
     owned_jobs = jobs is None
     jobs = jobs if jobs is not None else ArtifactJobs(settings=settings)
     store = store if store is not None else ArtifactStore.from_settings(settings, redis=jobs.client)
-    api = ArtifactAPI(settings, store, jobs)
+    api = ArtifactAPI(settings, store, jobs, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -435,12 +451,19 @@ def create_app(settings: Settings, *, store: ArtifactStore | None = None, jobs: 
     app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     if settings.api_key:
         app = BearerAuth(app, settings.api_key)
+    if metrics is not None:
+        app = RequestMetrics(app, metrics, {route.endpoint: route.path for route in routes})
     return app
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_level: str = "info") -> None:
-    """Serve the API with uvicorn until interrupted (``paglets-artifacts serve``)."""
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    """Serve the API with uvicorn until interrupted (``paglets-artifacts serve``); with
+    ``settings.metrics_port`` set, Prometheus metrics on that port too."""
+    metrics = None
+    if settings.metrics_port > 0:
+        metrics = HostMetrics()
+        metrics.serve(settings.metrics_port)
+    uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level)
 
 
 class ServerThread:

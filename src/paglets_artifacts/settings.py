@@ -79,7 +79,7 @@ class Settings:
     owner_tombstone_seconds: float = field(default=86400.0, metadata=_meta("OWNER_TOMBSTONE_SECONDS", "how long a deleted owner's imports are refused", "seconds"))
     sweep_schedule: str = field(default="300", metadata=_meta("SWEEP_SCHEDULE", "sweep schedule: seconds between sweeps, or a cron expression", "schedule"))
     reindex_schedule: str = field(default="3600", metadata=_meta("REINDEX_SCHEDULE", "reconciliation schedule: seconds, or a cron expression", "schedule"))
-    metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or scheduler (0: off)", "count"))
+    metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or of the HTTP host (0: off)", "count"))
     log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
 
     def __repr__(self) -> str:
