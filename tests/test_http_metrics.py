@@ -18,7 +18,7 @@ from conftest import ROOT, wait_until
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
 from paglets_artifacts.http_api import ServerThread, create_app
-from paglets_artifacts.http_metrics import UNMATCHED, HostMetrics
+from paglets_artifacts.http_metrics import UNMATCHED, HostMetrics, RequestMetrics
 from paglets_artifacts.redis_server import free_port
 
 KEY = "metrics-test-key"
@@ -55,7 +55,8 @@ def test_requests_are_counted_by_route_template_method_and_status(http: httpx.Cl
     assert sample(metrics, requests, route="/artifacts/{artifact_id}/metadata", method="GET", status="404") == 1
     assert sample(metrics, requests, route=UNMATCHED, method="GET", status="404") == 1
     assert sample(metrics, "paglets_artifacts_http_uploaded_bytes_total") == len(body)
-    assert sample(metrics, "paglets_artifacts_http_downloaded_bytes_total") == len(body)
+    # counted as the server takes each chunk: the client may hold the whole body a moment sooner
+    wait_until(lambda: sample(metrics, "paglets_artifacts_http_downloaded_bytes_total") == len(body), timeout=10)
     durations = "paglets_artifacts_http_request_duration_seconds_count"
     assert sample(metrics, durations, route="/artifacts", method="POST") == 1
     assert sample(metrics, "paglets_artifacts_http_requests_in_flight") == 0
@@ -79,11 +80,44 @@ def test_requests_refused_for_want_of_a_key_count_as_unmatched(settings: Setting
     assert sample(metrics, requests, route="/artifacts", method="GET", status="200") == 1
 
 
-def test_without_metrics_the_app_counts_nothing_and_serves_all_the_same(http: httpx.Client, settings: Settings,
-                                                                       jobs: ArtifactJobs):
+def test_without_metrics_the_app_is_not_wrapped_and_serves_all_the_same(settings: Settings, jobs: ArtifactJobs):
     app = create_app(settings, store=ArtifactStore.from_settings(settings), jobs=jobs)
+    assert not isinstance(app, RequestMetrics)
     with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
         assert client.post("/artifacts", content=b"abc").status_code == 200
+
+
+def test_a_head_request_answers_the_headers_without_reading_the_blob_or_counting_bytes(
+    http: httpx.Client, metrics: HostMetrics, monkeypatch
+):
+    body = os.urandom(2 * 1024 * 1024)
+    artifact = http.post("/artifacts", content=body).json()["artifact"]
+    opened = []
+    monkeypatch.setattr(ArtifactStore, "open_reader", lambda self, artifact_id: opened.append(artifact_id))
+    answer = http.head(f"/artifacts/{artifact['artifact_id']}")
+    assert answer.status_code == 200 and answer.content == b""
+    assert answer.headers["content-length"] == str(len(body))
+    assert answer.headers["x-paglets-artifact-sha256"] == artifact["sha256"]
+    assert opened == []
+    assert sample(metrics, "paglets_artifacts_http_downloaded_bytes_total") == 0
+    route = "/artifacts/{artifact_id}"
+    assert sample(metrics, "paglets_artifacts_http_requests_total", route=route, method="HEAD", status="200") == 1
+
+
+def test_methods_outside_the_usual_set_share_one_label(http: httpx.Client, metrics: HostMetrics):
+    for method in ("FOO1", "BAR2", "ZZZ3"):
+        assert http.request(method, "/artifacts").status_code == 405
+    requests = "paglets_artifacts_http_requests_total"
+    assert sample(metrics, requests, route="/artifacts", method="other", status="405") == 3
+    labels = {sample.labels["method"] for metric in metrics.registry.collect() for sample in metric.samples
+              if sample.name == requests}
+    assert labels == {"other"}
+
+
+def test_the_host_refuses_to_count_into_the_workers_multiprocess_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR is set"):
+        HostMetrics()
 
 
 def test_a_metrics_port_in_use_is_logged_and_not_served(caplog):

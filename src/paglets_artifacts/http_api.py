@@ -270,8 +270,10 @@ class ArtifactAPI:
     async def download(self, request: Request) -> Response:
         artifact_id = validate_artifact_id(request.path_params["artifact_id"])
         ref = await self._sync(self.store.ref, artifact_id)
-        reader = await self._sync(self.store.open_reader, artifact_id)
         headers = {"Content-Length": str(ref.size_bytes), SHA256_HEADER: ref.sha256}
+        if request.method == "HEAD":  # the headers only: no blob to open, no body to read
+            return Response(headers=headers, media_type="application/octet-stream")
+        reader = await self._sync(self.store.open_reader, artifact_id)
         sent = self.metrics.downloaded.inc if self.metrics is not None else None
         chunks = _blob_chunks(reader, ref.size_bytes, sent)
         return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
@@ -462,7 +464,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_
     metrics = None
     if settings.metrics_port > 0:
         metrics = HostMetrics()
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, host)
     uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from typing import Any
 
@@ -27,12 +28,21 @@ logger = logging.getLogger("paglets_artifacts.http")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: The route label of a request no route answered.
 UNMATCHED = "unmatched"
+#: Methods counted under their own name; any other (a client may send any token) is ``other``,
+#: so that requests cannot grow the label set without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class HostMetrics:
-    """The host's metric objects, in a registry of their own (``registry``)."""
+    """The host's metric objects, in a registry of their own (``registry``).
+
+    Not for a process with ``PROMETHEUS_MULTIPROC_DIR`` set (the workers' variable):
+    prometheus_client would write these metrics into that directory instead.
+    """
 
     def __init__(self) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is set: it is the workers' metrics directory; unset it for the HTTP host")
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "paglets_artifacts_http_requests", "HTTP requests answered, by route template, method and status.",
@@ -55,14 +65,14 @@ class HostMetrics:
             registry=self.registry,
         )
 
-    def serve(self, port: int) -> bool:
-        """Serve the registry on ``port`` (all addresses) from a daemon thread.
+    def serve(self, port: int, address: str = "127.0.0.1") -> bool:
+        """Serve the registry on ``address``:``port`` from a daemon thread.
 
         A port that cannot be opened is logged, and the host runs on without metrics
         (as a worker does): returns ``False`` then.
         """
         try:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=address, registry=self.registry)
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be opened: {exc}"
             logger.error("metrics port %d %s; metrics are not served", port, reason)
@@ -100,6 +110,7 @@ class RequestMetrics:
             counted = True
             route = self.routes.get(scope.get("endpoint"), UNMATCHED)  # the router notes the endpoint in scope
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.durations.labels(route, method).observe(time.monotonic() - started)
             self.metrics.in_flight.dec()
@@ -109,7 +120,7 @@ class RequestMetrics:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                count()  # before the last bytes leave: a client that has its answer sees it counted
+                count()  # before the closing message goes: a client that sees the answer end sees it counted
             await send(message)
 
         self.metrics.in_flight.inc()
