@@ -7,6 +7,7 @@ namespace, and only that namespace's keys are removed afterwards.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -135,6 +136,17 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(settings, log_dir)
     yield pool
     pool.stop_all()
+
+
+class ReadOnly:
+    """A stream with ``read()`` only (no ``readline``, no ``readinto``) that reads in full,
+    like ``LimitedRequestReader``."""
+
+    def __init__(self, data: bytes):
+        self._buffer = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._buffer.read(size)
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.05) -> object:

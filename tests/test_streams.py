@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import ReadOnly
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,16 +34,6 @@ from paglets_artifacts.streams import (
 )
 
 FRAMING_ERRORS = (InvalidInput, SizeMismatch)
-
-
-class ReadOnly:
-    """A stream with ``read`` only (no ``readline``, no ``readinto``)."""
-
-    def __init__(self, data: bytes):
-        self._buffer = io.BytesIO(data)
-
-    def read(self, size: int = -1) -> bytes:
-        return self._buffer.read(size)
 
 
 class Trickle(ReadOnly):

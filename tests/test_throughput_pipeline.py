@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ReadOnly
 
 from paglets_artifacts import streams
 from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch, TransferError
@@ -49,16 +50,6 @@ def pipelined(monkeypatch):
     yield
     assert copy_threads() == []
     assert threading.active_count() == baseline
-
-
-class ReadOnly:
-    """``read()`` only, full reads (like ``LimitedRequestReader``)."""
-
-    def __init__(self, data: bytes):
-        self._buffer = io.BytesIO(data)
-
-    def read(self, size: int = -1) -> bytes:
-        return self._buffer.read(size)
 
 
 class Trickle(ReadOnly):
