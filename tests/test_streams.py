@@ -520,3 +520,40 @@ def test_stream_module_exports_paths_as_path_objects(tmp_path):
     source.write_bytes(b"1")
     copy_path(str(source), str(tmp_path / "t"))
     assert Path(tmp_path / "t").read_bytes() == b"1"
+
+
+# ---------------------------------------------------------------------- readline (paglets' readers have it)
+
+
+def test_limited_reader_readline_stops_at_each_line_and_at_the_declared_length():
+    reader = LimitedRequestReader(io.BytesIO(b"one\ntwo\nthree\nbeyond"), 14)
+    assert reader.readline() == b"one\n"
+    assert reader.readline(2) == b"tw"
+    assert reader.readline() == b"o\n"
+    assert reader.readline() == b"three\n"
+    assert reader.readline() == b""  # the declared length is reached: "beyond" is not the body's
+
+
+def test_limited_reader_readline_of_a_body_that_ends_early_is_a_size_mismatch():
+    reader = LimitedRequestReader(io.BytesIO(b"short\n"), 20)
+    assert reader.readline() == b"short\n"
+    with pytest.raises(SizeMismatch, match="6 of 20"):
+        reader.readline()
+
+
+def test_chunked_reader_readline_spans_chunks_and_mixes_with_read():
+    body = b"5\r\nab\ncd\r\n6\r\nef\ngh\n\r\n3\r\ntai\r\n0\r\n\r\n"
+    reader = ChunkedRequestReader(io.BytesIO(body))
+    assert reader.readline() == b"ab\n"
+    assert reader.read(1) == b"c"
+    assert reader.readline() == b"def\n"
+    assert reader.readline(1) == b"g"
+    assert reader.readline() == b"h\n"
+    assert reader.read() == b"tai"
+    assert reader.readline() == b""
+
+
+def test_chunked_reader_read_all_after_readline_returns_the_rest_of_the_body():
+    reader = ChunkedRequestReader(io.BytesIO(b"4\r\nx\nyz\r\n2\r\n12\r\n0\r\n\r\n"))
+    assert reader.readline() == b"x\n"
+    assert reader.read() == b"yz12"

@@ -76,6 +76,10 @@ MAX_JOB_LIST = 1000
 #: Uploads received at once; more wait their turn. Uploads hold a thread each for as long
 #: as the client sends, so they get their own pool and never starve the other endpoints.
 MAX_CONCURRENT_UPLOADS = 64
+#: uvicorn's HTTP parser. h11 (uvicorn's fallback) refuses a request with two ``Host``
+#: headers, and paglets' ``HostClient`` sends two on every upload and download
+#: (``http.client.putrequest`` adds one, then it puts its own).
+HTTP_PARSER = "httptools"
 
 #: HTTP status of each error class (its nearest base class decides for the others).
 STATUS_BY_ERROR: dict[type[Exception], int] = {
@@ -465,7 +469,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_
     if settings.metrics_port > 0:
         metrics = HostMetrics()
         metrics.serve(settings.metrics_port, host)
-    uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level, http=HTTP_PARSER)
 
 
 class ServerThread:
@@ -480,7 +484,7 @@ class ServerThread:
     """
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http=HTTP_PARSER)
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 

@@ -30,26 +30,36 @@ _HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 class LimitedRequestReader:
-    """Reads exactly ``length`` bytes of a request body from ``source``.
+    """Reads exactly ``remaining`` bytes of a request body from ``source``.
 
     Parameters:
-      source: a binary stream with ``read(n)`` (a socket file, ``wsgi.input``, ...).
-      length(int): the declared ``Content-Length``; a body that ends sooner is a
+      source: a binary stream with ``read(n)`` (a socket file, ``wsgi.input``, ...) and,
+        for :meth:`readline`, ``readline(limit)``.
+      remaining(int): the declared ``Content-Length``; a body that ends sooner is a
         ``SizeMismatch`` instead of a silently short artifact.
     """
 
-    def __init__(self, source: Any, length: int):
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise InvalidInput(f"invalid Content-Length {length!r}: expected a whole number >= 0")
+    def __init__(self, source: Any, remaining: int):
+        if isinstance(remaining, bool) or not isinstance(remaining, int) or remaining < 0:
+            raise InvalidInput(f"invalid Content-Length {remaining!r}: expected a whole number >= 0")
         self._source = source
-        self.length = length
-        self.remaining = length
+        self.length = remaining
+        self.remaining = remaining
 
     def read(self, size: int = -1) -> bytes:
         if self.remaining <= 0 or size == 0:
             return b""
         want = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        data = self._source.read(want)
+        return self._take(self._source.read(want))
+
+    def readline(self, size: int = -1) -> bytes:
+        """One line of the body (up to and including ``\\n``), never past its end."""
+        if self.remaining <= 0 or size == 0:
+            return b""
+        want = self.remaining if size is None or size < 0 else min(size, self.remaining)
+        return self._take(self._source.readline(want))
+
+    def _take(self, data: bytes) -> bytes:
         if not data:
             got = self.length - self.remaining
             raise SizeMismatch(f"request body ended after {got} of {self.length} declared bytes")
@@ -72,8 +82,36 @@ class ChunkedRequestReader:
         self._source = source
         self._left = 0  # bytes left in the current chunk
         self._done = False
+        self._pending = bytearray()  # read past a line's end by readline(), handed out first
 
     def read(self, size: int = -1) -> bytes:
+        if not self._pending:
+            return self._read_decoded(size)
+        if size is None or size < 0:
+            data = bytes(self._pending) + self._read_decoded(-1)
+            self._pending.clear()
+            return data
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        """One line of the decoded body (up to and including ``\\n``, at most ``size`` bytes)."""
+        limit = None if size is None or size < 0 else size
+        line = bytearray()
+        while limit is None or len(line) < limit:
+            piece = self.read(STREAM_CHUNK_BYTES if limit is None else limit - len(line))
+            if not piece:
+                break
+            newline = piece.find(b"\n")
+            if newline >= 0:
+                line += piece[: newline + 1]
+                self._pending[:0] = piece[newline + 1 :]
+                break
+            line += piece
+        return bytes(line)
+
+    def _read_decoded(self, size: int) -> bytes:
         out = bytearray()
         while not self._done and (size is None or size < 0 or len(out) < size):
             if self._left == 0:
