@@ -9,13 +9,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from paglets.core.errors import AuthenticationError, TransferError
+from paglets.core.errors import AuthenticationError, RemoteHostError, TransferError
 from paglets.artifacts import ArtifactRef
 from paglets.remote.client import HostClient
 from peers import Peer, serve
 
 from paglets_artifacts import Settings
+from paglets_artifacts.redis_server import EmbeddedRedis
 
 KEY = "k3y-for-the-client-tests"
 MIB = 1024 * 1024
@@ -143,3 +145,44 @@ def test_api_key_none_or_wrong_is_an_authentication_error_and_the_right_one_work
             call(HostClient(api_key="wrong"))
     assert not (tmp_path / "no.bin").exists()
     assert good.list_artifacts(keyed_server.url) == [ref]  # the wrong key deleted nothing
+
+
+# ---------------------------------------------------------------------- Redis down
+
+
+def test_with_redis_down_reads_work_from_the_directory_and_writes_answer_503_retry_after(settings, tmp_path):
+    """Downloads, metadata and both listings need no Redis; an upload or a deletion (the index
+    keeps the quota exact) answers 503 with Retry-After and an error_type paglets maps."""
+    with EmbeddedRedis() as private:
+        peer = serve(settings.with_changes(redis_url=private.url).to_env(), tmp_path / "serve.log").start()
+        try:
+            client = HostClient()
+            source = _file(tmp_path / "source.bin", MIB + 5)
+            ref = client.upload_artifact(server_url := peer.url, source, owner_agent_id="owner-r")
+            private.stop()
+
+            assert client.artifact_metadata(server_url, ref.artifact_id) == ref
+            assert client.list_artifacts(server_url) == [ref]
+            assert client.list_artifacts(server_url, owner_agent_id="owner-r") == [ref]
+            assert client.list_artifacts(server_url, owner_agent_id="nobody") == []
+            target = tmp_path / "down.bin"
+            client.download_artifact(ref, target)
+            assert target.read_bytes() == source.read_bytes()
+
+            with pytest.raises(RemoteHostError, match="Redis"):
+                client.upload_artifact(server_url, source)
+            with pytest.raises(RemoteHostError, match="Redis"):
+                client.delete_artifact(ref)
+            for method, path in (("POST", "/artifacts"), ("DELETE", f"/artifacts/{ref.artifact_id}"), ("GET", "/jobs")):
+                answer = httpx.request(method, server_url + path, content=b"x" if method == "POST" else None)
+                assert answer.status_code == 503, (method, path, answer.text)
+                assert answer.headers["Retry-After"].isdigit()
+                assert answer.json()["error_type"] == "RemoteHostError"
+            assert list((settings.store_root / "tmp").iterdir()) == []  # the refused uploads left no .part
+
+            private.restart()  # a deletion is idempotent: its retry converges once Redis is back
+            client.delete_artifact(ref)
+            assert client.list_artifacts(server_url) == []
+            assert client.upload_artifact(server_url, source).size_bytes == MIB + 5
+        finally:
+            peer.stop()

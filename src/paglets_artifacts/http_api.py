@@ -76,6 +76,8 @@ MAX_JOB_LIST = 1000
 #: Uploads received at once; more wait their turn. Uploads hold a thread each for as long
 #: as the client sends, so they get their own pool and never starve the other endpoints.
 MAX_CONCURRENT_UPLOADS = 64
+#: ``Retry-After`` of a 503 answered while Redis cannot be reached.
+REDIS_RETRY_AFTER_SECONDS = 5
 #: uvicorn's HTTP parser. h11 (uvicorn's fallback) refuses a request with two ``Host``
 #: headers, and paglets' ``HostClient`` sends two on every upload and download
 #: (``http.client.putrequest`` adds one, then it puts its own).
@@ -398,9 +400,12 @@ async def _on_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _on_redis_error(request: Request, exc: Exception) -> Response:
-    logger.warning("Redis is unavailable: %s", exc)
-    body = error_body("RemoteHostError", f"the job queue is unavailable: {exc}", type(exc).__name__)
-    return JSONResponse(body, status_code=503)
+    # Reached by what needs Redis: uploads and deletions (the index keeps the quota exact)
+    # and the job endpoints. Downloads, metadata and listings read the directory.
+    logger.warning("Redis is unavailable for %s %s: %s", request.method, request.url.path, exc)
+    message = f"Redis (the store's index and the job queue) is unavailable: {exc}; try again later"
+    body = error_body("RemoteHostError", message, type(exc).__name__)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)})
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

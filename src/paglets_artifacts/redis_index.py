@@ -385,8 +385,15 @@ class RedisIndex:
         return int(self.client.get(self.keys.used) or 0)
 
     def owner_ids(self, owner_agent_id: str) -> list[str]:
-        self.ensure_built()
-        return sorted(_text(item) for item in self.client.smembers(self.keys.owner(owner_agent_id)))
+        """The owner's artifact ids; ``IndexUnavailable`` when Redis cannot be reached (a
+        caller that only reads can scan the directory instead)."""
+        try:
+            self.ensure_built()
+            return sorted(_text(item) for item in self.client.smembers(self.keys.owner(owner_agent_id)))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if isinstance(exc, IndexUnavailable):
+                raise
+            raise IndexUnavailable(f"the index in Redis cannot be reached: {exc}") from exc
 
     def expired_ids(self, now: float) -> list[str]:
         self.ensure_built()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import stat
 import time
@@ -32,7 +33,7 @@ from .errors import (
     TransferError,
 )
 from .index import ScanIndex, StoreIndex
-from .redis_index import RedisIndex
+from .redis_index import IndexUnavailable, RedisIndex
 from .refs import (
     ARTIFACT_COPY,
     ARTIFACT_STATUS_REGISTERED,
@@ -56,6 +57,8 @@ from .streams import (
     hashed_read,
     start_writeback,
 )
+
+logger = logging.getLogger("paglets_artifacts.store")
 
 #: Called with (bytes_done, bytes_total or -1) while a transfer runs.
 Progress = Callable[[int, int], None]
@@ -517,8 +520,14 @@ class ArtifactStore:
         """Every readable artifact (of one owner, if given), in id order."""
         if owner_agent_id is None:
             return list(self.scan())
+        try:
+            artifact_ids = sorted(self.index.owner_ids(owner_agent_id))
+        except IndexUnavailable as exc:
+            # Reading needs no index: the directory is the truth, at the price of a scan.
+            logger.warning("owner listing scans the store directory: %s", exc)
+            return [ref for ref in self.scan() if ref.owner_agent_id == owner_agent_id]
         refs = []
-        for artifact_id in sorted(self.index.owner_ids(owner_agent_id)):
+        for artifact_id in artifact_ids:
             with contextlib.suppress(TransferError):
                 ref = self.ref(artifact_id)
                 if ref.owner_agent_id == owner_agent_id:
