@@ -130,8 +130,8 @@ class ChunkedRequestReader:
             self._left -= len(data)
             if self._left == 0:
                 self._expect_crlf()
-            if out and size is not None and size >= 0:
-                break  # hand back what one chunk gave; callers loop
+        # read(n) fills n bytes across chunks unless the body ends first, as paglets' reader
+        # and a buffered file do (a caller may read a fixed-size header in one call)
         return bytes(out)
 
     def _readline(self, limit: int) -> bytes:
