@@ -866,3 +866,19 @@ def test_store_files_carry_no_more_permission_than_the_umask_allows(tmp_path):
     # A moved-in source keeps its inode, and with it its mode: that is why the store drops write bits.
     moved_mode = stat.S_IMODE((store.blobs_dir / f"{moved.artifact_id}.bin").stat().st_mode)
     assert moved_mode & 0o022 == 0, oct(moved_mode)
+
+
+def test_a_made_up_method_is_refused_by_the_parser_with_a_client_error(http_server):
+    server, store = http_server
+    answer = _raw_http(server.url, b"FOO1 /artifacts HTTP/1.1\r\n" + H + b"\r\n")
+    assert _status(answer) == 400
+    assert _files_under(store.root) == []
+
+
+def test_a_request_head_just_under_the_bound_is_served(http_server):
+    from paglets_artifacts.http_api import MAX_REQUEST_HEAD_BYTES
+
+    server, _ = http_server
+    padding = b"X-Pad: " + b"a" * (MAX_REQUEST_HEAD_BYTES - 200) + b"\r\n"
+    answer = _raw_http(server.url, b"GET /artifacts HTTP/1.1\r\n" + H + padding + b"\r\n")
+    assert _status(answer) == 200

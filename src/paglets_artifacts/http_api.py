@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import contract
 from .errors import (
@@ -78,10 +79,8 @@ MAX_JOB_LIST = 1000
 MAX_CONCURRENT_UPLOADS = 64
 #: ``Retry-After`` of a 503 answered while Redis cannot be reached.
 REDIS_RETRY_AFTER_SECONDS = 5
-#: uvicorn's HTTP parser. h11 (uvicorn's fallback) refuses a request with two ``Host``
-#: headers, and paglets' ``HostClient`` sends two on every upload and download
-#: (``http.client.putrequest`` adds one, then it puts its own).
-HTTP_PARSER = "httptools"
+#: Largest request line plus headers accepted (h11 stopped at 16 KiB; httptools has no bound).
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
 
 #: HTTP status of each error class (its nearest base class decides for the others).
 STATUS_BY_ERROR: dict[type[Exception], int] = {
@@ -139,6 +138,44 @@ def _transfer_error_response(exc: TransferError) -> JSONResponse:
             break
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
     return JSONResponse(error_body(error_type, exc), status_code=status_for(exc), headers=headers)
+
+
+# ---------------------------------------------------------------------- the HTTP parser
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the request head.
+
+    httptools, not h11: h11 refuses a request with two ``Host`` headers, and paglets'
+    ``HostClient`` sends two on every upload and download (``http.client.putrequest`` adds
+    one, then it puts its own). httptools buffers a header of any length, so the bytes of a
+    head are counted here: past :data:`MAX_REQUEST_HEAD_BYTES` the request is answered 400
+    and the connection closed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._in_head = True
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        in_head = self._in_head
+        if in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if in_head and self._in_head and self._head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
+            message = f"request head larger than {MAX_REQUEST_HEAD_BYTES} bytes"
+            self.logger.warning("%s: refused", message)
+            self.send_400_response(message)
 
 
 # ---------------------------------------------------------------------- authentication
@@ -474,7 +511,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_
     if settings.metrics_port > 0:
         metrics = HostMetrics()
         metrics.serve(settings.metrics_port, host)
-    uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level, http=HTTP_PARSER)
+    uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level, http=BoundedHttpToolsProtocol)
 
 
 class ServerThread:
@@ -489,7 +526,7 @@ class ServerThread:
     """
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http=HTTP_PARSER)
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http=BoundedHttpToolsProtocol)
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 
