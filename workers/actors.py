@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import dramatiq
 from paglets_artifacts import contract
 from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, TransferError
 from paglets_artifacts.paths import resolve_allowed
-from paglets_artifacts.streams import file_sha256
+from paglets_artifacts.streams import file_sha256, hashed_read, open_source
 
 from .broker import settings
 from .context import context
@@ -164,3 +165,12 @@ def reindex() -> dict[str, Any]:
         return rebuild()
     refs = list(store.scan())
     return {"artifacts": len(refs), "bytes": sum(ref.size_bytes for ref in refs)}
+
+
+@job_actor(contract.CHECKSUM, time_limit_seconds=settings.transfer_time_limit_seconds)
+def checksum(*, path: str) -> dict[str, Any]:
+    source = resolve_allowed(path, settings.allowed_roots, what="checksum source")
+    with open_source(source) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        _, sha256 = hashed_read(handle, on_chunk=lambda done: current_job().progress(done, size))
+    return {"path": str(source), "sha256": sha256, "size_bytes": size}

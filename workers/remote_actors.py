@@ -1,13 +1,17 @@
-"""The actors of host-to-host transfers: pull from a URL, push to a remote host."""
+"""The actors of host-to-host transfers: pull from a URL, push to a remote host, and a paglets
+host's own client calls: upload a file to a host, download an artifact to a path."""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from paglets_artifacts import contract
+from paglets_artifacts.paths import resolve_allowed
 from paglets_artifacts.refs import ArtifactRef
 from paglets_artifacts.remote import RemoteTransfers
+from paglets_artifacts.streams import hashed_read, open_source
 
 from .actors import artifact_id_for_job, check_owner_alive, job_actor, keep_unless_owner_deleted
 from .broker import settings
@@ -70,3 +74,43 @@ def export_to_host(
     if move:
         ctx.store.delete(artifact_id)  # only now: the remote confirmed the verified bytes
     return {**remote_ref.to_wire(), "moved": move, "source_artifact_id": artifact_id}
+
+
+@job_actor(contract.UPLOAD, time_limit_seconds=settings.transfer_time_limit_seconds)
+def upload(
+    *, path: str, host_url: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
+    expected_sha256: str | None,
+) -> dict[str, Any]:
+    ctx = context()
+    record_key = ctx.records.key(current_job().id)
+    source = resolve_allowed(path, settings.allowed_roots, what="upload source")
+    with RemoteTransfers(settings) as remote:
+        remote.check_allowed(f"{host_url}/artifacts")
+        saved = ctx.client.hget(record_key, "checkpoint")  # a redelivered upload the remote confirmed
+        if saved:
+            return json.loads(saved)
+        with open_source(source, what="upload source") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            # The remote verifies the SHA-256 before it commits: without one given, hash first.
+            sha256 = expected_sha256 or hashed_read(handle)[1]
+            handle.seek(0)
+            remote_ref = remote.upload(
+                handle, size, sha256, host_url,
+                owner_agent_id=owner_agent_id, name=name or source.name, compression=compression,
+                expires_at=expires_at, progress=current_job().progress, what=f"upload source {source}",
+            )
+        ctx.client.hset(record_key, "checkpoint", json.dumps(remote_ref.to_wire()))
+    return remote_ref.to_wire()
+
+
+@job_actor(contract.DOWNLOAD, time_limit_seconds=settings.transfer_time_limit_seconds)
+def download(*, url: str, target: str, expected_sha256: str | None, expected_size: int | None, move: bool) -> dict[str, Any]:
+    target_path = resolve_allowed(target, settings.allowed_roots, what="download target")
+    with RemoteTransfers(settings) as remote:
+        size, sha256 = remote.download(
+            url, target_path, expected_sha256=expected_sha256, expected_size=expected_size,
+            part_token=artifact_id_for_job(), fsync=settings.fsync, progress=current_job().progress,
+        )
+        if move:
+            remote.delete(url)  # only now: the target holds the verified bytes
+    return {"url": url, "target": str(target_path), "size_bytes": size, "sha256": sha256, "moved": move}

@@ -35,13 +35,14 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
 from . import console as views
 from .errors import JobTimeout, TransferError
 from .jobs import ArtifactJobs, Job
 from .records import FAILED, STATES
-from .settings import Settings, SettingsError
+from .settings import PREFIX, Settings, SettingsError
 
 #: How many recent jobs a job id prefix is looked for in.
 RECENT_JOBS_SEARCHED = 1000
@@ -580,6 +581,55 @@ def serve(
         parts = urlsplit(settings.host_url)
         port = parts.port or (443 if parts.scheme == "https" else 8470)
     serve_http(settings, host, port)
+
+
+@app.command("paglets-host")
+def paglets_host(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", "-n", help="Host name, e.g. alpha.")],
+    host: Annotated[str, typer.Option("--host", help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8765,
+    api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the host's API key.")] = "PAGLETS_API_KEY",
+    persistence_dir: Annotated[Path | None, typer.Option("--persistence-dir", help="The host's directory (artifacts/ and work/ below it); default paglets' ~/.paglets/hosts/NAME.")] = None,
+    max_size: Annotated[int | None, typer.Option("--artifact-max-size", min=0, help="Largest artifact in bytes (default PAGLETS_ARTIFACTS_MAX_ARTIFACT_BYTES).")] = None,
+    quota: Annotated[int | None, typer.Option("--artifact-storage-quota", min=0, help="Bytes the store may hold (default PAGLETS_ARTIFACTS_QUOTA_BYTES).")] = None,
+    spool_ttl: Annotated[float | None, typer.Option("--artifact-spool-ttl", min=1.0, help="Age of a stale .part in seconds (default PAGLETS_ARTIFACTS_SPOOL_TTL_SECONDS).")] = None,
+    mesh: Annotated[bool, typer.Option("--mesh/--no-mesh", help="paglets' host mesh discovery.")] = True,
+    peer: Annotated[list[str] | None, typer.Option("--peer", help="Peer host URL to join; repeatable.")] = None,
+    public_url: Annotated[str | None, typer.Option("--public-url", help="Externally reachable base URL.")] = None,
+    keep_on_dispose: Annotated[bool, typer.Option("--keep-on-dispose", help="Keep a disposed paglet's artifacts (no delete_owner job).")] = False,
+) -> None:
+    """Run a real paglets host with offloading attached: its artifact work runs as jobs."""
+    settings = _begin(ctx)
+    try:
+        from .paglets_host import run_host
+    except ImportError as exc:
+        raise RuntimeError(str(exc)) from None
+    persistence = (persistence_dir or Path.home() / ".paglets" / "hosts" / name).expanduser().resolve()
+    changes: dict[str, Any] = {"store_root": persistence / "artifacts"}
+    if os.environ.get(PREFIX + "STORE_ROOT"):
+        changes.pop("store_root")  # set explicitly: offloading checks it is the host's
+    if max_size is not None:
+        changes["max_artifact_bytes"] = max_size
+    if quota is not None:
+        changes["quota_bytes"] = quota
+    if spool_ttl is not None:
+        changes["spool_ttl_seconds"] = spool_ttl
+    api_key = os.environ.get(api_key_env) or None
+    if api_key_env != "PAGLETS_API_KEY" and not api_key:
+        raise typer.BadParameter(f"{api_key_env} is not set or is empty", param_hint="--api-key-env")
+
+    def started(running: Any, offloading: Any) -> None:
+        _stdout().print(Text(
+            f"paglets host {running.name!r} listening at {running.address}, offloading to Redis "
+            f"{mask_url(settings.redis_url)} (namespace {settings.namespace}, store {offloading.store.root})"
+        ))
+
+    run_host(
+        settings.with_changes(**changes), name=name, bind=host, port=port, api_key=api_key,
+        persistence_dir=persistence, mesh=mesh, peers=peer, public_url=public_url,
+        delete_on_dispose=not keep_on_dispose, on_started=started,
+    )
 
 
 @app.command("demo")

@@ -26,13 +26,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from . import contract
 from .errors import JobTimeout
 from .jobs import Job
 from .records import JobRecord
 from .refs import ArtifactRef
 
 #: Job kinds that move bytes and report byte progress.
-TRANSFER_KINDS = frozenset({"import", "export", "import_url", "export_to_host"})
+TRANSFER_KINDS = contract.TRANSFER_KINDS
 #: Characters of a job id the jobs table shows (``jobs ID`` accepts such a prefix).
 SHORT_ID = 8
 #: How often a followed job's record is read while it runs.

@@ -198,6 +198,35 @@ EXPORT_TO_HOST = JobKind(
         "move": Argument(_bool, default=False),
     },
 )
+# The streaming work of a paglets host's registered files, as paglets' HostClient does it
+# (see paglets_host.py): hash a file, upload a file to a host, download an artifact to a path.
+CHECKSUM = JobKind("checksum", "paglets_artifacts_checksum", TRANSFER_QUEUE, {"path": Argument(_abs_path, required=True)})
+UPLOAD = JobKind(
+    "upload",
+    "paglets_artifacts_upload",
+    TRANSFER_QUEUE,
+    {
+        "path": Argument(_abs_path, required=True),
+        "host_url": Argument(_http_url, required=True),
+        "owner_agent_id": Argument(_text, default=""),
+        "name": Argument(_optional_text),
+        "compression": Argument(_text, default=""),
+        "expires_at": Argument(_expires, default=0.0),
+        "expected_sha256": Argument(_optional_sha),
+    },
+)
+DOWNLOAD = JobKind(
+    "download",
+    "paglets_artifacts_download",
+    TRANSFER_QUEUE,
+    {
+        "url": Argument(_http_url, required=True),
+        "target": Argument(_abs_path, required=True),
+        "expected_sha256": Argument(_optional_sha),
+        "expected_size": Argument(_optional_size),
+        "move": Argument(_bool, default=False),
+    },
+)
 SWEEP = JobKind("sweep", "paglets_artifacts_sweep", MAINTENANCE_QUEUE, {"now": Argument(_optional_time)})
 DELETE_OWNER = JobKind(
     "delete_owner",
@@ -209,7 +238,10 @@ REINDEX = JobKind("reindex", "paglets_artifacts_reindex", MAINTENANCE_QUEUE, {})
 
 #: Every job kind, by name.
 KINDS: dict[str, JobKind] = {
-    kind.name: kind for kind in (IMPORT, EXPORT, IMPORT_URL, EXPORT_TO_HOST, SWEEP, DELETE_OWNER, REINDEX)
+    kind.name: kind
+    for kind in (IMPORT, EXPORT, IMPORT_URL, EXPORT_TO_HOST, CHECKSUM, UPLOAD, DOWNLOAD, SWEEP, DELETE_OWNER, REINDEX)
 }
+#: Kinds that stream bytes (they report byte progress): those of the transfer queue.
+TRANSFER_KINDS: frozenset[str] = frozenset(kind.name for kind in KINDS.values() if kind.queue_name == TRANSFER_QUEUE)
 #: Every job kind, by actor name.
 KINDS_BY_ACTOR: dict[str, JobKind] = {kind.actor_name: kind for kind in KINDS.values()}

@@ -218,6 +218,55 @@ class ArtifactJobs:
             move=move,
         )
 
+    def checksum(self, path: str) -> Job:
+        """Hash a file under the allowed roots; the result is ``{"path", "sha256", "size_bytes"}``."""
+        return self.enqueue(contract.CHECKSUM, path=str(path))
+
+    def upload(
+        self,
+        path: str,
+        host_url: str,
+        *,
+        owner_agent_id: str = "",
+        name: str | None = None,
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+    ) -> Job:
+        """Upload a file under the allowed roots to a host's ``POST /artifacts`` (paglets'
+        ``HostClient.upload_artifact``, run by a worker); the result is the remote ref."""
+        return self.enqueue(
+            contract.UPLOAD,
+            path=str(path),
+            host_url=host_url,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+        )
+
+    def download(
+        self,
+        url: str,
+        target: str,
+        *,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        move: bool = False,
+    ) -> Job:
+        """Download an artifact's URL to a path under the allowed roots, verified before it
+        is renamed into place (paglets' ``HostClient.download_artifact``, run by a worker);
+        ``move`` deletes the remote artifact after."""
+        return self.enqueue(
+            contract.DOWNLOAD,
+            url=url,
+            target=str(target),
+            expected_sha256=expected_sha256,
+            expected_size=expected_size,
+            move=move,
+        )
+
     # ---------------------------------------------------------------- generic
 
     def enqueue(self, kind: contract.JobKind, **arguments: Any) -> Job:

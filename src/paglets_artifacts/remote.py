@@ -21,20 +21,23 @@ backoff (``workers.broker.is_transient``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .errors import ChecksumMismatch, HostNotAllowed, RemoteError, SizeMismatch
+from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
 from .settings import Settings
 from .store import ArtifactStore, Progress
+from .streams import create_exclusive, write_all
 
 #: Timeouts of every remote request: 10 s to connect, 60 s of silence while reading or writing.
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -246,44 +249,150 @@ class RemoteTransfers:
         The remote verifies ``sha256`` and ``size`` before it commits; the ref it answers
         is checked again here. Owner, name and expiry default to the local artifact's.
         """
-        base = host_url.rstrip("/")
-        url = f"{base}/artifacts"
-        self.check_allowed(url)
+        url = self._upload_url(host_url)
         ref = store.ref(artifact_id)
+        with store.open_reader(artifact_id) as reader:
+            return self._post(
+                url, reader, ref.size_bytes, ref.sha256, progress,
+                owner_agent_id=ref.owner_agent_id if owner_agent_id is None else owner_agent_id,
+                name=ref.name if name is None else name,
+                compression=ref.compression,
+                expires_at=ref.expires_at if expires_at is None else expires_at,
+                what=f"local artifact {artifact_id}",
+            )
+
+    def upload(
+        self,
+        reader: Any,
+        size: int,
+        sha256: str,
+        host_url: str,
+        *,
+        owner_agent_id: str = "",
+        name: str = "",
+        compression: str = "",
+        expires_at: float = 0.0,
+        progress: Progress | None = None,
+        what: str = "the file",
+    ) -> ArtifactRef:
+        """Upload ``size`` bytes of ``reader`` (whose SHA-256 is ``sha256``) to ``host_url``'s
+        ``POST /artifacts``, as paglets' ``HostClient.upload_artifact`` does; return the remote ref."""
+        return self._post(
+            self._upload_url(host_url), reader, size, sha256, progress,
+            owner_agent_id=owner_agent_id, name=name, compression=compression, expires_at=expires_at, what=what,
+        )
+
+    def _upload_url(self, host_url: str) -> str:
+        url = f"{host_url.rstrip('/')}/artifacts"
+        self.check_allowed(url)
+        return url
+
+    def _post(
+        self, url: str, reader: Any, size: int, sha256: str, progress: Progress | None, *,
+        owner_agent_id: str, name: str, compression: str, expires_at: float, what: str,
+    ) -> ArtifactRef:
         params = {
-            "owner_agent_id": ref.owner_agent_id if owner_agent_id is None else owner_agent_id,
-            "name": ref.name if name is None else name,
-            "compression": ref.compression,
-            "expires_at": repr(float(ref.expires_at if expires_at is None else expires_at)),
-            "sha256": ref.sha256,
-            "size": str(ref.size_bytes),
+            "owner_agent_id": owner_agent_id,
+            "name": name,
+            "compression": compression,
+            "expires_at": repr(float(expires_at)),
+            "sha256": sha256,
+            "size": str(size),
         }
         headers = self._headers(url, **{
             "Content-Type": "application/octet-stream",
-            "Content-Length": str(ref.size_bytes),
+            "Content-Length": str(size),
             "Accept": "application/json",
         })
-        with store.open_reader(artifact_id) as reader:
-            body = _BlobBody(reader, ref.size_bytes, progress)
-            response = self.client.post(url, params=params, content=body, headers=headers)
+        body = _BlobBody(reader, size, progress)
+        response = self.client.post(url, params=params, content=body, headers=headers)
         try:
             _raise_for_status(response, url)
         except RemoteError as exc:
-            # The remote found the bytes wrong: when what we sent does not hash to our own
-            # record, the fault is our blob, and that is what the caller must hear.
-            if body.sent == ref.size_bytes and body.digest.hexdigest() != ref.sha256:
+            # The remote found the bytes wrong: when what we sent does not hash to what we
+            # announced, the fault is ours, and that is what the caller must hear.
+            if body.sent == size and body.digest.hexdigest() != sha256:
                 raise ChecksumMismatch(
-                    f"local artifact {artifact_id} is corrupt: its blob hashes to {body.digest.hexdigest()}, "
-                    f"its metadata says {ref.sha256}"
+                    f"{what} is corrupt: its bytes hash to {body.digest.hexdigest()}, expected {sha256}"
                 ) from exc
             raise
         remote = _ref_from_answer(response, url)
-        if remote.sha256 != ref.sha256 or remote.size_bytes != ref.size_bytes:
+        if remote.sha256 != sha256 or remote.size_bytes != size:
             raise ChecksumMismatch(
-                f"{url} stored {remote.size_bytes} bytes with SHA-256 {remote.sha256}, "
-                f"expected {ref.size_bytes} bytes with {ref.sha256}"
+                f"{url} stored {remote.size_bytes} bytes with SHA-256 {remote.sha256}, expected {size} bytes with {sha256}"
             )
         return remote
+
+    # ------------------------------------------------------------ download to a path
+
+    def download(
+        self,
+        url: str,
+        target: Path,
+        *,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        part_token: str,
+        fsync: bool = True,
+        progress: Progress | None = None,
+    ) -> tuple[int, str]:
+        """Write ``url``'s bytes to ``target`` through a hidden ``.part`` beside it (named by
+        ``part_token``, so a retry replaces a killed attempt's), verified (size, SHA-256: the
+        caller's, the remote ref's, the header's) before the rename, as paglets'
+        ``HostClient.download_artifact`` does. Returns (size, sha256)."""
+        self.check_allowed(url)
+        expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
+        remote_ref = self._remote_ref(url) if _ARTIFACT_PATH.search(urlsplit(url).path) else None
+        if target.is_dir():
+            raise InvalidInput(f"download target is a directory: {target}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = target.with_name(f".{target.name}.{part_token}.part")
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()  # a killed attempt's, of the same job
+        with self.client.stream("GET", url, headers=self._headers(url)) as response:
+            _raise_for_status(response, url)
+            sha = _agree(
+                "SHA-256", url, ChecksumMismatch,
+                ("expected", expected), ("remote ref", remote_ref.sha256 if remote_ref else None),
+                (SHA256_HEADER, _announced_sha(response, url)),
+            )
+            size = _agree(
+                "size", url, SizeMismatch,
+                ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None),
+                ("Content-Length", _content_length(response)),
+            )
+            fd = create_exclusive(tmp_path)
+            try:
+                digest, written = hashlib.sha256(), 0
+                for chunk in response.iter_bytes(STREAM_CHUNK_BYTES):
+                    written += len(chunk)
+                    if size is not None and written > size:
+                        raise SizeMismatch(f"{url} sent more than its {size} bytes")
+                    digest.update(chunk)
+                    write_all(fd, chunk)
+                    if progress is not None:
+                        progress(written, -1 if size is None else size)
+                if size is not None and written != size:
+                    raise SizeMismatch(f"{url} sent {written} of {size} bytes")
+                if sha and digest.hexdigest() != sha:
+                    raise ChecksumMismatch(f"{url} sent bytes with SHA-256 {digest.hexdigest()}, expected {sha}")
+                if fsync:
+                    os.fsync(fd)
+                os.close(fd)
+                fd = -1
+                os.replace(tmp_path, target)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    tmp_path.unlink()
+                raise
+        return written, digest.hexdigest()
+
+    def delete(self, url: str) -> None:
+        """``DELETE`` a remote artifact (a host answers ok when it is already gone)."""
+        self.check_allowed(url)
+        _raise_for_status(self.client.delete(url, headers=self._headers(url, Accept="application/json")), url)
 
 
 # ---------------------------------------------------------------------- answers
