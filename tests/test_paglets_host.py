@@ -249,6 +249,7 @@ def test_a_paglet_dispatched_between_offloaded_hosts_moves_its_file_through_jobs
     assert {"checksum", "upload", "sweep"} <= set(jobs_a)  # the hash and the push ran in A's worker
     assert jobs_a["upload"].state == "succeeded" and jobs_a["upload"].result["host_url"] == b.url
     assert jobs_a["checksum"].result["sha256"] == arrived["on_disk_sha256"]
+    assert "delete_owner" not in jobs_a  # a dispatch deletes nothing of its owner
     assert {"export", "sweep"} <= set(jobs_b)  # the materialization ran in B's worker
     assert jobs_b["export"].state == "succeeded"
     assert jobs_b["export"].id in b.peer.output()  # the job id is in the host's log
@@ -382,3 +383,66 @@ def test_a_real_paglets_host_materializes_a_registered_file_whose_artifact_lives
         assert client.list_artifacts(server.url) == []  # paglets deleted the staged artifact after the copy
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- a started host in this process
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[Host]:
+    made = Host("started", port=0, mesh=False, persistence_dir=tmp_path / "started",
+                artifact_storage_quota_bytes=4 * MiB)
+    yield made
+    made.stop()
+
+
+def _started_settings(settings: Settings, host: Host) -> Settings:
+    return _host_settings(settings, Path(host.persistence_dir), settings.namespace, quota_bytes=4 * MiB)
+
+
+def test_quota_is_exact_across_the_hosts_own_uploads_and_the_workers_imports(started, settings, workers):
+    host_settings = _started_settings(settings, started)
+    offload(started, host_settings)
+    started.start_background()
+    workers.start(settings=host_settings)
+    client = HostClient()
+    big = Path(started.persistence_dir) / "work" / "big.bin"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_bytes(os.urandom(3 * MiB))
+    client.upload_artifact(started.address, big)  # through paglets' HTTP server, our index
+    small = big.with_name("small.bin")
+    small.write_bytes(os.urandom(MiB + 1))
+    with ArtifactJobs(settings=host_settings) as jobs:
+        with pytest.raises(Exception, match="quota exceeded"):
+            jobs.import_file(str(small)).wait(30)  # 3 MiB + 1 MiB + 1 byte > 4 MiB
+    with pytest.raises(PagletsTransferError, match="quota exceeded"):
+        client.upload_artifact(started.address, small)
+    assert len(client.list_artifacts(started.address)) == 1
+
+
+@pytest.mark.parametrize("delete_on_dispose", [True, False])
+def test_dispose_enqueues_delete_owner_unless_told_to_keep(started, settings, delete_on_dispose):
+    host_settings = _started_settings(settings, started)
+    offloading = offload(started, host_settings, delete_on_dispose=delete_on_dispose)
+    started.start_background()
+    proxy = started.create(Carrier, CarrierState(size=10, seed=1))
+    started.dispose(proxy.agent_id)
+    deletions = [r for r in offloading.jobs.jobs(limit=20) if r.kind == "delete_owner"]
+    if delete_on_dispose:
+        assert [r.arguments for r in deletions] == [{"owner_agent_id": proxy.agent_id}]
+    else:
+        assert deletions == []
+
+
+def test_paglets_host_stops_cleanly_on_sigterm_and_sigint(settings, tmp_path):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        persistence = tmp_path / f"stop-{signum}"
+        host_settings = _host_settings(settings, persistence, settings.namespace)
+        peer = offloaded_host("stopper", host_settings.to_env(), persistence, tmp_path / f"stop-{signum}.log",
+                              extra_args=("--no-mesh",)).start(ready_path="/health")
+        try:
+            peer.process.send_signal(signum)
+            assert peer.process.wait(timeout=30) == 0, peer.output()
+            assert "stopping" in peer.output() and "offloading detached" in peer.output()
+        finally:
+            peer.stop()

@@ -34,6 +34,7 @@ by paglets' own function).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -53,10 +54,10 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 from .errors import JobTimeout, TransferError
 from .jobs import ArtifactJobs, Job
 from .records import QUEUED
-from .refs import ArtifactRef, ArtifactWriteResult
+from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult
 from .remote import host_allowed
 from .settings import Settings, SettingsError
-from .store import ArtifactStore, Progress
+from .store import ArtifactStore, Progress, request_body
 
 logger = logging.getLogger("paglets_artifacts.paglets_host")
 
@@ -256,6 +257,32 @@ class OffloadedStore(ArtifactStore):
             )
         job = self.offloading.jobs.export(artifact_id, str(Path(target).absolute()), expected_sha256=expected_sha256)
         return self._with_host(ArtifactRef.from_wire(self.offloading.run(job, f"export of {artifact_id} to {target}")))
+
+    def create_from_http_request(
+        self,
+        headers: Any,
+        source: Any,
+        *,
+        owner_agent_id: str = "",
+        name: str = "",
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+    ) -> ArtifactWriteResult:
+        """An upload to the host's own ``POST /artifacts``, stored here (the bytes are on the
+        host's socket). paglets' client sends the whole body before it reads the answer: a body
+        refused before its end (quota) is read to its end, up to the size cap, so the client
+        hears the error instead of a broken pipe."""
+        stream, size = request_body(headers, source)
+        try:
+            return self.create_from_stream(
+                stream, size_bytes=size, owner_agent_id=owner_agent_id, name=name, compression=compression,
+                expires_at=expires_at, expected_sha256=expected_sha256,
+            )
+        except TransferError:
+            if not self.max_artifact_bytes or size <= self.max_artifact_bytes:
+                _drain(stream, self.max_artifact_bytes or size)
+            raise
 
     def cleanup_temporary(self, *, now: float | None = None) -> Any:
         """Enqueue a sweep job (the host's periodic call); ``now`` given: sweep here, now."""
@@ -474,6 +501,17 @@ def _as_paglets(call: Any) -> Any:
         return call()
     except TransferError as exc:
         raise PagletsTransferError(str(exc)) from exc
+
+
+def _drain(stream: Any, limit: int) -> None:
+    """Read and drop what is left of a request body (at most ``limit`` bytes; -1: none left)."""
+    left = limit
+    with contextlib.suppress(Exception):  # a broken body: the error already raised is the one to tell
+        while left != 0:
+            chunk = stream.read(STREAM_CHUNK_BYTES if left < 0 else min(STREAM_CHUNK_BYTES, left))
+            if not chunk:
+                return
+            left -= len(chunk) if left > 0 else 0
 
 
 def _warn_in_process(off: Offloading, what: str, path: str | Path) -> None:

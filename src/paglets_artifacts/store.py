@@ -258,13 +258,7 @@ class ArtifactStore:
         expected_sha256: str | None = None,
     ) -> ArtifactWriteResult:
         """Store a request body framed by ``Content-Length`` or ``Transfer-Encoding: chunked``."""
-        transfer_encoding = str(headers.get("Transfer-Encoding") or "").casefold()
-        if "chunked" in transfer_encoding:
-            stream: Any = ChunkedRequestReader(source)
-            size = -1
-        else:
-            size = parse_content_length(headers.get("Content-Length"))
-            stream = LimitedRequestReader(source, size)
+        stream, size = request_body(headers, source)
         return self.create_from_stream(
             stream,
             size_bytes=size,
@@ -799,6 +793,14 @@ class ArtifactStore:
 
     def _metadata_path(self, artifact_id: str) -> Path:
         return self.metadata_dir / f"{validate_artifact_id(artifact_id)}.json"
+
+
+def request_body(headers: Any, source: Any) -> tuple[Any, int]:
+    """The reader of a request body and its declared size (-1 when chunked)."""
+    if "chunked" in str(headers.get("Transfer-Encoding") or "").casefold():
+        return ChunkedRequestReader(source), -1
+    size = parse_content_length(headers.get("Content-Length"))
+    return LimitedRequestReader(source, size), size
 
 
 def parse_content_length(value: Any) -> int:
