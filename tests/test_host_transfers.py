@@ -402,3 +402,98 @@ def test_a_redelivered_push_and_a_pull_for_a_deleted_owner_have_no_second_effect
         assert _leftovers(a.store) == []
     finally:
         jobs.close()
+
+
+# ---------------------------------------------------------------------- a paglets host's file jobs: checksum, upload, download
+
+
+def test_checksum_upload_and_download_jobs_move_files_between_hosts(hosts, files, workers):
+    a, b = hosts
+    workers.start(settings=a.settings)
+    jobs = ArtifactJobs(settings=a.settings)
+    try:
+        source = files / "registered.bin"
+        source.write_bytes(PAYLOAD)
+        summed = jobs.checksum(str(source)).wait(60)
+        assert summed == {"path": str(source), "sha256": PAYLOAD_SHA, "size_bytes": len(PAYLOAD)}
+
+        # the upload paglets' HostClient would do, run by A's worker (B wants its key)
+        job = jobs.upload(str(source), b.url, owner_agent_id="agent-9", name="r.bin", expected_sha256=PAYLOAD_SHA)
+        on_b = ArtifactRef.from_wire(job.wait(60))
+        assert (on_b.host_url, on_b.owner_agent_id, on_b.name, on_b.sha256) == (b.url, "agent-9", "r.bin", PAYLOAD_SHA)
+        assert job.status().bytes_done == len(PAYLOAD)
+        unhashed = ArtifactRef.from_wire(jobs.upload(str(source), b.url).wait(60))  # the worker hashes first
+        assert (unhashed.sha256, unhashed.name) == (PAYLOAD_SHA, "registered.bin")
+
+        # the download, with move: verified into place, then deleted on B
+        target = files / "work" / "arrived.bin"
+        done = jobs.download(f"{b.url}/artifacts/{on_b.artifact_id}", str(target), move=True).wait(60)
+        assert done == {"url": f"{b.url}/artifacts/{on_b.artifact_id}", "target": str(target),
+                        "size_bytes": len(PAYLOAD), "sha256": PAYLOAD_SHA, "moved": True}
+        assert target.read_bytes() == PAYLOAD
+        assert [ref.artifact_id for ref in b.store.list()] == [unhashed.artifact_id]
+        assert sorted(p.name for p in target.parent.iterdir()) == ["arrived.bin"]
+    finally:
+        jobs.close()
+
+
+def test_file_jobs_refuse_what_they_may_not_touch_and_leave_nothing(hosts, files, odd, workers, tmp_path):
+    a, b = hosts
+    workers.start(settings=a.settings)
+    jobs = ArtifactJobs(settings=a.settings)
+    try:
+        outside = tmp_path / "outside.bin"
+        outside.write_bytes(b"secret")
+        with pytest.raises(Exception, match="outside the allowed roots") as refused:
+            jobs.checksum(str(outside)).wait(60)
+        assert type(refused.value).__name__ == "PathNotAllowed"
+        link = files / "link.bin"
+        link.symlink_to(files / "missing-target")
+        with pytest.raises(Exception, match="does not exist|cannot be opened"):
+            jobs.checksum(str(link)).wait(60)
+
+        source = files / "f.bin"
+        source.write_bytes(PAYLOAD)
+        with pytest.raises(HostNotAllowed):
+            jobs.upload(str(source), "http://127.0.0.1:1").wait(60)
+        with pytest.raises(ChecksumMismatch, match="hashes to .*, expected 0000"):  # B verified before it committed
+            jobs.upload(str(source), b.url, expected_sha256="0" * 64).wait(60)
+        assert b.store.list() == [] and not list(b.store.tmp_dir.iterdir())
+
+        on_b = _put(b.store)
+        target = files / "t" / "x.bin"
+        with pytest.raises(ChecksumMismatch):
+            jobs.download(f"{b.url}/artifacts/{on_b.artifact_id}", str(target), expected_sha256="0" * 64).wait(60)
+        with pytest.raises(ChecksumMismatch):  # bytes that do not hash to the SHA-256 announced
+            jobs.download(f"{odd[1].url}/wrong/data.bin", str(target)).wait(60)
+        assert not target.parent.exists() or list(target.parent.iterdir()) == []  # no target, no .part
+        assert b.store.list() == [on_b]
+    finally:
+        jobs.close()
+
+
+def test_a_redelivered_upload_returns_its_confirmation_and_a_redelivered_download_replaces_its_part(
+    hosts, files, workers, redis_client
+):
+    """Both jobs are enqueued before any worker runs, in the state a killed attempt leaves."""
+    a, b = hosts
+    jobs = ArtifactJobs(settings=a.settings)
+    try:
+        source = files / "up.bin"
+        source.write_bytes(PAYLOAD)
+        already = _put(b.store)
+        upload = jobs.upload(str(source), b.url, expected_sha256=PAYLOAD_SHA)
+        redis_client.hset(jobs.records.key(upload.id), "checkpoint", json.dumps(already.to_wire()))
+        target = files / "down" / "x.bin"
+        download = jobs.download(f"{b.url}/artifacts/{already.artifact_id}", str(target))
+        target.parent.mkdir()
+        stale = target.with_name(f".x.bin.{download.id.replace('-', '')}.part")
+        stale.write_bytes(b"half of an earlier attempt")
+        workers.start(settings=a.settings)
+
+        assert upload.wait(60)["artifact_id"] == already.artifact_id
+        assert b.store.list() == [already]  # no second upload
+        assert download.wait(60)["sha256"] == PAYLOAD_SHA
+        assert sorted(p.name for p in target.parent.iterdir()) == ["x.bin"]
+    finally:
+        jobs.close()

@@ -258,7 +258,7 @@ class RemoteTransfers:
                 name=ref.name if name is None else name,
                 compression=ref.compression,
                 expires_at=ref.expires_at if expires_at is None else expires_at,
-                what=f"local artifact {artifact_id}",
+                what=f"local artifact {artifact_id} is corrupt: its blob",
             )
 
     def upload(
@@ -273,7 +273,7 @@ class RemoteTransfers:
         compression: str = "",
         expires_at: float = 0.0,
         progress: Progress | None = None,
-        what: str = "the file",
+        what: str = "the upload",
     ) -> ArtifactRef:
         """Upload ``size`` bytes of ``reader`` (whose SHA-256 is ``sha256``) to ``host_url``'s
         ``POST /artifacts``, as paglets' ``HostClient.upload_artifact`` does; return the remote ref."""
@@ -312,9 +312,7 @@ class RemoteTransfers:
             # The remote found the bytes wrong: when what we sent does not hash to what we
             # announced, the fault is ours, and that is what the caller must hear.
             if body.sent == size and body.digest.hexdigest() != sha256:
-                raise ChecksumMismatch(
-                    f"{what} is corrupt: its bytes hash to {body.digest.hexdigest()}, expected {sha256}"
-                ) from exc
+                raise ChecksumMismatch(f"{what} hashes to {body.digest.hexdigest()}, expected {sha256}") from exc
             raise
         remote = _ref_from_answer(response, url)
         if remote.sha256 != sha256 or remote.size_bytes != size:
