@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -232,6 +233,23 @@ def test_a_paglet_dispatched_between_offloaded_hosts_moves_its_file_through_jobs
     a, b = two_hosts
     for rig in (a, b):
         workers.start(settings=rig.settings)
+    scheduler_settings = b.settings.with_changes(sweep_schedule="3600", reindex_schedule="1")
+    scheduler = subprocess.Popen(
+        [str(Path(sys.executable).parent / "paglets-artifacts"), "scheduler"],
+        env={**os.environ, **scheduler_settings.to_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _dispatch_and_dispose(a, b)
+        # the scheduler beside them keeps reconciling B's index from its directory
+        reindex = wait_until(lambda: next((r for r in _records(b) if r.kind == "reindex" and r.done), None))
+        assert reindex.state == "succeeded"
+    finally:
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        scheduler.wait(30)
+
+
+def _dispatch_and_dispose(a: Rig, b: Rig) -> None:
     client = HostClient(timeout=60)
     size, seed = 3 * MiB + 11, 42
     agent_id = _create_carrier(client, a.url, size, seed)
@@ -446,3 +464,27 @@ def test_paglets_host_stops_cleanly_on_sigterm_and_sigint(settings, tmp_path):
             assert "stopping" in peer.output() and "offloading detached" in peer.output()
         finally:
             peer.stop()
+
+
+def test_a_hosts_sweep_and_the_schedulers_never_pile_up_on_each_other(host, settings, tmp_path):
+    from workers.scheduler import FIRED, SKIPPED_BUSY, Periodic, PeriodicScheduler
+
+    from paglets_artifacts import contract
+    from paglets_artifacts.schedule import parse_schedule
+
+    host_settings = _host_settings(settings, tmp_path / "host", settings.namespace)
+    tick = 1_800_000_000.0
+    with offload(host, host_settings) as offloading:
+        sweeps = Periodic(contract.SWEEP, parse_schedule("300"), lambda jobs: jobs.sweep())
+        scheduler = PeriodicScheduler(offloading.jobs, [sweeps], scheduler_id="s", clock=lambda: tick + 0.5)
+        hosts_sweep = host.artifacts.cleanup_temporary()  # no worker: it stays queued
+        assert hosts_sweep is not None
+        [decision] = scheduler.run_pending()
+        assert (decision.outcome, decision.job_id) == (SKIPPED_BUSY, hosts_sweep.id)
+
+        # and the other way round: a scheduler's queued sweep holds the host's back
+        offloading.jobs.records.finished(hosts_sweep.id, state="succeeded", result={})
+        later = PeriodicScheduler(offloading.jobs, [sweeps], scheduler_id="s", clock=lambda: tick + 300.5)
+        [fired] = later.run_pending()
+        assert fired.outcome == FIRED
+        assert host.artifacts.cleanup_temporary() is None

@@ -183,7 +183,7 @@ class PeriodicScheduler:
 
     def state_key(self, kind: str) -> str:
         """The hash of a kind: ``tick``, ``scheduler``, ``claimed_at``, ``job_id``, ``fired_tick``..."""
-        return f"{self.namespace}:periodic:{kind}"
+        return contract.periodic_state_key(self.namespace, kind)
 
     def history_key(self, kind: str) -> str:
         """The list of a kind's latest decisions (JSON, newest first)."""

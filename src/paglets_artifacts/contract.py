@@ -243,5 +243,14 @@ KINDS: dict[str, JobKind] = {
 }
 #: Kinds that stream bytes (they report byte progress): those of the transfer queue.
 TRANSFER_KINDS: frozenset[str] = frozenset(kind.name for kind in KINDS.values() if kind.queue_name == TRANSFER_QUEUE)
+
+
+def periodic_state_key(namespace: str, kind: str) -> str:
+    """The Redis hash of a periodic job kind: the scheduler's claimed tick and, in
+    ``job_id``, the latest periodic job of that kind, whoever enqueued it (a scheduler, or
+    a paglets host's own sweep): one is never enqueued while that one is queued or running."""
+    return f"{namespace}:periodic:{kind}"
+
+
 #: Every job kind, by actor name.
 KINDS_BY_ACTOR: dict[str, JobKind] = {kind.actor_name: kind for kind in KINDS.values()}

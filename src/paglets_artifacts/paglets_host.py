@@ -51,6 +51,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "paglets_artifacts.paglets_host needs paglets 2.x: pip install 'paglets-artifacts[paglets]'"
     ) from exc
 
+from . import contract
 from .errors import JobTimeout, TransferError
 from .jobs import ArtifactJobs, Job
 from .records import QUEUED
@@ -98,7 +99,6 @@ class Offloading:
         self.queue_timeout = queue_timeout
         self._owns_jobs = owns_jobs
         self._sweep_lock = threading.Lock()
-        self._sweep_job: Job | None = None
         self._original_store = host.artifacts
         self._original_client = host.client
         self.store = OffloadedStore.from_settings(settings, redis=jobs.client)
@@ -182,17 +182,24 @@ class Offloading:
             raise TransferError(f"{what} (job {job.id}) failed: {exc}") from exc
 
     def sweep(self) -> Job | None:
-        """Enqueue a sweep unless one is still queued or running; the job, or ``None``."""
+        """Enqueue a sweep unless one is still queued or running (this host's, another's or
+        a scheduler's: the latest is recorded where the scheduler records its own); the
+        job, or ``None``."""
+        key = contract.periodic_state_key(self.settings.namespace, contract.SWEEP.name)
         with self._sweep_lock:
             try:
-                if self._sweep_job is not None and not self._sweep_job.status().done:
+                last = self.jobs.client.hget(key, "job_id")
+                record = self.jobs.records.get(last.decode()) if last else None
+                if record is not None and not record.done:
+                    logger.info("host %s: sweep skipped: job %s is %s", self.host.name, record.id, record.state)
                     return None
-                self._sweep_job = self.jobs.sweep()
+                job = self.jobs.sweep()
+                self.jobs.client.hset(key, "job_id", job.id)
             except Exception as exc:  # the host's cleanup thread must live on: next tick
                 logger.warning("host %s: sweep not enqueued: %s", self.host.name, exc)
                 return None
-            logger.info("host %s: sweep: job %s", self.host.name, self._sweep_job.id)
-            return self._sweep_job
+        logger.info("host %s: sweep: job %s", self.host.name, job.id)
+        return job
 
     def _on_event(self, event: Any) -> None:
         if event.kind != "dispose" or not self.delete_on_dispose or not event.agent_id:
