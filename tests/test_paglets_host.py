@@ -90,6 +90,12 @@ def test_offload_replaces_store_client_and_hash_and_detach_gives_them_back(host,
     assert lifecycle.file_sha256.__module__ == "paglets.artifacts"
 
 
+def test_offloading_attaches_once(host, settings, tmp_path):
+    with offload(host, _host_settings(settings, tmp_path / "host", settings.namespace)):
+        with pytest.raises(RuntimeError, match="already has offloading attached"):
+            offload(host, _host_settings(settings, tmp_path / "host", settings.namespace))
+
+
 def test_a_store_root_other_than_the_hosts_is_refused_naming_both(host, settings, tmp_path):
     with pytest.raises(SettingsError, match="PAGLETS_ARTIFACTS_STORE_ROOT") as refused:
         offload(host, settings.with_changes(store_root=tmp_path / "elsewhere"))

@@ -168,7 +168,9 @@ class Offloading:
     # ------------------------------------------------------------ jobs the host waits on
 
     def run(self, job: Job, what: str) -> Any:
-        """Wait for ``job``; its result, or paglets' ``TransferError`` naming ``what``."""
+        """Wait for ``job``; its result, or a ``TransferError`` naming ``what`` and the job.
+
+        A job given up on here (no worker started it in time) stays queued and may still run."""
         logger.info("host %s: %s: job %s", self.host.name, what, job.id)
         started = time.monotonic()
         try:
@@ -420,6 +422,8 @@ def offload(
     names both otherwise); URL, caps, quota and TTL are taken from the host, and a worker
     setting that differs is logged. ``timeout`` defaults to the transfer time limit.
     """
+    if isinstance(host.artifacts, PagletsFacingStore):
+        raise RuntimeError(f"host {host.name!r} already has offloading attached: detach it first")
     settings = settings or Settings.from_env()
     own = host.artifacts
     root = Path(own.root).resolve(strict=False)
