@@ -1,4 +1,4 @@
-# paglets-artifacts: one image for the workers, the scheduler and the HTTP host.
+# paglets-artifacts: one image for the workers, the scheduler and the HTTP host (or a paglets host).
 #   docker build -t paglets-artifacts .
 #   docker run --rm paglets-artifacts --help
 FROM python:3.11-slim
@@ -11,7 +11,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY workers ./workers
-RUN pip install . \
+RUN pip install ".[paglets]" \
     && useradd --system --uid 10001 --home-dir /data paglets \
     && mkdir -p /data/store /data/files \
     && chown -R paglets /data
