@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import typer
@@ -41,6 +41,7 @@ from . import console as views
 from .errors import JobTimeout, TransferError
 from .jobs import ArtifactJobs, Job
 from .records import FAILED, STATES
+from .redaction import redact_text, redact_url
 from .settings import Settings, SettingsError
 
 #: How many recent jobs a job id prefix is looked for in.
@@ -62,25 +63,13 @@ EXIT_CODES_HELP = (
 )
 
 
-def mask_url(url: str) -> str:
-    """A URL with its password replaced by ``***`` (for error messages)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
 def describe_failure(exc: BaseException, *, redis_url: str | None = None) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ends a command."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, SettingsError):
         return EXIT_CONFIG, f"configuration error: {text}"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        where = f" at {mask_url(redis_url)}" if redis_url else ""
+        where = f" at {redact_url(redis_url)}" if redis_url else ""
         return EXIT_UNAVAILABLE, f"cannot reach Redis{where}: {type(exc).__name__}: {text}"
     if isinstance(exc, JobTimeout):
         return EXIT_TIMEOUT, f"timeout: {text}"
@@ -108,7 +97,7 @@ class ReportingGroup(TyperGroup):
             elif code == EXIT_FAILED and not isinstance(exc, (TransferError, LookupError)):
                 line += " (run with --debug for the traceback)"
             if ctx.meta.get("json"):
-                typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}))
+                typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": redact_text(str(exc)), "exit_code": code}}))
             typer.echo(line, err=True)
             raise typer.Exit(code) from None
 
@@ -601,18 +590,12 @@ def demo(
 # --------------------------------------------------------------------------- configuration
 
 
-def _shown(var: str, value: str) -> str:
-    if var.endswith("API_KEY") or var.endswith("API_KEYS"):
-        return "***" if value else ""
-    return mask_url(value) if var == "REDIS_URL" else value
-
-
 @app.command("config")
 def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show every configuration variable with its value here (secrets masked)."""
     settings = _begin(ctx, as_json)
-    values = settings.to_env()
-    rows = [(var, _shown(var, values[var]), var in os.environ, doc) for var, _default, doc in Settings.documented()]
+    values = settings.redacted().to_env()
+    rows = [(var, values[var], var in os.environ, doc) for var, _default, doc in Settings.documented()]
     if as_json:
         _emit_json({var: value for var, value, _set, _doc in rows})
         return
@@ -640,9 +623,9 @@ def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     probe.write_bytes(b"")
     probe.unlink()
     if as_json:
-        _emit_json({"ok": True, "redis_url": mask_url(settings.redis_url), "store_root": str(store.root)})
+        _emit_json({"ok": True, "redis_url": redact_url(settings.redis_url), "store_root": str(store.root)})
         return
-    _stdout().print(f"ok: Redis at {mask_url(settings.redis_url)} answers; store {store.root} is writable")
+    _stdout().print(f"ok: Redis at {redact_url(settings.redis_url)} answers; store {store.root} is writable")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .redaction import MASK, redact_url
 from .refs import (
     DEFAULT_ARTIFACT_MAX_BYTES,
     DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS,
@@ -83,19 +84,27 @@ class Settings:
     log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
 
     def __repr__(self) -> str:
-        """Every setting, with the Redis password and the API keys shown as ``***`` (logs)."""
-        shown = []
+        """Every setting, secrets masked as ``config`` shows them (logs)."""
+        shown = self.redacted()
+        return f"Settings({', '.join(f'{spec.name}={getattr(shown, spec.name)!r}' for spec in fields(self))})"
+
+    def redacted(self) -> Settings:
+        """These settings as they may be shown: API keys as ``***``, every URL redacted
+        by the one rule of :mod:`paglets_artifacts.redaction` (userinfo, secret query
+        parameters). Never used to connect anywhere."""
+        changes: dict[str, Any] = {}
         for spec in fields(self):
             value = getattr(self, spec.name)
             kind = spec.metadata["parse"]
             if kind == "secret" and value:
-                value = "***"
+                changes[spec.name] = MASK
             elif kind == "keys":
-                value = tuple((url, "***") for url, _ in value)
-            elif spec.name == "redis_url":
-                value = redacted_url(value)
-            shown.append(f"{spec.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+                changes[spec.name] = tuple((redact_url(url), MASK) for url, _ in value)
+            elif kind == "url":
+                changes[spec.name] = redact_url(value)
+            elif kind == "urls":
+                changes[spec.name] = tuple(redact_url(url) for url in value)
+        return replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -158,15 +167,6 @@ class Settings:
         return rows
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
-
-
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -195,7 +195,7 @@ def _parse(var: str, kind: str, raw: str) -> Any:
             hosts = tuple(item.strip().rstrip("/") for item in text.split(",") if item.strip())
             for host in hosts:
                 if urlsplit(host).scheme not in ("http", "https"):
-                    raise ValueError(f"{host!r} is not an http(s) URL")
+                    raise ValueError(f"{redact_url(host)!r} is not an http(s) URL")
             return hosts
         if kind == "keys":
             pairs = []
@@ -242,9 +242,11 @@ def _parse(var: str, kind: str, raw: str) -> Any:
             return text
     except ValueError as exc:
         if kind in ("secret", "keys"):
-            shown = "***"
+            shown = MASK
         elif kind == "url" and "@" in raw:  # whatever precedes the '@' may be a password
-            shown = repr("***@" + raw.rpartition("@")[2])
+            shown = repr(f"{MASK}@" + redact_url(raw.rpartition("@")[2]))
+        elif kind in ("url", "urls"):
+            shown = repr(redact_url(raw))
         else:
             shown = repr(raw)
         raise SettingsError(f"{var}={shown} is invalid: {exc}") from None
