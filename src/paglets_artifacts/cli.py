@@ -184,7 +184,7 @@ def _submit(
                 _emit_json({"id": job.id, "kind": record.kind, "state": record.state})
             else:
                 typer.echo(job.id)
-                _stderr().print(f"[dim]follow it with: paglets-artifacts jobs {job.id} --wait[/dim]")
+                _stderr().print(views.Text(f"follow it with: paglets-artifacts jobs {job.id} --wait", style="dim"))
             return
         _follow_to_end(job, timeout=timeout, as_json=as_json)
 
@@ -418,7 +418,7 @@ def list_(
         out.print(views.artifacts_table(refs))
     total = sum(ref.size_bytes for ref in refs)
     quota = "no quota" if settings.quota_bytes is None else f"quota {views.human_bytes(settings.quota_bytes)}"
-    out.print(f"{len(refs)} artifact(s), {views.human_bytes(total)} ({quota}) in {store.root}")
+    out.print(views.plain(f"{len(refs)} artifact(s), {views.human_bytes(total)} ({quota}) in {store.root}"))
 
 
 @app.command("info")
@@ -452,7 +452,7 @@ def rm(
     if as_json:
         _emit_json({"artifact_id": artifact_id, "removed": True, "bytes_freed": freed})
         return
-    _stdout().print(f"removed {artifact_id} ({views.human_bytes(freed)} freed)")
+    _stdout().print(views.plain(f"removed {artifact_id} ({views.human_bytes(freed)} freed)"))
 
 
 # --------------------------------------------------------------------------- processes
@@ -605,7 +605,7 @@ def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     for column in ("variable", "value", "from", "meaning"):
         table.add_column(column, overflow="fold")
     for var, value, is_set, doc in rows:
-        table.add_row(var, value, "environment" if is_set else "default", doc)
+        table.add_row(var, views.plain(value), "environment" if is_set else "default", doc)
     _stdout().print(table)
 
 
@@ -625,7 +625,7 @@ def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         _emit_json({"ok": True, "redis_url": redact_url(settings.redis_url), "store_root": str(store.root)})
         return
-    _stdout().print(f"ok: Redis at {redact_url(settings.redis_url)} answers; store {store.root} is writable")
+    _stdout().print(views.plain(f"ok: Redis at {redact_url(settings.redis_url)} answers; store {store.root} is writable"))
 
 
 def main() -> None:
