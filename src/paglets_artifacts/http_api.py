@@ -73,6 +73,9 @@ logger = logging.getLogger("paglets_artifacts.http")
 MAX_JOB_BODY_BYTES = 64 * 1024
 #: Most job records ``GET /jobs`` returns.
 MAX_JOB_LIST = 1000
+#: Deepest nesting of arrays and objects a job body may have. Job arguments are one flat
+#: object; the bound is checked before parsing, since Python's parser recurses per level.
+MAX_JSON_DEPTH = 32
 #: Uploads received at once; more wait their turn. Uploads hold a thread each for as long
 #: as the client sends, so they get their own pool and never starve the other endpoints.
 MAX_CONCURRENT_UPLOADS = 64
@@ -206,6 +209,8 @@ class RequestBodyReader:
 
 def _query_float(request: Request, name: str) -> float:
     text = request.query_params.get(name, "")
+    if not text.isascii():  # float() reads other scripts' digits: a query takes ASCII only
+        raise InvalidInput(f"invalid {name} {text[:40]!r}: expected a Unix time in seconds (ASCII digits)")
     return validate_expires_at(text or 0.0)
 
 
@@ -213,7 +218,18 @@ def _query_size(request: Request) -> int | None:
     text = request.query_params.get("size", "")
     if text == "":
         return None
-    return parse_content_length(text)
+    try:
+        return parse_content_length(text)
+    except InvalidInput:
+        raise InvalidInput(f"invalid size {text[:40]!r}: expected a whole number of bytes") from None
+
+
+def _query_limit(request: Request) -> int:
+    text = request.query_params.get("limit", "50")
+    # isdigit() alone admits '²' and '①', which int() refuses: ASCII digits, a few of them
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_JOB_LIST:
+        raise InvalidInput(f"invalid limit {text[:40]!r}: expected a whole number from 1 to {MAX_JOB_LIST}")
+    return int(text)
 
 
 # ---------------------------------------------------------------------- the application
@@ -302,6 +318,9 @@ class ArtifactAPI:
         if kind is None:
             raise UnknownJobKind(f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}")
         arguments = await _json_object(request)
+        # Checked before the call: a key such as "kind" or "self" would collide with
+        # enqueue()'s own parameters.
+        kind.validate(arguments)
         job = await self._sync(self.jobs.enqueue, kind, **arguments)
         status_url = str(request.url_for("job", job_id=job.id))
         return JSONResponse(
@@ -319,11 +338,8 @@ class ArtifactAPI:
 
     async def recent_jobs(self, request: Request) -> Response:
         params = request.query_params
-        text = params.get("limit", "50")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_JOB_LIST:
-            raise InvalidInput(f"invalid limit {text!r}: expected a whole number from 1 to {MAX_JOB_LIST}")
         records = await self._sync(
-            self.jobs.jobs, limit=int(text), kind=params.get("kind") or None, state=params.get("state") or None
+            self.jobs.jobs, limit=_query_limit(request), kind=params.get("kind") or None, state=params.get("state") or None
         )
         return JSONResponse({"jobs": [record.to_wire() for record in records]})
 
@@ -353,7 +369,7 @@ async def _blob_chunks(reader: Any, size: int, sent: Callable[[int], None] | Non
 
 async def _json_object(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
         raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
     raw = bytearray()
     async for chunk in request.stream():
@@ -362,6 +378,8 @@ async def _json_object(request: Request) -> dict[str, Any]:
             raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
     if not raw.strip():
         return {}
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise InvalidInput(f"job arguments are nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         payload = json.loads(raw)
     except ValueError as exc:
@@ -369,6 +387,29 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidInput(f"job arguments must be a JSON object, got {type(payload).__name__}")
     return payload
+
+
+def json_depth(raw: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings
+    not counted (a linear scan: no parser, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 # ---------------------------------------------------------------------- error answers
