@@ -8,6 +8,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,6 +250,52 @@ def test_stalled_uploads_do_not_starve_the_other_endpoints(server, store):
         for sock in sockets:
             sock.close()
     wait_until(lambda: not list(store.tmp_dir.iterdir()), timeout=20)
+
+
+def test_sweeps_dated_far_in_the_future_never_take_a_live_upload(settings, server, store, jobs, workers):
+    """Through the HTTP job endpoint, ``ArtifactJobs.sweep`` and the CLI, while an upload's
+    body is half sent: the upload then commits whole."""
+    from typer.testing import CliRunner
+
+    from paglets_artifacts import cli
+
+    workers.start()
+    halfway = threading.Event()
+    resume = threading.Event()
+    data = os.urandom(256 * 1024)
+
+    def body():
+        yield data[:1024]
+        halfway.set()
+        resume.wait(60)
+        yield data[1024:]
+
+    answers: list[httpx.Response] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            answers.append(http.post("/artifacts", params={"size": str(len(data))}, content=body()))
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert halfway.wait(30)
+        wait_until(lambda: list(store.tmp_dir.glob("*.part")), timeout=30)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            enqueued = http.post("/jobs/sweep", json={"now": 1e308})
+            assert enqueued.status_code == 202, enqueued.text
+        assert jobs.job(enqueued.json()["job_id"]).wait(timeout=30)["parts_removed"] == 0
+        assert jobs.sweep(now=1e308).wait(timeout=30)["parts_removed"] == 0
+        swept = CliRunner().invoke(cli.app, ["sweep", "--now", "1e308", "--wait", "--json"], env=settings.to_env())
+        assert swept.exit_code == 0, swept.stderr
+        assert json.loads(swept.stdout)["result"]["parts_removed"] == 0
+        assert list(store.tmp_dir.glob("*.part"))
+    finally:
+        resume.set()
+        uploader.join(60)
+    [answer] = answers
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["artifact"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------- authentication

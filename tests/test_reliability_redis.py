@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_until
+from conftest import age_temporary_files, wait_until
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -204,7 +204,8 @@ def test_a_redis_that_comes_back_empty_loses_no_file_and_reports_what_it_forgot(
         if artifact_id != after.artifact_id:
             job_id = str(uuid.UUID(artifact_id))
             assert load.shas[job_id] == sha  # one artifact per job, the right bytes
-    report = jobs.sweep(now=time.time() + own_settings.spool_ttl_seconds + 1).wait(30)
+    age_temporary_files(store, own_settings.spool_ttl_seconds + 1)
+    report = jobs.sweep().wait(30)
     assert report["orphans_removed"] == 0
     assert list(store.tmp_dir.iterdir()) == []
     _assert_store_whole(store)
