@@ -64,7 +64,7 @@ class Settings:
     quota_bytes: int | None = field(default=DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES, metadata=_meta("QUOTA_BYTES", "bytes the store may hold ('none': no quota)", "optional_size"))
     spool_ttl_seconds: float = field(default=float(DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS), metadata=_meta("SPOOL_TTL_SECONDS", "age at which a .part file is stale", "seconds"))
     fsync: bool = field(default=True, metadata=_meta("FSYNC", "flush blobs and metadata before a ref is returned", "bool"))
-    allowed_roots: tuple[Path, ...] = field(default=(), metadata=_meta("ALLOWED_ROOTS", "directories (':'-separated) import sources and export targets must lie under; empty refuses every path", "paths"))
+    allowed_roots: tuple[Path, ...] = field(default=(), metadata=_meta("ALLOWED_ROOTS", "directories (':'-separated) import sources and export targets must lie under; empty refuses every path; none may contain the store or lie inside it", "paths"))
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=_meta("ALLOWED_HOSTS", "remote host URLs (','-separated) pull and push jobs may contact", "urls"))
     host_api_keys: tuple[tuple[str, str], ...] = field(default=(), metadata=_meta("HOST_API_KEYS", "per-remote-host API keys: 'URL=KEY,URL=KEY'", "keys"))
     api_key: str = field(default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret"))
@@ -82,6 +82,25 @@ class Settings:
     reindex_schedule: str = field(default="3600", metadata=_meta("REINDEX_SCHEDULE", "reconciliation schedule: seconds, or a cron expression", "schedule"))
     metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or of the HTTP host (0: off)", "count"))
     log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
+
+    def __post_init__(self) -> None:
+        # An allowed root around the store would let an export job overwrite any owner's
+        # blob, and an import with delete_source take another artifact's metadata away.
+        store = Path(self.store_root).expanduser().resolve(strict=False)
+        for root in self.allowed_roots:
+            resolved = Path(root).expanduser().resolve(strict=False)
+            if resolved == store or store.is_relative_to(resolved):
+                relation = "is" if resolved == store else "contains"
+            elif resolved.is_relative_to(store):
+                relation = "lies inside"
+            else:
+                continue
+            shown = os.pathsep.join(str(item) for item in self.allowed_roots)
+            raise SettingsError(
+                f"{PREFIX}ALLOWED_ROOTS={shown!r} is invalid: its entry {root} {relation} the store "
+                f"{PREFIX}STORE_ROOT={str(store)!r}; jobs could then overwrite or delete the store's own "
+                f"files: keep the store outside every allowed root"
+            )
 
     def __repr__(self) -> str:
         """Every setting, secrets masked as ``config`` shows them (logs)."""
