@@ -487,3 +487,54 @@ def test_an_export_to_a_hostile_target_succeeds_and_says_so(settings, workers, f
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "succeeded" in result.stdout and str(target) in result.stdout
     assert target.read_bytes() == (files / "g.bin").read_bytes()
+
+
+# ------------------------------------------------------------------------ serving without a key
+
+
+@pytest.fixture
+def uvicorn_runs(monkeypatch):
+    """Record what ``serve`` would run instead of serving (the checks before it are real)."""
+    import paglets_artifacts.http_api as http_api
+
+    calls: list[dict] = []
+    monkeypatch.setattr(http_api.uvicorn, "run", lambda app, **options: calls.append(options))
+    return calls
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "host.example"])
+def test_serve_refuses_a_non_loopback_address_without_an_api_key(settings, uvicorn_runs, host):
+    result = invoke(settings, "serve", "--host", host)
+    assert result.exit_code == cli.EXIT_CONFIG
+    line = one_line_error(result)
+    assert host in line and "PAGLETS_ARTIFACTS_API_KEY" in line and "--insecure" in line
+    assert uvicorn_runs == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_serve_on_loopback_needs_no_api_key(settings, uvicorn_runs, host):
+    assert invoke(settings, "serve", "--host", host).exit_code == 0
+    assert [call["host"] for call in uvicorn_runs] == [host]
+
+
+def test_serve_on_any_address_with_an_api_key(settings, uvicorn_runs):
+    assert invoke(settings, "serve", "--host", "0.0.0.0", PAGLETS_ARTIFACTS_API_KEY="k3y").exit_code == 0
+    assert [call["host"] for call in uvicorn_runs] == ["0.0.0.0"]
+
+
+def test_serve_without_a_key_when_told_so_warns_at_every_start(settings, uvicorn_runs, caplog):
+    caplog.set_level("WARNING", logger="paglets_artifacts.http")
+    assert invoke(settings, "serve", "--host", "0.0.0.0", "--insecure").exit_code == 0
+    assert invoke(settings, "serve", "--host", "0.0.0.0", PAGLETS_ARTIFACTS_ALLOW_INSECURE="1").exit_code == 0
+    assert len(uvicorn_runs) == 2
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("without an API key" in text and "0.0.0.0" in text for text in warnings)
+
+
+def test_the_python_serve_refuses_too(settings, uvicorn_runs):
+    from paglets_artifacts.http_api import serve
+    from paglets_artifacts.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="PAGLETS_ARTIFACTS_ALLOW_INSECURE"):
+        serve(settings, "0.0.0.0", 8470)
+    assert uvicorn_runs == []

@@ -556,9 +556,17 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="Port (default: PAGLETS_ARTIFACTS_HOST_URL's).")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Serve on a non-loopback address without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE=1).",
+    )] = False,
 ) -> None:
-    """Serve the HTTP API (paglets' /artifacts routes and job endpoints)."""
+    """Serve the HTTP API (paglets' /artifacts routes and job endpoints).
+
+    Beyond loopback it needs PAGLETS_ARTIFACTS_API_KEY, or --insecure (logged as a warning).
+    """
     settings = _begin(ctx)
+    if insecure:
+        settings = settings.with_changes(allow_insecure=True)
     try:
         from .http_api import serve as serve_http
     except ModuleNotFoundError as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -64,7 +65,7 @@ from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
 from .refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from .remote import SHA256_HEADER
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store import ArtifactStore, parse_content_length
 
 logger = logging.getLogger("paglets_artifacts.http")
@@ -499,9 +500,37 @@ def create_app(
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only (``localhost``, 127/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
+def check_exposure(settings: Settings, host: str) -> None:
+    """Refuse to listen beyond loopback without an API key, unless told so explicitly
+    (``settings.allow_insecure``), which is then logged as a warning at every start: the
+    job endpoints import and export files under the allowed roots."""
+    if settings.api_key or is_loopback(host):
+        return
+    if not settings.allow_insecure:
+        raise SettingsError(
+            f"refusing to serve on {host} without an API key: anyone who reaches it could enqueue jobs; "
+            f"set PAGLETS_ARTIFACTS_API_KEY, or listen on 127.0.0.1, or pass --insecure "
+            f"(PAGLETS_ARTIFACTS_ALLOW_INSECURE=1) to serve without one"
+        )
+    logger.warning("serving on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who reaches "
+                   "this address can enqueue jobs", host)
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_level: str = "info") -> None:
     """Serve the API with uvicorn until interrupted (``paglets-artifacts serve``); with
-    ``settings.metrics_port`` set, Prometheus metrics on that port too."""
+    ``settings.metrics_port`` set, Prometheus metrics on that port too. A non-loopback
+    ``host`` needs an API key or ``settings.allow_insecure`` (:func:`check_exposure`)."""
+    check_exposure(settings, host)
     metrics = None
     if settings.metrics_port > 0:
         metrics = HostMetrics()
