@@ -39,7 +39,7 @@ from typer.core import TyperGroup
 
 from . import console as views
 from .errors import JobTimeout, TransferError
-from .jobs import ArtifactJobs, Job
+from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, STATES
 from .redaction import redact_text, redact_url
 from .settings import Settings, SettingsError
@@ -396,8 +396,7 @@ def _find_job(client: ArtifactJobs, job_id: str) -> Job:
 def _open_store(settings: Settings) -> Any:
     from .store import ArtifactStore
 
-    client = redis.Redis.from_url(settings.redis_url)
-    return ArtifactStore.from_settings(settings, redis=client)
+    return ArtifactStore.from_settings(settings, redis=connect(settings))
 
 
 @app.command("list")
@@ -621,7 +620,7 @@ def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Check the configuration, that Redis answers and that the store is writable (a health check)."""
     settings = _begin(ctx, as_json)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(settings)
     try:
         client.ping()
     finally:

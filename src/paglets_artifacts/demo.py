@@ -39,7 +39,7 @@ from rich.table import Table
 
 from . import console as views
 from .cli import scheduler_available
-from .jobs import ArtifactJobs, Job
+from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, JobRecord
 from .redaction import redact_url
 from .redis_server import EmbeddedRedis, _die_with_parent, free_port
@@ -370,7 +370,7 @@ class Demo:
 def _drop_namespace(settings: Settings) -> None:
     """Remove the demo's keys from a Redis the demo did not start."""
     with contextlib.suppress(redis.RedisError):
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect(settings)
         try:
             delete_namespace(client, settings.namespace)
         finally:

@@ -436,8 +436,9 @@ async def _on_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _on_redis_error(request: Request, exc: Exception) -> Response:
-    logger.warning("Redis is unavailable: %s", exc)
-    body = error_body("RemoteHostError", f"the job queue is unavailable: {exc}", type(exc).__name__)
+    # Jobs, the quota and the owner sets all live in Redis: the answer says which service failed.
+    logger.warning("Redis is unavailable: %s: %s", type(exc).__name__, exc)
+    body = error_body("RemoteHostError", f"Redis is unavailable: {type(exc).__name__}: {exc}", type(exc).__name__)
     return JSONResponse(body, status_code=503)
 
 

@@ -57,6 +57,7 @@ class Settings:
     """Configuration of a host, a worker, the scheduler or the HTTP server."""
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, metadata=_meta("REDIS_URL", "Redis URL (redis://, rediss:// for TLS, unix://)", "url"))
+    redis_timeout_seconds: float = field(default=5.0, metadata=_meta("REDIS_TIMEOUT_SECONDS", "how long a host, the CLI or the HTTP host waits for Redis to connect or to answer a command", "seconds"))
     namespace: str = field(default=DEFAULT_NAMESPACE, metadata=_meta("NAMESPACE", "prefix of every Redis key (jobs, index, Dramatiq queues)", "name"))
     store_root: Path = field(default=Path("artifact-store"), metadata=_meta("STORE_ROOT", "the store directory (blobs/, metadata/, tmp/)", "path"))
     host_url: str = field(default="http://127.0.0.1:8470", metadata=_meta("HOST_URL", "the URL refs of this store carry", "url"))
