@@ -90,3 +90,81 @@ def test_a_malformed_redis_url_with_a_password_query_is_reported_without_it():
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({"REDIS_URL": "127.0.0.1:1?password=hunter2"})
     assert "hunter2" not in str(raised.value) and "REDIS_URL" in str(raised.value)
+
+
+# ------------------------------------------------------------------------ secrets in pulled URLs
+
+TOKEN, SIGNATURE = "tok-7c1e9a55", "sig-40d2b8f3"
+
+
+def _signed(url: str) -> str:
+    return f"{url}?token={TOKEN}&X-Amz-Signature={SIGNATURE}&name=kept"
+
+
+def _redis_values(client, namespace: str, *, holding: str | None = None) -> str | set[str]:
+    """Every value under ``namespace`` as text; with ``holding``, the keys whose values hold it."""
+    stored = []
+    keys = set()
+    for key in client.scan_iter(match=f"{namespace}*"):
+        before = len(stored)
+        kind = client.type(key)
+        if kind == b"hash":
+            stored += [v for pair in client.hgetall(key).items() for v in pair]
+        elif kind == b"string":
+            stored.append(client.get(key))
+        elif kind == b"list":
+            stored += client.lrange(key, 0, -1)
+        elif kind == b"zset":
+            stored += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        if holding is not None and holding in b"\n".join(stored[before:]).decode(errors="replace"):
+            keys.add(key.decode())
+    return keys if holding is not None else b"\n".join(stored).decode(errors="replace")
+
+
+def test_a_job_record_keeps_the_redacted_url_and_the_message_the_whole_one(settings, jobs):
+    job = jobs.import_url(_signed("http://peer.test:8470/artifacts/" + "ab" * 16))
+    assert job.status().arguments["url"] == "http://peer.test:8470/artifacts/" + "ab" * 16 + (
+        "?token=***&X-Amz-Signature=***&name=kept")
+    record = jobs.client.hgetall(jobs.records.key(job.id))
+    assert TOKEN not in b"".join(record.values()).decode()
+    messages = jobs.client.hgetall(f"{settings.namespace}:artifact-transfers.msgs")
+    [payload] = messages.values()
+    assert TOKEN in payload.decode() and SIGNATURE in payload.decode()  # what the worker needs, and only there
+
+
+def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settings, tmp_path, workers):
+    import urllib.request
+
+    from paglets_artifacts import ArtifactJobs, ArtifactRef, TransferError
+    from paglets_artifacts.http_api import ServerThread, create_app
+
+    peer_settings = settings.with_changes(store_root=tmp_path / "peer-store", namespace=settings.namespace + "-peer")
+    peer_jobs = ArtifactJobs(settings=peer_settings)
+    with ServerThread(create_app(peer_settings, jobs=peer_jobs)) as peer:
+        import httpx
+
+        uploaded = httpx.post(f"{peer.url}/artifacts", content=b"signed bytes").json()["artifact"]
+        metrics_port = free_port()
+        puller = settings.with_changes(allowed_hosts=(peer.url,), metrics_port=metrics_port)
+        workers.start(settings=puller)
+        with ArtifactJobs(settings=puller) as jobs:
+            pulled = jobs.import_url(_signed(f"{peer.url}/artifacts/{uploaded['artifact_id']}"))
+            ref = ArtifactRef.from_wire(pulled.wait(60))
+            assert ref.sha256 == uploaded["sha256"]
+            refused = jobs.import_url(_signed(f"{peer.url}/missing/data.bin"))  # a GET of the URL itself: 404
+            with pytest.raises(TransferError) as raised:
+                refused.wait(60)
+            assert TOKEN not in str(raised.value) and "token=***" in str(raised.value)
+            assert "token=***" in refused.status().error["message"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+                metrics = answer.read().decode()
+            holders = {secret: _redis_values(jobs.client, settings.namespace, holding=secret) for secret in (TOKEN, SIGNATURE)}
+        logs = workers.logs()
+        assert "HTTP Request: GET" in logs and "token=***" in logs  # httpx's line is there, redacted
+        for secret in (TOKEN, SIGNATURE):
+            # Records, index and live queues hold no secret; the failed job's message is kept,
+            # whole, in Dramatiq's dead-letter queue (see README).
+            assert holders[secret] == {f"{settings.namespace}:artifact-transfers.XQ.msgs"}, holders
+            assert secret not in logs, "in the worker's log"
+            assert secret not in metrics, "in the metrics"
+    peer_jobs.close()

@@ -244,7 +244,8 @@ class ArtifactJobs:
             message_id=str(uuid.uuid4()),
             message_timestamp=int(now * 1000),
         )
-        self.records.create(JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=sent))
+        record = JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=kind.shown(sent))
+        self.records.create(record)
         self.broker.enqueue(message)
         return Job(self, message.message_id)
 
