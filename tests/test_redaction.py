@@ -168,3 +168,35 @@ def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settin
             assert secret not in logs, "in the worker's log"
             assert secret not in metrics, "in the metrics"
     peer_jobs.close()
+
+
+def test_every_parameter_name_the_readme_lists_as_secret_is_masked():
+    import re
+
+    from conftest import ROOT
+
+    from paglets_artifacts.redaction import secret_parameter
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rule = readme.split("goes through one rule", 1)[1].split("`paglets-artifacts --debug COMMAND`", 1)[0]
+    names = re.findall(r"`([A-Za-z_-]+)`", rule.split("case-insensitively:", 1)[1])
+    assert len(names) >= 12
+    for name in names:
+        if name in ("X-Amz-", "X-Goog-"):
+            name += "Signature"
+        assert secret_parameter(name) and secret_parameter(name.upper()), name
+        assert redact_url(f"http://h/p?{name}=hunter2") == f"http://h/p?{name}=***"
+    assert not secret_parameter("name") and not secret_parameter("db")
+
+
+def test_the_readme_lists_every_secret_parameter_name_of_the_rule():
+    from conftest import ROOT
+
+    from paglets_artifacts.redaction import SECRET_PARAMETERS, SECRET_PREFIXES, SECRET_WORDS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rule = " ".join(readme.split("goes through one rule", 1)[1].split("`paglets-artifacts --debug COMMAND`", 1)[0].split())
+    for name in (*SECRET_PARAMETERS, *SECRET_WORDS):
+        assert f"`{name}`" in rule, name
+    for prefix in SECRET_PREFIXES:
+        assert f"`{prefix}`".lower() in rule.lower(), prefix
