@@ -93,7 +93,12 @@ class RedactingFilter(logging.Filter):
     httpx logs every request's URL at INFO, pre-signed query strings included."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a garbage message whose str() fails (kwargs not a mapping)
+            # A filter that raises kills the logging thread: say what happened instead.
+            message = f"{record.msg} [its arguments could not be formatted: {type(exc).__name__}]"
+            record.msg, record.args = message, None
         redacted = redact_text(message)
         if redacted != message:
             record.msg, record.args = redacted, None
