@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import wait_until
 from typer.testing import CliRunner
 
 from paglets_artifacts import Settings, cli
@@ -132,9 +133,19 @@ def test_a_job_record_keeps_the_redacted_url_and_the_message_the_whole_one(setti
     assert TOKEN in payload.decode() and SIGNATURE in payload.decode()  # what the worker needs, and only there
 
 
-def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settings, tmp_path, workers):
+def _scrape(port: int) -> str | None:
+    import urllib.error
     import urllib.request
 
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    return text if "paglets_artifacts_jobs_total" in text else None
+
+
+def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settings, tmp_path, workers):
     from paglets_artifacts import ArtifactJobs, ArtifactRef, TransferError
     from paglets_artifacts.http_api import ServerThread, create_app
 
@@ -156,8 +167,7 @@ def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settin
                 refused.wait(60)
             assert TOKEN not in str(raised.value) and "token=***" in str(raised.value)
             assert "token=***" in refused.status().error["message"]
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
-                metrics = answer.read().decode()
+            metrics = wait_until(lambda: _scrape(metrics_port))  # the exposition process starts on its own
             holders = {secret: _redis_values(jobs.client, settings.namespace, holding=secret) for secret in (TOKEN, SIGNATURE)}
         logs = workers.logs()
         assert "HTTP Request: GET" in logs and "token=***" in logs  # httpx's line is there, redacted
