@@ -923,3 +923,19 @@ def test_store_files_carry_no_more_permission_than_the_umask_allows(tmp_path):
     # A moved-in source keeps its inode, and with it its mode: that is why the store drops write bits.
     moved_mode = stat.S_IMODE((store.blobs_dir / f"{moved.artifact_id}.bin").stat().st_mode)
     assert moved_mode & 0o022 == 0, oct(moved_mode)
+
+
+def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
+    """h11 refuses such a header itself; behind another server the application must not crash."""
+    import anyio
+    from starlette.requests import Request
+
+    from paglets_artifacts.http_api import _json_object
+
+    scope = {"type": "http", "method": "POST", "path": "/jobs/sweep", "query_string": b"",
+             "headers": [(b"content-length", "²".encode("latin-1"))]}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    assert anyio.run(_json_object, Request(scope, receive)) == {}

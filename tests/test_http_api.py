@@ -440,3 +440,25 @@ def test_settings_api_key_comes_from_the_environment(tmp_path: Path):
         with ServerThread(app) as running:
             assert httpx.get(f"{running.url}/artifacts").status_code == 401
             assert httpx.get(f"{running.url}/artifacts", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_the_access_log_masks_secret_query_parameters(settings, store, jobs):
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    collector = Collect()
+    access = logging.getLogger("uvicorn.access")
+    with ServerThread(create_app(settings, store=store, jobs=jobs), log_level="info") as running:
+        access.addHandler(collector)
+        try:
+            with httpx.Client(base_url=running.url, timeout=30) as http:
+                assert http.get("/artifacts", params={"owner_agent_id": "o", "token": "t0k3n-9f"}).status_code == 200
+        finally:
+            access.removeHandler(collector)
+    assert any("/artifacts?owner_agent_id=o&token=***" in line for line in lines), lines
+    assert not any("t0k3n-9f" in line for line in lines)

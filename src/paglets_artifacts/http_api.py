@@ -64,6 +64,7 @@ from .errors import (
 from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
 from .refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
+from .redaction import redact_url
 from .remote import SHA256_HEADER
 from .settings import Settings, SettingsError
 from .store import ArtifactStore, parse_content_length
@@ -501,6 +502,25 @@ def create_app(
     return app
 
 
+class RedactedAccessLog(logging.Filter):
+    """uvicorn's access lines quote each request's path with its query string: secret
+    parameters (``token``, ``X-Amz-Signature``, ...) are masked by the one rule."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_url(args[2]), *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Put :class:`RedactedAccessLog` on uvicorn's access logger (once; a logger's filters
+    outlive uvicorn's logging configuration, which replaces only its handlers)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(item, RedactedAccessLog) for item in access.filters):
+        access.addFilter(RedactedAccessLog())
+
+
 def is_loopback(host: str) -> bool:
     """Whether listening on ``host`` reaches this machine only (``localhost``, 127/8, ::1)."""
     if host.strip().lower() == "localhost":
@@ -532,6 +552,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_
     ``settings.metrics_port`` set, Prometheus metrics on that port too. A non-loopback
     ``host`` needs an API key or ``settings.allow_insecure`` (:func:`check_exposure`)."""
     check_exposure(settings, host)
+    redact_access_log()
     metrics = None
     if settings.metrics_port > 0:
         metrics = HostMetrics()
@@ -552,6 +573,7 @@ class ServerThread:
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+        redact_access_log()
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 
