@@ -101,10 +101,11 @@ def main() -> None:
     args = parser.parse_args()
 
     with redis_url_or_embedded() as url, tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) / "files"  # the allowed root: beside the store, never around it
+        work.mkdir()
         namespace = f"bench-{uuid.uuid4().hex[:8]}"
         settings = Settings(
-            redis_url=url, namespace=namespace, store_root=work / "store", allowed_roots=(work,),
+            redis_url=url, namespace=namespace, store_root=Path(tmp) / "store", allowed_roots=(work,),
             fsync=False, quota_bytes=None,
         )
         small, large = work / "small.bin", work / "large.bin"

@@ -260,8 +260,8 @@ JOB_TIMEOUT = 900.0
 class WorkerRig:
     """Redis and one real ``paglets-artifacts worker -p 1 -t 1`` process, for the worker-job rows.
 
-    The worker serves a store of its own (``worker-store`` beside the bench's store, so the
-    same filesystem), with the bench directory as its allowed root, fsync off like the
+    The worker serves a store of its own (``<bench directory>-worker-store`` beside the bench
+    directory, so the same filesystem), with the bench directory as its allowed root, fsync off like the
     in-process rows, no quota and a cap above the source's size.
 
     Parameters:
@@ -271,6 +271,7 @@ class WorkerRig:
 
     def __init__(self, work: Path, size: int):
         self.work = work
+        self.worker_store = work.with_name(f"{work.name}-worker-store")
         self.size = size
         self.server: EmbeddedRedis | None = None
         self.process: subprocess.Popen | None = None
@@ -292,7 +293,8 @@ class WorkerRig:
         self.settings = Settings(
             redis_url=url,
             namespace=self.namespace,
-            store_root=self.work / "worker-store",
+            # beside the bench directory, not in it: an allowed root must not contain a store
+            store_root=self.worker_store,
             host_url=HOST,
             fsync=False,
             quota_bytes=None,
@@ -381,6 +383,7 @@ class WorkerRig:
         if self.server is not None:
             self.server.close()
             self.server = None
+        shutil.rmtree(self.worker_store, ignore_errors=True)
 
 
 def worker_rig(bench: Bench) -> WorkerRig:

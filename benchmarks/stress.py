@@ -392,8 +392,11 @@ class CrashRun:
                 workers.append(start_worker(self.settings, self.log_dir / "worker.log"))
             self._wait_for_jobs(outcome)
             outcome.parts_swept = len(list(self.store.tmp_dir.glob("*.part")))
-            later = time.time() + self.settings.spool_ttl_seconds + 1  # every .part is stale by then
-            self.jobs.sweep(now=later).wait(self.timeout)
+            # Every .part made stale: a sweep judges them by the real clock, not by its ``now``.
+            stale = time.time() - self.settings.spool_ttl_seconds - 1
+            for part in self.store.tmp_dir.iterdir():
+                os.utime(part, (stale, stale), follow_symlinks=False)
+            self.jobs.sweep().wait(self.timeout)
             self._check(outcome)
         except Exception as exc:  # a harness failure is a finding too: report it, never hide it
             outcome.problems.append(f"run aborted: {type(exc).__name__}: {exc}")

@@ -158,3 +158,11 @@ def wait_until(predicate: Callable[[], object], *, timeout: float = 30.0, interv
             return value
         time.sleep(interval)
     pytest.fail(f"condition not met within {timeout} s")
+
+
+def age_temporary_files(store: object, seconds: float) -> None:
+    """Date every file in a store's ``tmp/`` back by ``seconds``: a sweep judges them by the
+    real clock (its ``now`` dates artifact expiry only), so this is how a test makes them stale."""
+    then = time.time() - seconds
+    for path in store.tmp_dir.iterdir():  # type: ignore[attr-defined]
+        os.utime(path, (then, then), follow_symlinks=False)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, ReadOnly
 from typer.testing import CliRunner
 
 from paglets_artifacts import ArtifactJobs, Settings, cli
@@ -400,3 +400,141 @@ def test_jobs_wait_follows_a_job_started_elsewhere(settings, workers, files):
         job = host.import_file(str(files / "f.bin"))
     result = invoke(settings, "jobs", job.id, "--wait", "--json")
     assert result.exit_code == 0 and as_json(result)["state"] == "succeeded"
+
+
+# ------------------------------------------------------------------------ untrusted text is never markup
+
+#: Names, owners and paths as a hostile client may choose them: rich markup if read as such.
+HOSTILE = ["[/red]model.bin", "[conceal]hidden[/conceal].bin", "[link=http://evil.test]x[/link].bin", "[bold]b"]
+
+
+def wide(settings: Settings, *args: str, **env: str | None):
+    """``invoke`` with a terminal wide enough that no table folds a value over two lines."""
+    return invoke(settings, *args, COLUMNS="400", **env)
+
+
+def _hostile_store(settings: Settings):
+    import redis as redis_module
+
+    from paglets_artifacts.store import ArtifactStore
+
+    return ArtifactStore.from_settings(settings, redis=redis_module.Redis.from_url(settings.redis_url))
+
+
+def test_list_and_info_show_hostile_names_and_owners_as_text(settings):
+    store = _hostile_store(settings)
+    ids = []
+    for name in HOSTILE:
+        ref = store.create_from_stream(ReadOnly(b"x" * 10), size_bytes=10, name=name, owner_agent_id=f"[conceal]{name}").ref
+        ids.append(ref.artifact_id)
+    listed = wide(settings, "list")
+    assert listed.exit_code == 0, listed.stderr
+    for name in HOSTILE:
+        assert name in listed.stdout and f"[conceal]{name}" in listed.stdout
+    for artifact_id, name in zip(ids, HOSTILE):
+        shown = wide(settings, "info", artifact_id)
+        assert shown.exit_code == 0, shown.stderr
+        assert name in shown.stdout and f"[conceal]{name}" in shown.stdout
+
+
+def test_list_shows_a_store_root_with_brackets_as_text(settings, tmp_path):
+    root = tmp_path / "[/red]store"
+    listed = wide(settings, "list", PAGLETS_ARTIFACTS_STORE_ROOT=str(root))
+    assert listed.exit_code == 0, listed.stderr
+    assert str(root) in listed.stdout
+
+
+def test_jobs_show_hostile_arguments_errors_and_results_as_text(settings, jobs):
+    path = f"/nowhere/{HOSTILE[0]}"
+    job = jobs.import_file(path, owner_agent_id=HOSTILE[1], name=HOSTILE[2])
+    message = f"cannot read {path}: [/bold] [link=http://evil.test]x[/link]"
+    jobs.records.finished(job.id, state="failed", error={"type": "SourceUnavailable", "message": message})
+    done = jobs.export("a" * 32, f"/nowhere/{HOSTILE[3]}/out.bin")
+    jobs.records.finished(done.id, state="succeeded", result={"artifact_id": "a" * 32, "size_bytes": 1,
+                                                               "target": f"/nowhere/{HOSTILE[3]}/out.bin"})
+    table = wide(settings, "jobs")
+    assert table.exit_code == 0, table.stderr
+    assert message in table.stdout and f"/nowhere/{HOSTILE[3]}/out.bin" in table.stdout
+
+    report = wide(settings, "jobs", job.id)
+    assert report.exit_code == cli.EXIT_FAILED  # the job failed: the command did not
+    assert "MarkupError" not in report.stdout + report.stderr
+    for text in (path, HOSTILE[1], HOSTILE[2], message):
+        assert text in report.stdout
+    shown = wide(settings, "jobs", done.id)
+    assert shown.exit_code == 0, shown.stderr
+    assert f"/nowhere/{HOSTILE[3]}/out.bin" in shown.stdout
+
+
+def test_a_failed_import_of_a_hostile_path_is_reported_and_jobs_keeps_working(settings, workers, files):
+    workers.start()
+    path = files / "[/red]missing.bin"
+    result = wide(settings, "import", str(path), "--wait")
+    assert result.exit_code == cli.EXIT_FAILED
+    assert "failed: SourceUnavailable:" in one_line_error(result) and str(path) in one_line_error(result)
+    assert "MarkupError" not in result.stdout + result.stderr
+    listed = wide(settings, "jobs")
+    assert listed.exit_code == 0, listed.stderr
+    assert "[/red]missing.bin" in listed.stdout
+
+
+def test_an_export_to_a_hostile_target_succeeds_and_says_so(settings, workers, files, jobs):
+    workers.start()
+    write(files / "g.bin", 2048)
+    artifact_id = jobs.import_file(str(files / "g.bin"), name="[/bold]g.bin").wait(timeout=30)["artifact_id"]
+    target = files / "[/bold]" / "[link=http://evil.test]out[/link].bin"
+    result = wide(settings, "export", artifact_id, str(target), "--wait")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "succeeded" in result.stdout and str(target) in result.stdout
+    assert target.read_bytes() == (files / "g.bin").read_bytes()
+
+
+# ------------------------------------------------------------------------ serving without a key
+
+
+@pytest.fixture
+def uvicorn_runs(monkeypatch):
+    """Record what ``serve`` would run instead of serving (the checks before it are real)."""
+    import paglets_artifacts.http_api as http_api
+
+    calls: list[dict] = []
+    monkeypatch.setattr(http_api.uvicorn, "run", lambda app, **options: calls.append(options))
+    return calls
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "host.example"])
+def test_serve_refuses_a_non_loopback_address_without_an_api_key(settings, uvicorn_runs, host):
+    result = invoke(settings, "serve", "--host", host)
+    assert result.exit_code == cli.EXIT_CONFIG
+    line = one_line_error(result)
+    assert host in line and "PAGLETS_ARTIFACTS_API_KEY" in line and "--insecure" in line
+    assert uvicorn_runs == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_serve_on_loopback_needs_no_api_key(settings, uvicorn_runs, host):
+    assert invoke(settings, "serve", "--host", host).exit_code == 0
+    assert [call["host"] for call in uvicorn_runs] == [host]
+
+
+def test_serve_on_any_address_with_an_api_key(settings, uvicorn_runs):
+    assert invoke(settings, "serve", "--host", "0.0.0.0", PAGLETS_ARTIFACTS_API_KEY="k3y").exit_code == 0
+    assert [call["host"] for call in uvicorn_runs] == ["0.0.0.0"]
+
+
+def test_serve_without_a_key_when_told_so_warns_at_every_start(settings, uvicorn_runs, caplog):
+    caplog.set_level("WARNING", logger="paglets_artifacts.http")
+    assert invoke(settings, "serve", "--host", "0.0.0.0", "--insecure").exit_code == 0
+    assert invoke(settings, "serve", "--host", "0.0.0.0", PAGLETS_ARTIFACTS_ALLOW_INSECURE="1").exit_code == 0
+    assert len(uvicorn_runs) == 2
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("without an API key" in text and "0.0.0.0" in text for text in warnings)
+
+
+def test_the_python_serve_refuses_too(settings, uvicorn_runs):
+    from paglets_artifacts.http_api import serve
+    from paglets_artifacts.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="PAGLETS_ARTIFACTS_ALLOW_INSECURE"):
+        serve(settings, "0.0.0.0", 8470)
+    assert uvicorn_runs == []

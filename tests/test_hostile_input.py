@@ -782,6 +782,63 @@ def test_an_upload_cut_short_leaves_nothing_and_the_server_keeps_serving(http_se
     assert _status(_raw_http(server.url, b"GET /artifacts HTTP/1.1\r\n" + H + b"\r\n")) == 200
 
 
+#: Query strings and job bodies that once answered 500: each must be a 400 InvalidInput
+#: whose message names what was wrong.
+MALFORMED_QUERIES = {
+    "superscript limit": ("GET", "/jobs?limit=%C2%B2", None, "limit"),
+    "circled limit": ("GET", "/jobs?limit=%E2%91%A0", None, "limit"),
+    "5000-digit limit": ("GET", "/jobs?limit=" + "9" * 5000, None, "limit"),
+    "arabic-indic limit": ("GET", "/jobs?limit=%D9%A3", None, "limit"),
+    "superscript size": ("POST", "/artifacts?size=%C2%B2", b"hello", "size"),
+    "5000-digit size": ("POST", "/artifacts?size=" + "9" * 5000, b"hello", "size"),
+    "superscript expiry": ("POST", "/artifacts?expires_at=%C2%B2", b"hello", "expires_at"),
+    "arabic-indic expiry": ("POST", "/artifacts?expires_at=%D9%A3", b"hello", "expires_at"),
+    "5000-digit expiry": ("POST", "/artifacts?expires_at=" + "9" * 5000, b"hello", "expires_at"),
+    "nested brackets": ("POST", "/jobs/sweep", b"[" * 1000 + b"]" * 1000, "nested"),
+    "nested objects": ("POST", "/jobs/import", b'{"path": ' + b'{"a": ' * 400 + b"1" + b"}" * 401, "nested"),
+    "argument named like a parameter": ("POST", "/jobs/sweep", b'{"kind": 1}', "kind"),
+    "argument named self": ("POST", "/jobs/sweep", b'{"self": 1}', "self"),
+    "invalid UTF-8": ("POST", "/jobs/sweep", b'{"now": "\xff"}', "JSON"),
+    "5000-digit number": ("POST", "/jobs/sweep", b'{"now": ' + b"9" * 5000 + b"}", "JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_QUERIES))
+def test_malformed_queries_and_job_bodies_are_invalid_input_never_a_500(http_server, case):
+    import httpx
+
+    server, store = http_server
+    method, target, body, named = MALFORMED_QUERIES[case]
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        answer = client.request(method, target, content=body)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()
+        assert error["error_class"] == "InvalidInput" and named in error["error"]
+        assert client.get("/jobs").status_code == 200  # and the server goes on
+    assert _files_under(store.root) == []
+
+
+def test_job_body_nesting_is_refused_before_parsing_even_below_the_size_cap(http_server):
+    from paglets_artifacts.http_api import MAX_JOB_BODY_BYTES, MAX_JSON_DEPTH
+
+    import httpx
+
+    server, _store = http_server
+    deep = b'{"now": ' + b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1) + b"}"
+    shallow = b'{"now": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+    brackets_in_text = b'{"owner_agent_id": "' + b"[" * 5000 + b'"}'
+    assert len(deep) < MAX_JOB_BODY_BYTES
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        refused = client.post("/jobs/sweep", content=deep)
+        assert refused.status_code == 400 and "nested" in refused.json()["error"]
+        # Within the bound, the body is parsed and judged by the contract (a list is no time).
+        judged = client.post("/jobs/sweep", content=shallow)
+        assert judged.status_code == 400 and "finite Unix time" in judged.json()["error"]
+        # Brackets inside a string are text, not nesting.
+        accepted = client.post("/jobs/delete_owner", content=brackets_in_text)
+        assert accepted.status_code == 202, accepted.text
+
+
 # ============================================================================ secrets and permissions
 
 
@@ -884,3 +941,19 @@ def test_a_request_head_just_under_the_bound_is_served(http_server):
     padding = b"X-Pad: " + b"a" * (MAX_REQUEST_HEAD_BYTES - 200) + b"\r\n"
     answer = _raw_http(server.url, b"GET /artifacts HTTP/1.1\r\n" + H + padding + b"\r\n")
     assert _status(answer) == 200
+
+
+def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
+    """h11 refuses such a header itself; behind another server the application must not crash."""
+    import anyio
+    from starlette.requests import Request
+
+    from paglets_artifacts.http_api import _json_object
+
+    scope = {"type": "http", "method": "POST", "path": "/jobs/sweep", "query_string": b"",
+             "headers": [(b"content-length", "²".encode("latin-1"))]}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    assert anyio.run(_json_object, Request(scope, receive)) == {}

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,6 +252,52 @@ def test_stalled_uploads_do_not_starve_the_other_endpoints(server, store):
     wait_until(lambda: not list(store.tmp_dir.iterdir()), timeout=20)
 
 
+def test_sweeps_dated_far_in_the_future_never_take_a_live_upload(settings, server, store, jobs, workers):
+    """Through the HTTP job endpoint, ``ArtifactJobs.sweep`` and the CLI, while an upload's
+    body is half sent: the upload then commits whole."""
+    from typer.testing import CliRunner
+
+    from paglets_artifacts import cli
+
+    workers.start()
+    halfway = threading.Event()
+    resume = threading.Event()
+    data = os.urandom(256 * 1024)
+
+    def body():
+        yield data[:1024]
+        halfway.set()
+        resume.wait(60)
+        yield data[1024:]
+
+    answers: list[httpx.Response] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            answers.append(http.post("/artifacts", params={"size": str(len(data))}, content=body()))
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert halfway.wait(30)
+        wait_until(lambda: list(store.tmp_dir.glob("*.part")), timeout=30)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            enqueued = http.post("/jobs/sweep", json={"now": 1e308})
+            assert enqueued.status_code == 202, enqueued.text
+        assert jobs.job(enqueued.json()["job_id"]).wait(timeout=30)["parts_removed"] == 0
+        assert jobs.sweep(now=1e308).wait(timeout=30)["parts_removed"] == 0
+        swept = CliRunner().invoke(cli.app, ["sweep", "--now", "1e308", "--wait", "--json"], env=settings.to_env())
+        assert swept.exit_code == 0, swept.stderr
+        assert json.loads(swept.stdout)["result"]["parts_removed"] == 0
+        assert list(store.tmp_dir.glob("*.part"))
+    finally:
+        resume.set()
+        uploader.join(60)
+    [answer] = answers
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["artifact"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 # ---------------------------------------------------------------------- authentication
 
 
@@ -393,3 +440,25 @@ def test_settings_api_key_comes_from_the_environment(tmp_path: Path):
         with ServerThread(app) as running:
             assert httpx.get(f"{running.url}/artifacts").status_code == 401
             assert httpx.get(f"{running.url}/artifacts", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_the_access_log_masks_secret_query_parameters(settings, store, jobs):
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    collector = Collect()
+    access = logging.getLogger("uvicorn.access")
+    with ServerThread(create_app(settings, store=store, jobs=jobs), log_level="info") as running:
+        access.addHandler(collector)
+        try:
+            with httpx.Client(base_url=running.url, timeout=30) as http:
+                assert http.get("/artifacts", params={"owner_agent_id": "o", "token": "t0k3n-9f"}).status_code == 200
+        finally:
+            access.removeHandler(collector)
+    assert any("/artifacts?owner_agent_id=o&token=***" in line for line in lines), lines
+    assert not any("t0k3n-9f" in line for line in lines)

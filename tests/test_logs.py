@@ -91,3 +91,35 @@ def test_configure_logging_is_idempotent(settings):
         assert isinstance(handler.formatter, JsonFormatter)
     finally:
         root.handlers[:] = saved
+
+
+def _record(msg: str, *args: object, exc_info: object = None) -> logging.LogRecord:
+    return logging.LogRecord("httpx", logging.INFO, __file__, 1, msg, args or None, exc_info)
+
+
+def test_the_redacting_filter_masks_urls_in_messages_and_tracebacks():
+    from workers.logs import JsonFormatter, RedactingFilter
+
+    record = _record('HTTP Request: %s %s "%s"', "GET", "http://peer/a?token=t0k3n&name=x", "HTTP/1.1 200 OK")
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == 'HTTP Request: GET http://peer/a?token=***&name=x "HTTP/1.1 200 OK"'
+    try:
+        raise ValueError("fetching http://peer/a?sig=t0k3n failed")
+    except ValueError:
+        failed = _record("pull failed", exc_info=sys.exc_info())
+    assert RedactingFilter().filter(failed)
+    shown = JsonFormatter().format(failed) + logging.Formatter().format(failed)
+    assert "t0k3n" not in shown and "sig=***" in shown
+
+
+def test_the_redacting_filter_never_raises_for_arguments_that_cannot_be_formatted():
+    from workers.logs import RedactingFilter
+
+    class Garbage:
+        def __str__(self) -> str:
+            raise TypeError("kwargs is a list")
+
+    record = _record("Failed to process message %s with unhandled exception.", Garbage())
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == (
+        "Failed to process message %s with unhandled exception. [its arguments could not be formatted: TypeError]")

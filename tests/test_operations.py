@@ -119,6 +119,30 @@ def test_compose_service_commands_are_valid_cli_invocations(monkeypatch, setting
     assert calls[2] == ["0.0.0.0", 8470]
 
 
+def test_compose_requires_an_api_key_for_the_published_host(monkeypatch, settings):
+    """The host listens on 0.0.0.0 and is published: Compose refuses to start without an
+    API key from the environment, and ``serve`` would refuse too."""
+    import yaml
+
+    import paglets_artifacts.http_api as http_api
+
+    document = yaml.safe_load(COMPOSE)
+    key = document["x-environment"]["PAGLETS_ARTIFACTS_API_KEY"]
+    assert re.fullmatch(r"\$\{PAGLETS_ARTIFACTS_API_KEY:\?[^}]+\}", key), key  # required, no empty default
+    host = document["services"]["host"]
+    assert host["environment"]["PAGLETS_ARTIFACTS_API_KEY"] == key  # merged into the host's environment
+    assert "ALLOW_INSECURE" not in COMPOSE and "--insecure" not in host["command"]
+
+    served = []
+    monkeypatch.setattr(http_api.uvicorn, "run", lambda app, **options: served.append(options["host"]))
+    command = [interpolate(part) for part in host["command"]]
+    refused = CliRunner().invoke(cli.app, command, env=settings.to_env())
+    assert refused.exit_code == cli.EXIT_CONFIG and served == []
+    accepted = CliRunner().invoke(cli.app, command, env={**settings.to_env(), "PAGLETS_ARTIFACTS_API_KEY": "k3y"})
+    assert accepted.exit_code == 0, accepted.stderr
+    assert served == ["0.0.0.0"]
+
+
 def test_dockerfile_installs_the_package_and_runs_the_cli():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY src ./src" in dockerfile and "COPY workers ./workers" in dockerfile

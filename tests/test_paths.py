@@ -112,3 +112,14 @@ def test_path_like_objects_are_accepted(root):
             return str(root / "p")
 
     assert resolve_allowed(Custom(), [root], what="source") == root / "p"
+
+
+def test_a_path_inside_a_forbidden_directory_is_refused_even_under_an_allowed_root(tmp_path):
+    store = tmp_path / "store"
+    (store / "blobs").mkdir(parents=True)
+    with pytest.raises(PathNotAllowed, match="store"):
+        resolve_allowed(store / "blobs" / "x.bin", [tmp_path], what="export target", forbidden=[store])
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed(store, [tmp_path], what="export target", forbidden=[store])
+    assert resolve_allowed(tmp_path / "store-x", [tmp_path], what="export target", forbidden=[store]) == (
+        tmp_path / "store-x").resolve()

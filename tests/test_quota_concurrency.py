@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import wait_until
+from conftest import age_temporary_files, wait_until
 from paglets_artifacts import ArtifactStore
 from paglets_artifacts.redis_index import RedisIndex
 
@@ -208,6 +208,7 @@ def test_a_killed_importers_reservation_is_renewed_on_redelivery_and_lapses_othe
     assert report["lapsed_reservations"] == 1
     assert store.index.figures()["used_bytes"] == 4000 == sum(blob_sizes(root).values())
     # The dead attempt's .part is the sweep's to remove once it is stale.
-    sweep = store.cleanup_temporary(now=time.time() + store.spool_ttl_seconds + 1)
+    age_temporary_files(store, store.spool_ttl_seconds + 1)
+    sweep = store.cleanup_temporary()
     assert sweep.parts_removed == 1
     assert list(store.tmp_dir.iterdir()) == []

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import age_temporary_files
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings, TransferError
 from paglets_artifacts.errors import error_class
@@ -168,7 +169,8 @@ def test_worker_jobs_racing_on_the_same_artifacts_end_cleanly(settings, redis_cl
             # A target may be rewritten by a later export of the same artifact: same bytes.
             assert hashlib.sha256(target.read_bytes()).hexdigest() == shas[artifact_id]
     assert store.list(owner_agent_id=OWNERS[0]) == []  # no artifact of that owner is created meanwhile
-    jobs.sweep(now=time.time() + settings.spool_ttl_seconds + 1).wait(60)
+    age_temporary_files(store, settings.spool_ttl_seconds + 1)
+    jobs.sweep().wait(60)
     _assert_consistent(store, files)
     jobs.close()
 

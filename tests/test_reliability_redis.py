@@ -9,8 +9,10 @@ or are reported (a job Redis forgot is a ``LookupError``, never a record stuck i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import threading
 import time
 import uuid
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_until
+from conftest import age_temporary_files, wait_until
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -204,7 +206,8 @@ def test_a_redis_that_comes_back_empty_loses_no_file_and_reports_what_it_forgot(
         if artifact_id != after.artifact_id:
             job_id = str(uuid.UUID(artifact_id))
             assert load.shas[job_id] == sha  # one artifact per job, the right bytes
-    report = jobs.sweep(now=time.time() + own_settings.spool_ttl_seconds + 1).wait(30)
+    age_temporary_files(store, own_settings.spool_ttl_seconds + 1)
+    report = jobs.sweep().wait(30)
     assert report["orphans_removed"] == 0
     assert list(store.tmp_dir.iterdir()) == []
     _assert_store_whole(store)
@@ -385,3 +388,111 @@ def test_the_http_host_answers_again_after_redis_restarts(own_redis, own_setting
         assert client.post("/jobs/sweep", json={}).status_code == 202
         assert client.get("/artifacts").status_code == 200  # the index is rebuilt on demand
     jobs.close()
+
+
+# ---------------------------------------------------------------------- a Redis that hangs
+
+
+@contextlib.contextmanager
+def paused(server: EmbeddedRedis) -> Iterator[None]:
+    """Redis stopped with SIGSTOP: connections open, nothing answers (a hung server, a
+    network that drops packets); always resumed with SIGCONT."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def hung_settings(own_settings: Settings) -> Settings:
+    return own_settings.with_changes(redis_timeout_seconds=1.0)
+
+
+@pytest.mark.timeout(120)
+def test_the_http_host_answers_503_naming_redis_while_redis_hangs(hung_settings, own_redis):
+    from paglets_artifacts.http_api import ServerThread, create_app
+
+    import httpx
+
+    with ServerThread(create_app(hung_settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        uploaded = http.post("/artifacts", params={"owner_agent_id": "o"}, content=b"before")
+        assert uploaded.status_code == 200, uploaded.text
+        artifact_id = uploaded.json()["artifact"]["artifact_id"]
+        assert http.get("/jobs").status_code == 200
+        kept = http.post("/artifacts", params={"owner_agent_id": "o"}, content=b"kept").json()["artifact"]
+        with paused(own_redis):
+            answers = {
+                "upload": http.post("/artifacts", params={"owner_agent_id": "o"}, content=b"during"),
+                "delete": http.delete(f"/artifacts/{artifact_id}"),
+                "job listing": http.get("/jobs"),
+                "enqueue": http.post("/jobs/sweep", json={}),
+            }
+            # reading needs no Redis: the owner listing scans the directory once Redis is silent
+            listed = http.get("/artifacts", params={"owner_agent_id": "o"})
+            assert listed.status_code == 200 and listed.json()["artifacts"] == [kept]
+        for what, answer in answers.items():
+            assert answer.status_code == 503, (what, answer.text)
+            assert "Redis" in answer.json()["error"], (what, answer.text)
+        # Redis answers again: so does the host. A command that timed out may still have
+        # run when Redis woke up (the deletion's index update did, after its files went), so
+        # the client repeats the deletion, which is idempotent; the refused upload left no file.
+        assert http.get("/jobs").status_code == 200
+        assert http.delete(f"/artifacts/{artifact_id}").status_code == 200
+        assert http.get("/artifacts", params={"owner_agent_id": "o"}).json()["artifacts"] == [kept]
+        assert http.delete(f"/artifacts/{kept['artifact_id']}").status_code == 200
+        store_root = Path(hung_settings.store_root)
+        assert [path.name for path in store_root.rglob("*") if path.is_file()] == []
+
+
+@pytest.mark.timeout(120)
+def test_the_cli_and_a_host_get_an_error_naming_redis_while_redis_hangs(hung_settings, own_redis):
+    from typer.testing import CliRunner
+
+    from paglets_artifacts import cli
+
+    env = hung_settings.to_env()
+    with ArtifactJobs(settings=hung_settings) as host:
+        host.jobs()  # connected before Redis hangs
+        with paused(own_redis):
+            with pytest.raises(redis.TimeoutError):
+                host.sweep()
+            with pytest.raises(redis.TimeoutError):
+                host.jobs()
+            for command in (["jobs"], ["check"], ["sweep"]):
+                result = CliRunner().invoke(cli.app, command, env=env)
+                assert result.exit_code == cli.EXIT_UNAVAILABLE, (command, result.stdout, result.stderr)
+                assert result.stderr.strip().splitlines()[-1].startswith("cannot reach Redis at "), result.stderr
+            listed = CliRunner().invoke(cli.app, ["list", "--owner", "o"], env=env)  # reads the directory
+            assert listed.exit_code == 0 and "0 artifact(s)" in listed.stdout, listed.stderr
+        # It recovers once Redis answers. An enqueue that timed out may have been carried out
+        # when Redis woke up (see README: a hung Redis), so each sweep asked for is there at most once.
+        assert {record.kind for record in host.jobs()} <= {"sweep"} and len(host.jobs()) <= 2
+
+
+def test_waiting_for_a_job_outlasts_the_redis_timeout(hung_settings):
+    """Job.wait blocks on pub/sub far longer than one socket timeout: that must not fail."""
+    with ArtifactJobs(settings=hung_settings) as host:
+        job = host.sweep()  # no worker runs it
+        with pytest.raises(JobTimeout):
+            job.wait(timeout=3.5)
+
+
+def test_the_redis_timeout_is_a_setting_with_a_default():
+    assert Settings().redis_timeout_seconds == 5.0
+    assert Settings.from_env({"PAGLETS_ARTIFACTS_REDIS_TIMEOUT_SECONDS": "2.5"}).redis_timeout_seconds == 2.5
+
+
+
+def test_every_client_of_a_host_the_cli_and_the_http_host_carries_the_redis_timeout(hung_settings):
+    from paglets_artifacts import cli
+    from paglets_artifacts.jobs import connect
+
+    def timeouts(client: redis.Redis) -> tuple:
+        options = client.connection_pool.connection_kwargs
+        return options.get("socket_timeout"), options.get("socket_connect_timeout")
+
+    with ArtifactJobs(settings=hung_settings) as host:
+        assert timeouts(host.client) == (1.0, 1.0)
+    assert timeouts(cli._open_store(hung_settings).index.client) == (1.0, 1.0)
+    assert timeouts(connect(hung_settings)) == (1.0, 1.0)

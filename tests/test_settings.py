@@ -238,3 +238,46 @@ def test_delete_namespace_removes_only_that_namespace_in_batches(redis_client, n
         assert redis_client.get(f"{other}:keep") == b"1" and redis_client.get(namespace + "x") == b"1"
     finally:
         redis_client.delete(f"{other}:keep", namespace + "x")
+
+
+@pytest.mark.parametrize("relation", ["contains", "equals", "inside", "inside through a link"])
+def test_an_allowed_root_that_contains_or_lies_inside_the_store_is_refused(tmp_path, relation):
+    store = tmp_path / "store"
+    (store / "blobs").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(store)
+    root = {
+        "contains": tmp_path,
+        "equals": store,
+        "inside": store / "blobs",
+        "inside through a link": tmp_path / "link" / "metadata",
+    }[relation]
+    environ = {PREFIX + "STORE_ROOT": str(store), PREFIX + "ALLOWED_ROOTS": f"/srv/elsewhere:{root}"}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(environ)
+    message = str(caught.value)
+    assert message.startswith(PREFIX + "ALLOWED_ROOTS=")
+    assert PREFIX + "STORE_ROOT" in message and str(store) in message
+    with pytest.raises(SettingsError):
+        Settings(store_root=store, allowed_roots=(root,))  # however the settings are made
+
+
+def test_an_allowed_root_beside_the_store_is_accepted(tmp_path):
+    settings = Settings.from_env({PREFIX + "STORE_ROOT": str(tmp_path / "store"),
+                                  PREFIX + "ALLOWED_ROOTS": str(tmp_path / "store-files")})  # a prefix, not a parent
+    assert settings.allowed_roots == ((tmp_path / "store-files").resolve(),)
+
+
+def test_workers_and_the_cli_refuse_an_allowed_root_around_the_store(settings, workers, tmp_path):
+    from typer.testing import CliRunner
+
+    from paglets_artifacts import cli
+
+    overlapping = {PREFIX + "ALLOWED_ROOTS": str(tmp_path)}  # tmp_path holds the store
+    process = workers.start(extra_env=overlapping)
+    assert process.wait(timeout=60) != 0
+    log = workers.logs()
+    assert PREFIX + "ALLOWED_ROOTS" in log and PREFIX + "STORE_ROOT" in log
+    for command in (["serve"], ["worker"], ["check"]):
+        result = CliRunner().invoke(cli.app, command, env={**settings.to_env(), **overlapping})
+        assert result.exit_code == cli.EXIT_CONFIG, (command, result.stdout, result.stderr)
+        assert PREFIX + "STORE_ROOT" in result.stderr

@@ -1027,6 +1027,28 @@ def test_sweep_keeps_a_fresh_interrupted_commit(store):
     assert blob.exists() and staged.exists()
 
 
+def test_a_sweep_as_if_far_in_the_future_expires_artifacts_but_keeps_young_temporary_files(store):
+    """``now`` is honoured for expiry only: .part files and blobs without metadata are
+    judged by the real clock, so a sweep dated 1e308 never takes a live upload's file."""
+    part = store.tmp_dir / f"{'a' * 32}.part"
+    part.write_bytes(b"live upload")
+    staged = store.tmp_dir / f"{FIXED_ID}.json.part"
+    (store.blobs_dir / f"{FIXED_ID}.bin").write_bytes(b"committing")
+    staged.write_text("{}")
+    young_orphan = store.blobs_dir / f"{'b' * 32}.bin"
+    young_orphan.write_bytes(b"12")
+    expiring = store.create_from_stream(io.BytesIO(b"old"), expires_at=time.time() + 3600).ref
+    kept = store.create_from_stream(io.BytesIO(b"forever")).ref
+    for far in (1e308, time.time() + TTL * 10):
+        report = store.cleanup_temporary(now=far)
+        assert report.parts_removed == 0 and part.read_bytes() == b"live upload"
+        assert staged.exists() and (store.blobs_dir / f"{FIXED_ID}.bin").exists() and young_orphan.exists()
+    assert [ref.artifact_id for ref in store.list()] == [kept.artifact_id]  # expiry did follow ``now``
+    assert expiring.artifact_id not in {ref.artifact_id for ref in store.list()}
+    age(part, TTL + 1, time.time())
+    assert store.cleanup_temporary(now=1e308).parts_removed == 1  # stale by the clock: swept
+
+
 def test_sweep_counts_unreadable_metadata_and_keeps_it(store):
     good = store.create_from_stream(io.BytesIO(b"good")).ref
     bad = store.create_from_stream(io.BytesIO(b"bad")).ref

@@ -81,7 +81,7 @@ def import_file(
     expected_sha256: str | None, delete_source: bool,
 ) -> dict[str, Any]:
     ctx = context()
-    source = resolve_allowed(path, settings.allowed_roots, what="import source")
+    source = resolve_allowed(path, settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
     check_owner_alive(owner_agent_id)
     artifact_id = artifact_id_for_job()
     result = ctx.store.committed(artifact_id)
@@ -111,7 +111,7 @@ def import_file(
 @job_actor(contract.EXPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
-    target_path = resolve_allowed(target, settings.allowed_roots, what="export target")
+    target_path = resolve_allowed(target, settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
     checkpoint_key = f"{ctx.records.key(current_job().id)}"
     try:
         ref = ctx.store.export_to_path(

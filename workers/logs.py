@@ -20,6 +20,7 @@ from dramatiq import Middleware
 from dramatiq.middleware import CurrentMessage
 
 from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.redaction import redact_text
 from paglets_artifacts.settings import Settings
 
 from .middleware import current_job
@@ -86,6 +87,28 @@ class JobContextFilter(logging.Filter):
         return True
 
 
+class RedactingFilter(logging.Filter):
+    """Rewrites each record so that no URL in it shows a secret (the one rule of
+    :mod:`paglets_artifacts.redaction`): Dramatiq's lines quote a message's arguments and
+    httpx logs every request's URL at INFO, pre-signed query strings included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a garbage message whose str() fails (kwargs not a mapping)
+            # A filter that raises kills the logging thread: say what happened instead.
+            message = f"{record.msg} [its arguments could not be formatted: {type(exc).__name__}]"
+            record.msg, record.args = message, None
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, process, thread, job fields."""
 
@@ -103,8 +126,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, "")
             if value not in ("", None):
                 line[name] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, default=str)
 
 
@@ -125,6 +148,8 @@ def configure_logging(settings: Settings, *, level: int = logging.INFO) -> None:
     for handler in root.handlers:
         if not any(isinstance(item, JobContextFilter) for item in handler.filters):
             handler.addFilter(JobContextFilter())
+        if not any(isinstance(item, RedactingFilter) for item in handler.filters):
+            handler.addFilter(RedactingFilter())
         handler.setFormatter(formatter)
     logging.getLogger("paglets_artifacts").setLevel(level)
 

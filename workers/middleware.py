@@ -15,6 +15,7 @@ from dramatiq import Middleware
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.redaction import redact_text
 
 from .context import context
 
@@ -96,7 +97,8 @@ def current_job() -> RunningJob:
 
 def describe_error(exception: BaseException) -> dict[str, str]:
     """The error as job records carry it: its class name and message."""
-    return {"type": type(exception).__name__, "message": str(exception) or type(exception).__name__}
+    # Messages may quote a URL the job was given, pre-signed token and all.
+    return {"type": type(exception).__name__, "message": redact_text(str(exception)) or type(exception).__name__}
 
 
 def _enqueued_at(message: Any) -> float:

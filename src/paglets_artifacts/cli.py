@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import typer
@@ -40,8 +40,9 @@ from typer.core import TyperGroup
 
 from . import console as views
 from .errors import JobTimeout, TransferError
-from .jobs import ArtifactJobs, Job
+from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, STATES
+from .redaction import redact_text, redact_url
 from .settings import PREFIX, Settings, SettingsError
 
 #: How many recent jobs a job id prefix is looked for in.
@@ -63,25 +64,13 @@ EXIT_CODES_HELP = (
 )
 
 
-def mask_url(url: str) -> str:
-    """A URL with its password replaced by ``***`` (for error messages)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
 def describe_failure(exc: BaseException, *, redis_url: str | None = None) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ends a command."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, SettingsError):
         return EXIT_CONFIG, f"configuration error: {text}"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        where = f" at {mask_url(redis_url)}" if redis_url else ""
+        where = f" at {redact_url(redis_url)}" if redis_url else ""
         return EXIT_UNAVAILABLE, f"cannot reach Redis{where}: {type(exc).__name__}: {text}"
     if isinstance(exc, JobTimeout):
         return EXIT_TIMEOUT, f"timeout: {text}"
@@ -109,7 +98,7 @@ class ReportingGroup(TyperGroup):
             elif code == EXIT_FAILED and not isinstance(exc, (TransferError, LookupError)):
                 line += " (run with --debug for the traceback)"
             if ctx.meta.get("json"):
-                typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}))
+                typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": redact_text(str(exc)), "exit_code": code}}))
             typer.echo(line, err=True)
             raise typer.Exit(code) from None
 
@@ -196,7 +185,7 @@ def _submit(
                 _emit_json({"id": job.id, "kind": record.kind, "state": record.state})
             else:
                 typer.echo(job.id)
-                _stderr().print(f"[dim]follow it with: paglets-artifacts jobs {job.id} --wait[/dim]")
+                _stderr().print(views.Text(f"follow it with: paglets-artifacts jobs {job.id} --wait", style="dim"))
             return
         _follow_to_end(job, timeout=timeout, as_json=as_json)
 
@@ -408,8 +397,7 @@ def _find_job(client: ArtifactJobs, job_id: str) -> Job:
 def _open_store(settings: Settings) -> Any:
     from .store import ArtifactStore
 
-    client = redis.Redis.from_url(settings.redis_url)
-    return ArtifactStore.from_settings(settings, redis=client)
+    return ArtifactStore.from_settings(settings, redis=connect(settings))
 
 
 @app.command("list")
@@ -430,7 +418,7 @@ def list_(
         out.print(views.artifacts_table(refs))
     total = sum(ref.size_bytes for ref in refs)
     quota = "no quota" if settings.quota_bytes is None else f"quota {views.human_bytes(settings.quota_bytes)}"
-    out.print(f"{len(refs)} artifact(s), {views.human_bytes(total)} ({quota}) in {store.root}")
+    out.print(views.plain(f"{len(refs)} artifact(s), {views.human_bytes(total)} ({quota}) in {store.root}"))
 
 
 @app.command("info")
@@ -464,7 +452,7 @@ def rm(
     if as_json:
         _emit_json({"artifact_id": artifact_id, "removed": True, "bytes_freed": freed})
         return
-    _stdout().print(f"removed {artifact_id} ({views.human_bytes(freed)} freed)")
+    _stdout().print(views.plain(f"removed {artifact_id} ({views.human_bytes(freed)} freed)"))
 
 
 # --------------------------------------------------------------------------- processes
@@ -568,9 +556,17 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="Port (default: PAGLETS_ARTIFACTS_HOST_URL's).")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Serve on a non-loopback address without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE=1).",
+    )] = False,
 ) -> None:
-    """Serve the HTTP API (paglets' /artifacts routes and job endpoints)."""
+    """Serve the HTTP API (paglets' /artifacts routes and job endpoints).
+
+    Beyond loopback it needs PAGLETS_ARTIFACTS_API_KEY, or --insecure (logged as a warning).
+    """
     settings = _begin(ctx)
+    if insecure:
+        settings = settings.with_changes(allow_insecure=True)
     try:
         from .http_api import serve as serve_http
     except ModuleNotFoundError as exc:
@@ -622,7 +618,7 @@ def paglets_host(
     def started(running: Any, offloading: Any) -> None:
         _stdout().print(Text(
             f"paglets host {running.name!r} listening at {running.address}, offloading to Redis "
-            f"{mask_url(settings.redis_url)} (namespace {settings.namespace}, store {offloading.store.root})"
+            f"{redact_url(settings.redis_url)} (namespace {settings.namespace}, store {offloading.store.root})"
         ))
 
     run_host(
@@ -651,18 +647,12 @@ def demo(
 # --------------------------------------------------------------------------- configuration
 
 
-def _shown(var: str, value: str) -> str:
-    if var.endswith("API_KEY") or var.endswith("API_KEYS"):
-        return "***" if value else ""
-    return mask_url(value) if var == "REDIS_URL" else value
-
-
 @app.command("config")
 def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show every configuration variable with its value here (secrets masked)."""
     settings = _begin(ctx, as_json)
-    values = settings.to_env()
-    rows = [(var, _shown(var, values[var]), var in os.environ, doc) for var, _default, doc in Settings.documented()]
+    values = settings.redacted().to_env()
+    rows = [(var, values[var], var in os.environ, doc) for var, _default, doc in Settings.documented()]
     if as_json:
         _emit_json({var: value for var, value, _set, _doc in rows})
         return
@@ -672,7 +662,7 @@ def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     for column in ("variable", "value", "from", "meaning"):
         table.add_column(column, overflow="fold")
     for var, value, is_set, doc in rows:
-        table.add_row(var, value, "environment" if is_set else "default", doc)
+        table.add_row(var, views.plain(value), "environment" if is_set else "default", doc)
     _stdout().print(table)
 
 
@@ -680,7 +670,7 @@ def config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Check the configuration, that Redis answers and that the store is writable (a health check)."""
     settings = _begin(ctx, as_json)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(settings)
     try:
         client.ping()
     finally:
@@ -690,9 +680,9 @@ def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     probe.write_bytes(b"")
     probe.unlink()
     if as_json:
-        _emit_json({"ok": True, "redis_url": mask_url(settings.redis_url), "store_root": str(store.root)})
+        _emit_json({"ok": True, "redis_url": redact_url(settings.redis_url), "store_root": str(store.root)})
         return
-    _stdout().print(f"ok: Redis at {mask_url(settings.redis_url)} answers; store {store.root} is writable")
+    _stdout().print(views.plain(f"ok: Redis at {redact_url(settings.redis_url)} answers; store {store.root} is writable"))
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from . import contract
 from .errors import JobTimeout
@@ -87,7 +88,8 @@ def follow(
     """
     record = job.status()
     transfer = record.kind in TRANSFER_KINDS
-    columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+    # The description holds a caller's label and the record's kind: text, never markup.
+    columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}", markup=False)]
     if transfer:
         columns += [BarColumn(), TaskProgressColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
                     TimeRemainingColumn()]
@@ -121,20 +123,26 @@ def error_line(record: JobRecord) -> str:
     return f"{record.kind} job {record.id} failed: {error.get('type', 'Error')}: {error.get('message', '')}"
 
 
+def plain(value: Any) -> Text:
+    """A value as a table cell or a line: text as it is, never read as rich markup (names,
+    owners, paths, errors and URLs come from clients and remote hosts)."""
+    return Text(str(value))
+
+
 def job_report(record: JobRecord) -> Table:
     """One job: its state, timing, attempts, progress, and its result or error."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
-    table.add_row("job", record.id)
-    table.add_row("kind", record.kind)
+    table.add_row("job", plain(record.id))
+    table.add_row("kind", plain(record.kind))
     table.add_row("state", _styled_state(record.state))
     table.add_row("enqueued", when(record.enqueued_at))
     table.add_row("started", when(record.started_at))
     table.add_row("finished", when(record.finished_at))
     table.add_row("duration", _seconds(duration(record)))
     table.add_row("attempts", str(record.attempts))
-    table.add_row("worker", record.worker or "-")
+    table.add_row("worker", plain(record.worker or "-"))
     if record.bytes_total >= 0 or record.bytes_done:
         table.add_row("progress", f"{human_bytes(record.bytes_done)} of {human_bytes(record.bytes_total)}")
         spent = duration(record)
@@ -142,15 +150,15 @@ def job_report(record: JobRecord) -> Table:
             table.add_row("rate", f"{human_bytes(record.bytes_done / spent)}/s")
     for key, value in sorted(record.arguments.items()):
         if value not in ("", None, False, 0.0) or key == "move":
-            table.add_row(f"arg {key}", _value(key, value))
+            table.add_row(plain(f"arg {key}"), plain(_value(key, value)))
     if isinstance(record.result, dict):
         for key, value in record.result.items():
             if value not in ("", None, []):
-                table.add_row(key, _value(key, value))
+                table.add_row(plain(key), plain(_value(key, value)))
     elif record.result is not None:
-        table.add_row("result", str(record.result))
+        table.add_row("result", plain(record.result))
     if record.error:
-        table.add_row("error", f"[red]{record.error.get('type', '')}: {record.error.get('message', '')}[/red]")
+        table.add_row("error", Text(f"{record.error.get('type', '')}: {record.error.get('message', '')}", style="red"))
     return table
 
 
@@ -165,9 +173,9 @@ def _value(key: str, value: Any) -> str:
     return str(value)
 
 
-def _styled_state(state: str) -> str:
+def _styled_state(state: str) -> Text:
     colour = {"succeeded": "green", "failed": "red", "retrying": "yellow", "running": "cyan"}.get(state)
-    return f"[{colour}]{state}[/{colour}]" if colour else state
+    return Text(state, style=colour or "")
 
 
 def jobs_table(records: Iterable[JobRecord]) -> Table:
@@ -189,8 +197,8 @@ def jobs_table(records: Iterable[JobRecord]) -> Table:
             outcome = ""
         if record.attempts > 1:
             outcome = f"{outcome} (attempt {record.attempts})"
-        table.add_row(record.id[:SHORT_ID], record.kind, _styled_state(record.state), _clock(record.enqueued_at),
-                      _seconds(duration(record)), outcome)
+        table.add_row(plain(record.id[:SHORT_ID]), plain(record.kind), _styled_state(record.state),
+                      _clock(record.enqueued_at), _seconds(duration(record)), plain(outcome))
     return table
 
 
@@ -226,7 +234,7 @@ def artifacts_table(refs: Iterable[ArtifactRef]) -> Table:
     table.add_column("created", no_wrap=True)
     table.add_column("expires", no_wrap=True)
     for ref in refs:
-        table.add_row(ref.artifact_id, ref.name, human_bytes(ref.size_bytes), ref.owner_agent_id or "-",
+        table.add_row(plain(ref.artifact_id), plain(ref.name), human_bytes(ref.size_bytes), plain(ref.owner_agent_id or "-"),
                       _clock(ref.created_at), _clock(ref.expires_at) if ref.expires_at else "-")
     return table
 
@@ -236,7 +244,7 @@ def ref_report(ref: ArtifactRef, extra: dict[str, str] | None = None) -> Table:
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in ref.to_wire().items():
-        table.add_row(key, _value(key, value))
+        table.add_row(plain(key), plain(_value(key, value)))
     for key, value in (extra or {}).items():
-        table.add_row(key, value)
+        table.add_row(plain(key), plain(value))
     return table

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidInput
+from .redaction import redact_url
 from .refs import validate_artifact_id, validate_expires_at, validate_sha256
 
 #: Queue of imports and exports (long transfers).
@@ -144,6 +145,18 @@ class JobKind:
                 continue
             values[name] = spec.check(name, kwargs[name])
         return values
+
+    def shown(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` as job records and logs may keep them: URL arguments redacted (a
+        pre-signed token in a query string travels in the message to the worker only)."""
+        return {
+            name: redact_url(value) if self._is_url(name) and isinstance(value, str) else value
+            for name, value in values.items()
+        }
+
+    def _is_url(self, name: str) -> bool:
+        spec = self.arguments.get(name)
+        return spec is not None and spec.check is _http_url
 
 
 IMPORT = JobKind(

@@ -33,13 +33,15 @@ from typing import Any
 
 import redis
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
 from . import console as views
 from .cli import scheduler_available
-from .jobs import ArtifactJobs, Job
+from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, JobRecord
+from .redaction import redact_url
 from .redis_server import EmbeddedRedis, _die_with_parent, free_port
 from .settings import Settings, delete_namespace
 from .streams import file_sha256
@@ -182,7 +184,8 @@ class Demo:
         if self.interrupted:
             raise KeyboardInterrupt
 
-    def _say(self, text: str) -> None:
+    def _say(self, text: Any) -> None:
+        # Markup comes from this module's literals only: paths and errors are escaped.
         self.console.print(text)
 
     def _steps(self) -> None:
@@ -193,7 +196,7 @@ class Demo:
         files.mkdir()
         redis_url = self.environ.get("REDIS_URL")
         self.report.update(namespace=namespace, directory=str(self.directory), size_bytes=self.size_mib * MIB)
-        self._say(f"[bold]paglets-artifacts demo[/bold]: namespace {namespace}, directory {self.directory}")
+        self._say(f"[bold]paglets-artifacts demo[/bold]: namespace {namespace}, directory {escape(str(self.directory))}")
         if redis_url:
             self.report["redis"] = {"embedded": False, "pid": None}
             self._say("Redis: REDIS_URL (keys only under the demo's namespace)")
@@ -203,7 +206,7 @@ class Demo:
             self._check_interrupted()
             pid = self.redis.process.pid if self.redis.process else None
             self.report["redis"] = {"embedded": True, "pid": pid}
-            self._say(f"Redis: embedded redis-server started (pid {pid}, {redis_url})")
+            self._say(f"Redis: embedded redis-server started (pid {pid}, {escape(redact_url(redis_url))})")
         settings = base.with_changes(
             redis_url=redis_url,
             namespace=namespace,
@@ -241,7 +244,7 @@ class Demo:
             if exported != sha256:
                 raise DemoFailed(f"exported file's SHA-256 {exported} differs from the generated {sha256}")
             self.report["verified"] = True
-            self._say(f"[green]verified[/green]: {target} has SHA-256 {exported}")
+            self._say(f"[green]verified[/green]: {escape(str(target))} has SHA-256 {exported}")
             # 3. Owner deletion.
             record = self._run_job(jobs.delete_owner(DEMO_OWNER), f"delete-owner {DEMO_OWNER}", worker)
             jobs_report["delete_owner"] = record.to_wire()
@@ -325,7 +328,7 @@ class Demo:
             with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5) as answer:
                 text = answer.read().decode()
         except (OSError, ValueError) as exc:
-            self._say(f"metrics: not available ({exc})")
+            self._say(f"metrics: not available ({escape(str(exc))})")
             return {}
         figures: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
@@ -358,7 +361,7 @@ class Demo:
             _drop_namespace(self.settings)
         if self.directory is not None:
             if self.keep:
-                self._say(f"kept {self.directory}")
+                self._say(f"kept {escape(str(self.directory))}")
             else:
                 shutil.rmtree(self.directory, ignore_errors=True)
         self.report["stopped"] = stopped
@@ -367,7 +370,7 @@ class Demo:
 def _drop_namespace(settings: Settings) -> None:
     """Remove the demo's keys from a Redis the demo did not start."""
     with contextlib.suppress(redis.RedisError):
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect(settings)
         try:
             delete_namespace(client, settings.namespace)
         finally:

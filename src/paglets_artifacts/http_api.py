@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -64,8 +65,9 @@ from .errors import (
 from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
 from .refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
+from .redaction import redact_url
 from .remote import SHA256_HEADER
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store import ArtifactStore, parse_content_length
 
 logger = logging.getLogger("paglets_artifacts.http")
@@ -74,6 +76,9 @@ logger = logging.getLogger("paglets_artifacts.http")
 MAX_JOB_BODY_BYTES = 64 * 1024
 #: Most job records ``GET /jobs`` returns.
 MAX_JOB_LIST = 1000
+#: Deepest nesting of arrays and objects a job body may have. Job arguments are one flat
+#: object; the bound is checked before parsing, since Python's parser recurses per level.
+MAX_JSON_DEPTH = 32
 #: Uploads received at once; more wait their turn. Uploads hold a thread each for as long
 #: as the client sends, so they get their own pool and never starve the other endpoints.
 MAX_CONCURRENT_UPLOADS = 64
@@ -249,6 +254,8 @@ class RequestBodyReader:
 
 def _query_float(request: Request, name: str) -> float:
     text = request.query_params.get(name, "")
+    if not text.isascii():  # float() reads other scripts' digits: a query takes ASCII only
+        raise InvalidInput(f"invalid {name} {text[:40]!r}: expected a Unix time in seconds (ASCII digits)")
     return validate_expires_at(text or 0.0)
 
 
@@ -256,7 +263,18 @@ def _query_size(request: Request) -> int | None:
     text = request.query_params.get("size", "")
     if text == "":
         return None
-    return parse_content_length(text)
+    try:
+        return parse_content_length(text)
+    except InvalidInput:
+        raise InvalidInput(f"invalid size {text[:40]!r}: expected a whole number of bytes") from None
+
+
+def _query_limit(request: Request) -> int:
+    text = request.query_params.get("limit", "50")
+    # isdigit() alone admits '²' and '①', which int() refuses: ASCII digits, a few of them
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_JOB_LIST:
+        raise InvalidInput(f"invalid limit {text[:40]!r}: expected a whole number from 1 to {MAX_JOB_LIST}")
+    return int(text)
 
 
 # ---------------------------------------------------------------------- the application
@@ -345,6 +363,9 @@ class ArtifactAPI:
         if kind is None:
             raise UnknownJobKind(f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}")
         arguments = await _json_object(request)
+        # Checked before the call: a key such as "kind" or "self" would collide with
+        # enqueue()'s own parameters.
+        kind.validate(arguments)
         job = await self._sync(self.jobs.enqueue, kind, **arguments)
         status_url = str(request.url_for("job", job_id=job.id))
         return JSONResponse(
@@ -362,11 +383,8 @@ class ArtifactAPI:
 
     async def recent_jobs(self, request: Request) -> Response:
         params = request.query_params
-        text = params.get("limit", "50")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_JOB_LIST:
-            raise InvalidInput(f"invalid limit {text!r}: expected a whole number from 1 to {MAX_JOB_LIST}")
         records = await self._sync(
-            self.jobs.jobs, limit=int(text), kind=params.get("kind") or None, state=params.get("state") or None
+            self.jobs.jobs, limit=_query_limit(request), kind=params.get("kind") or None, state=params.get("state") or None
         )
         return JSONResponse({"jobs": [record.to_wire() for record in records]})
 
@@ -396,7 +414,7 @@ async def _blob_chunks(reader: Any, size: int, sent: Callable[[int], None] | Non
 
 async def _json_object(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
         raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
     raw = bytearray()
     async for chunk in request.stream():
@@ -405,6 +423,8 @@ async def _json_object(request: Request) -> dict[str, Any]:
             raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
     if not raw.strip():
         return {}
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise InvalidInput(f"job arguments are nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         payload = json.loads(raw)
     except ValueError as exc:
@@ -412,6 +432,29 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidInput(f"job arguments must be a JSON object, got {type(payload).__name__}")
     return payload
+
+
+def json_depth(raw: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings
+    not counted (a linear scan: no parser, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 # ---------------------------------------------------------------------- error answers
@@ -439,8 +482,8 @@ async def _on_not_found(request: Request, exc: Exception) -> Response:
 async def _on_redis_error(request: Request, exc: Exception) -> Response:
     # Reached by what needs Redis: uploads and deletions (the index keeps the quota exact)
     # and the job endpoints. Downloads, metadata and listings read the directory.
-    logger.warning("Redis is unavailable for %s %s: %s", request.method, request.url.path, exc)
-    message = f"Redis (the store's index and the job queue) is unavailable: {exc}; try again later"
+    logger.warning("Redis is unavailable for %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    message = f"Redis is unavailable: {type(exc).__name__}: {exc}; try again later"
     body = error_body("RemoteHostError", message, type(exc).__name__)
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)})
 
@@ -504,9 +547,57 @@ def create_app(
     return app
 
 
+class RedactedAccessLog(logging.Filter):
+    """uvicorn's access lines quote each request's path with its query string: secret
+    parameters (``token``, ``X-Amz-Signature``, ...) are masked by the one rule."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_url(args[2]), *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Put :class:`RedactedAccessLog` on uvicorn's access logger (once; a logger's filters
+    outlive uvicorn's logging configuration, which replaces only its handlers)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(item, RedactedAccessLog) for item in access.filters):
+        access.addFilter(RedactedAccessLog())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only (``localhost``, 127/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
+def check_exposure(settings: Settings, host: str) -> None:
+    """Refuse to listen beyond loopback without an API key, unless told so explicitly
+    (``settings.allow_insecure``), which is then logged as a warning at every start: the
+    job endpoints import and export files under the allowed roots."""
+    if settings.api_key or is_loopback(host):
+        return
+    if not settings.allow_insecure:
+        raise SettingsError(
+            f"refusing to serve on {host} without an API key: anyone who reaches it could enqueue jobs; "
+            f"set PAGLETS_ARTIFACTS_API_KEY, or listen on 127.0.0.1, or pass --insecure "
+            f"(PAGLETS_ARTIFACTS_ALLOW_INSECURE=1) to serve without one"
+        )
+    logger.warning("serving on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who reaches "
+                   "this address can enqueue jobs", host)
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_level: str = "info") -> None:
     """Serve the API with uvicorn until interrupted (``paglets-artifacts serve``); with
-    ``settings.metrics_port`` set, Prometheus metrics on that port too."""
+    ``settings.metrics_port`` set, Prometheus metrics on that port too. A non-loopback
+    ``host`` needs an API key or ``settings.allow_insecure`` (:func:`check_exposure`)."""
+    check_exposure(settings, host)
+    redact_access_log()
     metrics = None
     if settings.metrics_port > 0:
         metrics = HostMetrics()
@@ -527,6 +618,7 @@ class ServerThread:
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http=BoundedHttpToolsProtocol)
+        redact_access_log()
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 

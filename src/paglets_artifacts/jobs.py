@@ -26,6 +26,16 @@ from .settings import Settings
 RECONNECT_DELAY_SECONDS = 0.2
 
 
+def connect(settings: Settings, url: str | None = None) -> redis.Redis:
+    """The Redis client of a host, the CLI or the HTTP host (``url`` defaults to
+    ``settings.redis_url``): connecting and every command give up after
+    ``settings.redis_timeout_seconds`` with ``redis.TimeoutError``, so a hung Redis is an
+    error, never a hung caller. Waits that are meant to be long (``Job.wait`` on pub/sub)
+    pass their own shorter timeouts to each read."""
+    timeout = settings.redis_timeout_seconds
+    return redis.Redis.from_url(url or settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 class Job:
     """A handle on one enqueued job.
 
@@ -122,7 +132,7 @@ class ArtifactJobs:
         settings: Settings | None = None,
     ):
         self.settings = settings or Settings.from_env()
-        self.client = client or redis.Redis.from_url(redis_url or self.settings.redis_url)
+        self.client = client or connect(self.settings, redis_url)
         self.records = JobRecords(
             self.client,
             namespace=self.settings.namespace,
@@ -283,7 +293,8 @@ class ArtifactJobs:
             message_id=str(uuid.uuid4()),
             message_timestamp=int(now * 1000),
         )
-        self.records.create(JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=sent))
+        record = JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=kind.shown(sent))
+        self.records.create(record)
         self.broker.enqueue(message)
         return Job(self, message.message_id)
 

@@ -9,8 +9,11 @@ from pathlib import Path
 from .errors import InvalidInput, PathNotAllowed
 
 
-def resolve_allowed(path: str | os.PathLike[str], roots: Iterable[Path], *, what: str) -> Path:
-    """Resolve ``path`` (symlinks included) and return it if it lies under one of ``roots``.
+def resolve_allowed(
+    path: str | os.PathLike[str], roots: Iterable[Path], *, what: str, forbidden: Iterable[Path] = ()
+) -> Path:
+    """Resolve ``path`` (symlinks included) and return it if it lies under one of ``roots``
+    and in none of ``forbidden`` (the store: never a job's source or target).
 
     Relative paths are refused: a job may run on another machine with another working
     directory. The resolved path is what the caller must use for I/O.
@@ -33,6 +36,10 @@ def resolve_allowed(path: str | os.PathLike[str], roots: Iterable[Path], *, what
         raise PathNotAllowed(
             f"{what} path {text} refused: no allowed roots are configured (PAGLETS_ARTIFACTS_ALLOWED_ROOTS)"
         )
+    for directory in forbidden:
+        barred = Path(directory).resolve(strict=False)
+        if resolved == barred or resolved.is_relative_to(barred):
+            raise PathNotAllowed(f"{what} path {text} (resolved {resolved}) lies inside the store {barred}")
     for root in allowed:
         if resolved == root or resolved.is_relative_to(root):
             return resolved

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch
+from .redaction import redact_url
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
 from .settings import Settings
 from .store import ArtifactStore, Progress
@@ -98,7 +99,7 @@ def check_allowed(url: str, allowed_hosts: Iterable[str]) -> None:
     hosts = tuple(allowed_hosts)
     if not host_allowed(url, hosts):
         listed = ", ".join(hosts) or "none (PAGLETS_ARTIFACTS_ALLOWED_HOSTS is empty)"
-        raise HostNotAllowed(f"remote host of {url} is not allowed; allowed hosts: {listed}")
+        raise HostNotAllowed(f"remote host of {redact_url(url)} is not allowed; allowed hosts: {listed}")
 
 
 class _ChunkReader:
@@ -317,7 +318,8 @@ class RemoteTransfers:
         remote = _ref_from_answer(response, url)
         if remote.sha256 != sha256 or remote.size_bytes != size:
             raise ChecksumMismatch(
-                f"{url} stored {remote.size_bytes} bytes with SHA-256 {remote.sha256}, expected {size} bytes with {sha256}"
+                f"{redact_url(url)} stored {remote.size_bytes} bytes with SHA-256 {remote.sha256}, "
+                f"expected {size} bytes with {sha256}"
             )
         return remote
 
@@ -418,6 +420,7 @@ def _raise_for_status(response: httpx.Response, url: str) -> None:
     status = response.status_code
     if status < 300:
         return
+    url = redact_url(url)  # the message goes into job records and logs
     if status < 400:
         location = response.headers.get("location", "")
         raise RemoteError(
@@ -439,7 +442,7 @@ def _ref_from_answer(response: httpx.Response, url: str) -> ArtifactRef:
         payload = response.json()
         return ArtifactRef.from_wire(payload["artifact"])
     except Exception as exc:  # any malformed answer is the remote's fault, and permanent
-        raise RemoteError(f"{url} answered something that is not an artifact ref: {exc}", remote_type="InvalidAnswer") from None
+        raise RemoteError(f"{redact_url(url)} answered something that is not an artifact ref: {exc}", remote_type="InvalidAnswer") from None
 
 
 def _announced_sha(response: httpx.Response, url: str) -> str | None:
@@ -449,7 +452,7 @@ def _announced_sha(response: httpx.Response, url: str) -> str | None:
     try:
         return validate_sha256(value.strip(), field=SHA256_HEADER)
     except Exception:
-        raise RemoteError(f"{url} sent an invalid {SHA256_HEADER} header {value[:80]!r}", remote_type="InvalidAnswer") from None
+        raise RemoteError(f"{redact_url(url)} sent an invalid {SHA256_HEADER} header {value[:80]!r}", remote_type="InvalidAnswer") from None
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -467,7 +470,7 @@ def _agree(what: str, url: str, error: type[Exception], *claims: tuple[str, Any]
     label, value = given[0]
     for other_label, other in given[1:]:
         if other != value:
-            raise error(f"{what} of {url}: {label} says {value}, {other_label} says {other}")
+            raise error(f"{what} of {redact_url(url)}: {label} says {value}, {other_label} says {other}")
     return value
 
 

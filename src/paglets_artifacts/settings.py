@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .redaction import MASK, redact_url
 from .refs import (
     DEFAULT_ARTIFACT_MAX_BYTES,
     DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS,
@@ -56,6 +57,7 @@ class Settings:
     """Configuration of a host, a worker, the scheduler or the HTTP server."""
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, metadata=_meta("REDIS_URL", "Redis URL (redis://, rediss:// for TLS, unix://)", "url"))
+    redis_timeout_seconds: float = field(default=5.0, metadata=_meta("REDIS_TIMEOUT_SECONDS", "how long a host, the CLI or the HTTP host waits for Redis to connect or to answer a command", "seconds"))
     namespace: str = field(default=DEFAULT_NAMESPACE, metadata=_meta("NAMESPACE", "prefix of every Redis key (jobs, index, Dramatiq queues)", "name"))
     store_root: Path = field(default=Path("artifact-store"), metadata=_meta("STORE_ROOT", "the store directory (blobs/, metadata/, tmp/)", "path"))
     host_url: str = field(default="http://127.0.0.1:8470", metadata=_meta("HOST_URL", "the URL refs of this store carry", "url"))
@@ -63,10 +65,11 @@ class Settings:
     quota_bytes: int | None = field(default=DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES, metadata=_meta("QUOTA_BYTES", "bytes the store may hold ('none': no quota)", "optional_size"))
     spool_ttl_seconds: float = field(default=float(DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS), metadata=_meta("SPOOL_TTL_SECONDS", "age at which a .part file is stale", "seconds"))
     fsync: bool = field(default=True, metadata=_meta("FSYNC", "flush blobs and metadata before a ref is returned", "bool"))
-    allowed_roots: tuple[Path, ...] = field(default=(), metadata=_meta("ALLOWED_ROOTS", "directories (':'-separated) import sources and export targets must lie under; empty refuses every path", "paths"))
+    allowed_roots: tuple[Path, ...] = field(default=(), metadata=_meta("ALLOWED_ROOTS", "directories (':'-separated) import sources and export targets must lie under; empty refuses every path; none may contain the store or lie inside it", "paths"))
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=_meta("ALLOWED_HOSTS", "remote host URLs (','-separated) pull and push jobs may contact", "urls"))
     host_api_keys: tuple[tuple[str, str], ...] = field(default=(), metadata=_meta("HOST_API_KEYS", "per-remote-host API keys: 'URL=KEY,URL=KEY'", "keys"))
     api_key: str = field(default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret"))
+    allow_insecure: bool = field(default=False, metadata=_meta("ALLOW_INSECURE", "let serve listen on a non-loopback address without an API key (a warning at every start)", "bool"))
     job_retention_seconds: float = field(default=86400.0, metadata=_meta("JOB_RETENTION_SECONDS", "how long job records are kept after they end", "seconds"))
     transfer_time_limit_seconds: float = field(default=3600.0, metadata=_meta("TRANSFER_TIME_LIMIT_SECONDS", "time limit of one import or export attempt", "seconds"))
     maintenance_time_limit_seconds: float = field(default=900.0, metadata=_meta("MAINTENANCE_TIME_LIMIT_SECONDS", "time limit of a sweep, owner deletion or reindex", "seconds"))
@@ -82,20 +85,47 @@ class Settings:
     metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or of the HTTP host (0: off)", "count"))
     log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
 
+    def __post_init__(self) -> None:
+        # An allowed root around the store would let an export job overwrite any owner's
+        # blob, and an import with delete_source take another artifact's metadata away.
+        store = Path(self.store_root).expanduser().resolve(strict=False)
+        for root in self.allowed_roots:
+            resolved = Path(root).expanduser().resolve(strict=False)
+            if resolved == store or store.is_relative_to(resolved):
+                relation = "is" if resolved == store else "contains"
+            elif resolved.is_relative_to(store):
+                relation = "lies inside"
+            else:
+                continue
+            shown = os.pathsep.join(str(item) for item in self.allowed_roots)
+            raise SettingsError(
+                f"{PREFIX}ALLOWED_ROOTS={shown!r} is invalid: its entry {root} {relation} the store "
+                f"{PREFIX}STORE_ROOT={str(store)!r}; jobs could then overwrite or delete the store's own "
+                f"files: keep the store outside every allowed root"
+            )
+
     def __repr__(self) -> str:
-        """Every setting, with the Redis password and the API keys shown as ``***`` (logs)."""
-        shown = []
+        """Every setting, secrets masked as ``config`` shows them (logs)."""
+        shown = self.redacted()
+        return f"Settings({', '.join(f'{spec.name}={getattr(shown, spec.name)!r}' for spec in fields(self))})"
+
+    def redacted(self) -> Settings:
+        """These settings as they may be shown: API keys as ``***``, every URL redacted
+        by the one rule of :mod:`paglets_artifacts.redaction` (userinfo, secret query
+        parameters). Never used to connect anywhere."""
+        changes: dict[str, Any] = {}
         for spec in fields(self):
             value = getattr(self, spec.name)
             kind = spec.metadata["parse"]
             if kind == "secret" and value:
-                value = "***"
+                changes[spec.name] = MASK
             elif kind == "keys":
-                value = tuple((url, "***") for url, _ in value)
-            elif spec.name == "redis_url":
-                value = redacted_url(value)
-            shown.append(f"{spec.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+                changes[spec.name] = tuple((redact_url(url), MASK) for url, _ in value)
+            elif kind == "url":
+                changes[spec.name] = redact_url(value)
+            elif kind == "urls":
+                changes[spec.name] = tuple(redact_url(url) for url in value)
+        return replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -158,15 +188,6 @@ class Settings:
         return rows
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
-
-
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -195,7 +216,7 @@ def _parse(var: str, kind: str, raw: str) -> Any:
             hosts = tuple(item.strip().rstrip("/") for item in text.split(",") if item.strip())
             for host in hosts:
                 if urlsplit(host).scheme not in ("http", "https"):
-                    raise ValueError(f"{host!r} is not an http(s) URL")
+                    raise ValueError(f"{redact_url(host)!r} is not an http(s) URL")
             return hosts
         if kind == "keys":
             pairs = []
@@ -242,9 +263,11 @@ def _parse(var: str, kind: str, raw: str) -> Any:
             return text
     except ValueError as exc:
         if kind in ("secret", "keys"):
-            shown = "***"
+            shown = MASK
         elif kind == "url" and "@" in raw:  # whatever precedes the '@' may be a password
-            shown = repr("***@" + raw.rpartition("@")[2])
+            shown = repr(f"{MASK}@" + redact_url(raw.rpartition("@")[2]))
+        elif kind in ("url", "urls"):
+            shown = repr(redact_url(raw))
         else:
             shown = repr(raw)
         raise SettingsError(f"{var}={shown} is invalid: {exc}") from None

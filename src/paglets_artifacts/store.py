@@ -654,8 +654,13 @@ class ArtifactStore:
         Orphans are blobs whose commit was interrupted (found through their staged
         metadata in ``tmp/``) and, on a full scan, blobs without metadata older than the
         spool TTL and metadata without a blob. Unreadable metadata is counted, not hidden.
+
+        ``now`` dates the expiry of artifacts only. Temporary files and orphan blobs are
+        judged by the real clock: a ``.part`` may belong to an upload still in progress, and
+        a sweep dated in the future must never take it.
         """
         current = time.time() if now is None else float(now)
+        clock = time.time()
         self._ensure_dirs()
         report = SweepReport()
         for path in self.tmp_dir.glob("*.part"):
@@ -663,7 +668,7 @@ class ArtifactStore:
                 info = path.lstat()
             except FileNotFoundError:
                 continue
-            if current - info.st_mtime < self.spool_ttl_seconds or stat.S_ISDIR(info.st_mode):
+            if clock - info.st_mtime < self.spool_ttl_seconds or stat.S_ISDIR(info.st_mode):
                 continue  # fresh, or a directory that is none of ours: never ours to remove
             _cleanup(path)
             report.parts_removed += 1
@@ -695,7 +700,7 @@ class ArtifactStore:
                 report.bytes_freed += self.remove(artifact_id)
                 report.expired_removed += 1
         if isinstance(self.index, ScanIndex):
-            self._sweep_orphans(current, report)
+            self._sweep_orphans(clock, report)
         return report
 
     def _sweep_orphans(self, current: float, report: SweepReport) -> None:
