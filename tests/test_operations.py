@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -219,3 +220,56 @@ def test_the_package_never_imports_the_worker_side():
             "print(sorted(name for name in sys.modules if name == 'workers' or name.startswith('workers.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------ docker-compose.paglets.yml
+
+
+def compose_merged(*names: str) -> dict:
+    """The services of compose files applied in order, as ``docker compose -f a -f b`` merges
+    them: mappings (environment, healthcheck) key by key, a later command replaces an earlier one."""
+    import yaml
+
+    def merge(base: dict, override: dict) -> dict:
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    services: dict = {}
+    for name in names:
+        document = yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
+        for service, spec in document["services"].items():
+            services[service] = merge(services.get(service, {}), spec)
+    return services
+
+
+def test_the_paglets_compose_variant_runs_the_host_as_a_paglets_host_sharing_its_directory(monkeypatch, settings):
+    import paglets_artifacts.paglets_host as paglets_host
+
+    services = compose_merged("docker-compose.yml", "docker-compose.paglets.yml")
+    host = services["host"]
+    command = [interpolate(part) for part in host["command"]]
+    assert command[0] == "paglets-host"
+    persistence = Path(command[command.index("--persistence-dir") + 1])
+    for name in ("worker", "scheduler", "host"):  # one store: the host's; its paglets' files allowed
+        env = services[name]["environment"]
+        assert env["PAGLETS_ARTIFACTS_STORE_ROOT"] == str(persistence / "artifacts"), name
+        assert str(persistence / "work") in env["PAGLETS_ARTIFACTS_ALLOWED_ROOTS"].split(":"), name
+    assert re.fullmatch(r"\$\{PAGLETS_API_KEY:\?[^}]+\}", host["environment"]["PAGLETS_API_KEY"])
+    assert "8470" in command and any(port.endswith(":8470") for port in map(interpolate, host["ports"]))
+    assert "/health" in " ".join(host["healthcheck"]["test"])
+
+    ran = []
+    monkeypatch.setattr(paglets_host, "run_host", lambda settings, **options: ran.append((settings, options)))
+    env = {**settings.to_env(), **{k: interpolate(str(v)) for k, v in host["environment"].items()
+                                   if k.startswith("PAGLETS_ARTIFACTS_") and "${" not in str(v)}}
+    result = CliRunner().invoke(cli.app, command, env={**env, "PAGLETS_API_KEY": "k3y"})
+    assert result.exit_code == 0, result.output
+    [(run_settings, options)] = ran
+    assert run_settings.store_root == persistence / "artifacts"
+    assert (options["bind"], options["api_key"], options["persistence_dir"]) == ("0.0.0.0", "k3y", persistence)
+
+
+def test_dockerfile_installs_the_paglets_extra():
+    assert 'pip install ".[paglets]"' in (ROOT / "Dockerfile").read_text()

@@ -494,3 +494,28 @@ def test_a_hosts_sweep_and_the_schedulers_never_pile_up_on_each_other(host, sett
         [fired] = later.run_pending()
         assert fired.outcome == FIRED
         assert host.artifacts.cleanup_temporary() is None
+
+
+def test_paglets_host_refuses_to_listen_beyond_loopback_without_an_api_key(settings, tmp_path):
+    from typer.testing import CliRunner
+
+    from paglets_artifacts import cli
+
+    persistence = tmp_path / "exposed"
+    env = {**_host_settings(settings, persistence, settings.namespace).to_env(), "PAGLETS_API_KEY": ""}
+    result = CliRunner().invoke(cli.app, ["paglets-host", "--name", "exposed", "--host", "0.0.0.0",
+                                          "--persistence-dir", str(persistence)], env=env)
+    assert result.exit_code == cli.EXIT_CONFIG, result.output
+    assert "without an API key" in result.stderr and "--insecure" in result.stderr
+
+
+def test_paglets_host_beyond_loopback_with_insecure_runs_and_warns(settings, tmp_path):
+    persistence = tmp_path / "insecure"
+    peer = offloaded_host("insecure", _host_settings(settings, persistence, settings.namespace).to_env(), persistence,
+                          tmp_path / "insecure.log", extra_args=("--no-mesh", "--host", "0.0.0.0", "--insecure"))
+    # peers bind their URL on 127.0.0.1, which 0.0.0.0 serves too
+    try:
+        peer.start(ready_path="/health")
+        assert "without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE)" in peer.output()
+    finally:
+        peer.stop()

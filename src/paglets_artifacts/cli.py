@@ -594,6 +594,7 @@ def paglets_host(
     peer: Annotated[list[str] | None, typer.Option("--peer", help="Peer host URL to join; repeatable.")] = None,
     public_url: Annotated[str | None, typer.Option("--public-url", help="Externally reachable base URL.")] = None,
     keep_on_dispose: Annotated[bool, typer.Option("--keep-on-dispose", help="Keep a disposed paglet's artifacts (no delete_owner job).")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Listen beyond loopback without an API key (logged as a warning).")] = False,
 ) -> None:
     """Run a real paglets host with offloading attached: its artifact work runs as jobs."""
     settings = _begin(ctx)
@@ -611,6 +612,8 @@ def paglets_host(
         changes["quota_bytes"] = quota
     if spool_ttl is not None:
         changes["spool_ttl_seconds"] = spool_ttl
+    if insecure:
+        changes["allow_insecure"] = True
     api_key = os.environ.get(api_key_env) or None
     if api_key_env != "PAGLETS_API_KEY" and not api_key:
         raise typer.BadParameter(f"{api_key_env} is not set or is empty", param_hint="--api-key-env")

@@ -473,6 +473,19 @@ def run_host(
 
     from paglets.runtime.host import DEFAULT_PERSISTENCE_ROOT, Host
 
+    from .http_api import is_loopback
+
+    if not api_key and not is_loopback(bind):
+        # paglets' API creates paglets, that is, runs code: beyond loopback only with a key
+        if not settings.allow_insecure:
+            raise SettingsError(
+                f"refusing to run paglets host {name!r} on {bind} without an API key: anyone who reaches it could "
+                f"create paglets; set PAGLETS_API_KEY (or the variable --api-key-env names), or listen on "
+                f"127.0.0.1, or pass --insecure (PAGLETS_ARTIFACTS_ALLOW_INSECURE=1) to run without one"
+            )
+        logger.warning("paglets host %s on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who "
+                       "reaches this address can create paglets", name, bind)
+
     if not logging.getLogger().handlers:  # a host operator reads which job moved which file
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("paglets_artifacts").setLevel(logging.INFO)

@@ -69,7 +69,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=_meta("ALLOWED_HOSTS", "remote host URLs (','-separated) pull and push jobs may contact", "urls"))
     host_api_keys: tuple[tuple[str, str], ...] = field(default=(), metadata=_meta("HOST_API_KEYS", "per-remote-host API keys: 'URL=KEY,URL=KEY'", "keys"))
     api_key: str = field(default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret"))
-    allow_insecure: bool = field(default=False, metadata=_meta("ALLOW_INSECURE", "let serve listen on a non-loopback address without an API key (a warning at every start)", "bool"))
+    allow_insecure: bool = field(default=False, metadata=_meta("ALLOW_INSECURE", "let serve and paglets-host listen on a non-loopback address without an API key (a warning at every start)", "bool"))
     job_retention_seconds: float = field(default=86400.0, metadata=_meta("JOB_RETENTION_SECONDS", "how long job records are kept after they end", "seconds"))
     transfer_time_limit_seconds: float = field(default=3600.0, metadata=_meta("TRANSFER_TIME_LIMIT_SECONDS", "time limit of one import or export attempt", "seconds"))
     maintenance_time_limit_seconds: float = field(default=900.0, metadata=_meta("MAINTENANCE_TIME_LIMIT_SECONDS", "time limit of a sweep, owner deletion or reindex", "seconds"))
