@@ -7,10 +7,10 @@ import importlib.util
 import json
 import os
 import re
-from pathlib import Path
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
