@@ -8,6 +8,7 @@ worker, hangs, escapes the store or the allowed roots, or leaves anything behind
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -957,3 +958,26 @@ def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
     assert anyio.run(_json_object, Request(scope, receive)) == {}
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7])
+def test_a_request_head_over_the_bound_is_refused_however_it_is_split(http_server, pieces):
+    from paglets_artifacts.http_api import MAX_REQUEST_HEAD_BYTES
+
+    server, _ = http_server
+    request = (b"GET /artifacts HTTP/1.1\r\n" + H + b"X-Pad: " + b"a" * (MAX_REQUEST_HEAD_BYTES + 50_000) + b"\r\n"
+               + b"X-More: b\r\n\r\n")
+    host, port = server.url.rsplit("/", 1)[-1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        step = -(-len(request) // pieces)
+        try:
+            for offset in range(0, len(request), step):
+                conn.sendall(request[offset:offset + step])
+                time.sleep(0.05)  # each piece its own read on the server
+        except OSError:
+            pass  # refused mid-head: the server closed the connection
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    assert _status(answer) == 400, answer[:200]

@@ -216,3 +216,17 @@ def test_difference_inputs_are_validated(tmp_path):
 def test_difference_cleanup_temporary_reports_what_it_removed(tmp_path):
     assert theirs.ArtifactStore(tmp_path / "p", host_url="http://p").cleanup_temporary() is None
     assert isinstance(ours.ArtifactStore(tmp_path / "o", host_url="http://o", fsync=False).cleanup_temporary(), SweepReport)
+
+
+@pytest.mark.parametrize("chunk", [1000, 1024 * 1024, 3 * 1024 * 1024 + 5])
+def test_chunked_reads_of_a_chunk_size_after_readline_fill_as_paglets(chunk):
+    body = b"header line\n" + os.urandom(4 * 1024 * 1024)
+    framed = b"".join(b"%x\r\n" % len(body[i:i + chunk]) + body[i:i + chunk] + b"\r\n" for i in range(0, len(body), chunk))
+    framed += b"0\r\n\r\n"
+    a, b = theirs.ChunkedRequestReader(io.BytesIO(framed)), ours.ChunkedRequestReader(io.BytesIO(framed))
+    assert b.readline() == a.readline() == b"header line\n"
+    while True:
+        mine, paglets_piece = b.read(1024 * 1024), a.read(1024 * 1024)
+        assert mine == paglets_piece
+        if not mine:
+            break

@@ -148,36 +148,54 @@ def _transfer_error_response(exc: TransferError) -> JSONResponse:
 # ---------------------------------------------------------------------- the HTTP parser
 
 
+class RequestHeadTooLarge(Exception):
+    """Raised inside the parser: uvicorn answers it 400 and closes the connection."""
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bound on the request head.
 
     httptools, not h11: h11 refuses a request with two ``Host`` headers, and paglets'
     ``HostClient`` sends two on every upload and download (``http.client.putrequest`` adds
-    one, then it puts its own). httptools buffers a header of any length, so the bytes of a
-    head are counted here: past :data:`MAX_REQUEST_HEAD_BYTES` the request is answered 400
-    and the connection closed.
+    one, then it puts its own). httptools has no bound of its own: the URL and headers it
+    hands over are counted here (a head past :data:`MAX_REQUEST_HEAD_BYTES` is answered 400
+    and the connection closed), and so are the bytes received while a head is incomplete
+    (one endless header never reaches a callback).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the URL and headers the parser handed over
+        self._raw_head_bytes = 0  # received while the head is incomplete
         self._in_head = True
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_bytes = self._raw_head_bytes = 0
         self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
         super().on_headers_complete()
 
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+            raise RequestHeadTooLarge(f"request head larger than {MAX_REQUEST_HEAD_BYTES} bytes")
+
     def data_received(self, data: bytes) -> None:
-        in_head = self._in_head
-        if in_head:
-            self._head_bytes += len(data)
+        if self._in_head:
+            self._raw_head_bytes += len(data)
         super().data_received(data)
-        if in_head and self._in_head and self._head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
+        if self._in_head and self._raw_head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
             message = f"request head larger than {MAX_REQUEST_HEAD_BYTES} bytes"
             self.logger.warning("%s: refused", message)
             self.send_400_response(message)

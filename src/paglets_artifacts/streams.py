@@ -93,6 +93,8 @@ class ChunkedRequestReader:
             return data
         data = bytes(self._pending[:size])
         del self._pending[:size]
+        if len(data) < size:  # filled across chunks, as read(n) is everywhere else
+            data += self._read_decoded(size - len(data))
         return data
 
     def readline(self, size: int = -1) -> bytes:
