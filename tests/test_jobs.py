@@ -24,6 +24,7 @@ from paglets_artifacts import (
     ArtifactTooLarge,
     ChecksumMismatch,
     InvalidInput,
+    JobExpired,
     JobFailed,
     JobTimeout,
     PathNotAllowed,
@@ -345,3 +346,40 @@ def test_a_job_whose_start_cannot_be_recorded_is_retried_not_run(monkeypatch):
         middleware.JobRecordsMiddleware().before_process_message(None, message)
     assert is_transient(raised.value)
     assert middleware._CURRENT.get() is None  # nothing runs as this job
+
+
+# ---------------------------------------------------------------------- a start deadline
+
+
+def test_a_job_not_started_by_its_deadline_never_runs_and_fails_as_expired(jobs, files, workers):
+    source = files / "late.bin"
+    _write(source, 1000)
+    job = jobs.import_file(str(source))  # no deadline: runs whenever a worker comes
+    late = jobs.enqueue(contract.IMPORT, start_within_seconds=0.5, path=str(source))
+    time.sleep(1.0)
+    workers.start()
+    assert job.wait(30)["size_bytes"] == 1000
+    with pytest.raises(JobExpired):
+        late.wait(30)
+    record = late.status()
+    assert record.error["type"] == "JobExpired" and record.attempts == 1
+    assert [r.id for r in jobs.jobs(kind="import", state="succeeded")] == [job.id]  # one artifact, not two
+
+
+def test_a_job_that_started_before_its_deadline_is_redelivered_after_it_as_usual(jobs, files, tmp_path, settings):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.stress import CRASH_KIND_ENV, CRASH_STEP_ENV, kill_worker, start_worker
+
+    source = files / "started.bin"
+    _write(source, 3 * 1024 * 1024)
+    job = jobs.enqueue(contract.IMPORT, start_within_seconds=5.0, path=str(source))
+    doomed = start_worker(settings, tmp_path / "doomed.log", env={CRASH_KIND_ENV: "import", CRASH_STEP_ENV: "replace:1"},
+                          threads=1)
+    assert doomed.wait(timeout=60) < 0  # killed by its crash point while the import ran
+    time.sleep(max(0.0, job.status().enqueued_at + 5.5 - time.time()))  # past the start deadline
+    rescuer = start_worker(settings, tmp_path / "rescuer.log")
+    try:
+        assert job.wait(60)["size_bytes"] == 3 * 1024 * 1024
+        assert job.status().attempts == 2
+    finally:
+        kill_worker(rescuer)

@@ -21,6 +21,7 @@ import pytest
 import redis
 from conftest import ROOT, Workers, wait_until
 from paglets.artifacts import PagletFileRef
+from paglets.core.errors import RemoteHostError
 from paglets.core.errors import TransferError as PagletsTransferError
 from paglets.core.messages import Message
 from paglets.core.runtime_values import EnvelopeKind
@@ -35,7 +36,7 @@ from peers import Peer, offloaded_host, paglets_host, serve
 import paglets.runtime.lifecycle as lifecycle
 from paglets_artifacts import ArtifactJobs, Settings, SettingsError
 from paglets_artifacts.paglets_host import OffloadedStore, OffloadingClient, PagletsFacingStore, offload
-from paglets_artifacts.redis_server import free_port
+from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 from paglets_artifacts.settings import delete_namespace
 
 sys.path.insert(0, str(ROOT))
@@ -148,7 +149,9 @@ def test_registered_file_work_runs_as_jobs_and_errors_reach_paglets_as_its_own(h
         assert [r.kind for r in offloading.jobs.jobs(limit=20)].count("import") == 2
 
 
-def test_a_host_whose_jobs_no_worker_starts_fails_the_transfer_instead_of_hanging(host, settings, tmp_path):
+def test_a_host_whose_jobs_no_worker_starts_fails_the_transfer_and_the_late_job_never_runs(
+    host, settings, tmp_path, workers
+):
     host_settings = _host_settings(settings, tmp_path / "host", settings.namespace)
     with offload(host, host_settings, queue_timeout=1.0) as offloading:
         source = offloading.work_root / "a" / "f.bin"
@@ -156,6 +159,11 @@ def test_a_host_whose_jobs_no_worker_starts_fails_the_transfer_instead_of_hangin
         source.write_bytes(b"x" * 100)
         with pytest.raises(PagletsTransferError, match="no worker started it within 1 s"):
             host.artifacts.create_from_path(source)
+        [late] = offloading.jobs.jobs(kind="import")
+        workers.start(settings=host_settings)  # a worker comes up after the host gave up
+        expired = wait_until(lambda: (r := offloading.jobs.records.get(late.id)) and r.done and r)
+        assert (expired.state, expired.error["type"]) == ("failed", "JobExpired")
+        assert host.artifacts.list() == [] and _store_files(offloading.store.root) == []
 
 
 # ---------------------------------------------------------------------- two real hosts, real processes
@@ -280,7 +288,8 @@ def _dispatch_and_dispose(a: Rig, b: Rig) -> None:
     assert _store_files(b.store_root) == []  # the staged artifact was deleted after the export
     assert client.list_artifacts(a.url) == [] and client.list_artifacts(b.url) == []
 
-    # A second artifact of that owner on each store, then dispose on B
+    # A second artifact of that owner, on B, then dispose on B (A holds nothing of it: the
+    # dispatch's staging went straight to B)
     extra = b.work_root / "extra.bin"
     extra.write_bytes(b"extra bytes")
     client.upload_artifact(b.url, extra, owner_agent_id=agent_id)
@@ -426,7 +435,7 @@ def _started_settings(settings: Settings, host: Host) -> Settings:
 
 def test_quota_is_exact_across_the_hosts_own_uploads_and_the_workers_imports(started, settings, workers):
     host_settings = _started_settings(settings, started)
-    offload(started, host_settings)
+    attached = offload(started, host_settings)
     started.start_background()
     workers.start(settings=host_settings)
     client = HostClient()
@@ -442,20 +451,99 @@ def test_quota_is_exact_across_the_hosts_own_uploads_and_the_workers_imports(sta
     with pytest.raises(PagletsTransferError, match="quota exceeded"):
         client.upload_artifact(started.address, small)
     assert len(client.list_artifacts(started.address)) == 1
+    attached.detach()
 
 
 @pytest.mark.parametrize("delete_on_dispose", [True, False])
-def test_dispose_enqueues_delete_owner_unless_told_to_keep(started, settings, delete_on_dispose):
+def test_dispose_deletes_the_owners_artifacts_through_a_job_unless_told_to_keep(
+    started, settings, workers, delete_on_dispose
+):
     host_settings = _started_settings(settings, started)
-    offloading = offload(started, host_settings, delete_on_dispose=delete_on_dispose)
-    started.start_background()
-    proxy = started.create(Carrier, CarrierState(size=10, seed=1))
-    started.dispose(proxy.agent_id)
-    deletions = [r for r in offloading.jobs.jobs(limit=20) if r.kind == "delete_owner"]
-    if delete_on_dispose:
-        assert [r.arguments for r in deletions] == [{"owner_agent_id": proxy.agent_id}]
-    else:
-        assert deletions == []
+    with offload(started, host_settings, delete_on_dispose=delete_on_dispose) as offloading:
+        started.start_background()
+        workers.start(settings=host_settings)
+        proxy = started.create(Carrier, CarrierState(size=10, seed=1))
+        owned = Path(started.persistence_dir) / "owned.bin"
+        owned.write_bytes(b"the paglet's own artifact")
+        HostClient().upload_artifact(started.address, owned, owner_agent_id=proxy.agent_id)
+        started.dispose(proxy.agent_id)
+        deletions = [r for r in offloading.jobs.jobs(limit=20) if r.kind == "delete_owner"]
+        if delete_on_dispose:
+            assert [r.arguments for r in deletions] == [{"owner_agent_id": proxy.agent_id}]
+            assert _job_wait(offloading, deletions[0].id)["deleted"] == 1
+            assert started.artifacts.list(owner_agent_id=proxy.agent_id) == []
+        else:
+            assert deletions == []
+            assert len(started.artifacts.list(owner_agent_id=proxy.agent_id)) == 1
+
+
+def _job_wait(offloading, job_id: str) -> dict:
+    return offloading.jobs.job(job_id).wait(30)
+
+
+def test_downloads_run_as_jobs_and_hosts_off_the_allow_list_are_done_in_the_host(started, settings, workers, tmp_path):
+    remote = serve(settings.with_changes(namespace=settings.namespace + "-remote", store_root=tmp_path / "remote",
+                                         allowed_roots=(tmp_path / "remote-files",)).to_env(),
+                   tmp_path / "remote.log").start()
+    try:
+        host_settings = _started_settings(settings, started).with_changes(allowed_hosts=(remote.url,))
+        with offload(started, host_settings) as offloading:
+            workers.start(settings=host_settings)
+            data = os.urandom(MiB + 3)
+            staged = tmp_path / "staged.bin"
+            staged.write_bytes(data)
+            ref = HostClient().upload_artifact(remote.url, staged, owner_agent_id="p")
+            target = offloading.work_root / "p" / "arrived.bin"
+            assert started.client.download_artifact(ref, target, move=True) == ref  # what an arrival calls
+            assert target.read_bytes() == data
+            assert [r.kind for r in offloading.jobs.jobs(limit=10)] == ["download"]
+            assert HostClient().list_artifacts(remote.url) == []  # moved
+
+            # the same call for a target the workers may not write: the host's own client does it
+            outside = tmp_path / "outside.bin"
+            again = HostClient().upload_artifact(remote.url, staged)
+            started.client.download_artifact(again, outside)
+            assert outside.read_bytes() == data
+            assert [r.kind for r in offloading.jobs.jobs(limit=10)] == ["download"]
+    finally:
+        remote.stop()
+
+
+def test_a_path_outside_the_work_directories_is_hashed_by_paglets_own_function(host, settings, tmp_path, workers):
+    other = tmp_path / "other-files"
+    other.mkdir()
+    host_settings = _host_settings(settings, tmp_path / "host", settings.namespace).with_changes(
+        allowed_roots=((tmp_path / "host" / "work").resolve(), other.resolve()))
+    with offload(host, host_settings) as offloading:
+        elsewhere = other / "f.bin"
+        elsewhere.write_bytes(b"not a paglet's file")
+        assert lifecycle.file_sha256(elsewhere) == hashlib.sha256(b"not a paglet's file").hexdigest()
+        assert offloading.jobs.jobs(limit=10) == []
+
+
+def test_without_redis_a_paglets_host_reads_from_its_directory_and_moves_files_itself(started, settings, tmp_path):
+    with EmbeddedRedis() as private:
+        host_settings = _started_settings(settings, started).with_changes(redis_url=private.url)
+        with offload(started, host_settings) as offloading:
+            started.start_background()
+            client = HostClient()
+            source = offloading.work_root / "p" / "f.bin"
+            source.parent.mkdir(parents=True)
+            source.write_bytes(os.urandom(MiB))
+            ref = client.upload_artifact(started.address, source, owner_agent_id="p")
+            private.stop()
+            assert client.artifact_metadata(started.address, ref.artifact_id) == ref
+            assert client.list_artifacts(started.address, owner_agent_id="p") == [ref]
+            back = tmp_path / "back.bin"
+            client.download_artifact(ref, back)
+            assert back.read_bytes() == source.read_bytes()
+            with pytest.raises(RemoteHostError):  # the quota cannot be kept exact without Redis
+                client.upload_artifact(started.address, source)
+            # a dispatch's hash and an arrival's export need no Redis: done in the host process
+            assert lifecycle.file_sha256(source) == hashlib.sha256(source.read_bytes()).hexdigest()
+            target = offloading.work_root / "q" / "f.bin"
+            started.artifacts.export_to_path(ref.artifact_id, target)
+            assert target.read_bytes() == source.read_bytes()
 
 
 def test_paglets_host_stops_cleanly_on_sigterm_and_sigint(settings, tmp_path):

@@ -140,6 +140,18 @@ class JobRecordsMiddleware(Middleware):
             # effect happened once, and it must not happen twice.
             logger.info("job %s already ended; skipping redelivered message", message.message_id)
             raise SkipMessage()
+        start_by = message.options.get("start_by")
+        if attempt == 1 and start_by is not None and time.time() > float(start_by):
+            # Its enqueuer stopped waiting for a start (a paglets host's dispatch failed): a
+            # first attempt this late must have no effect. A redelivery or retry of a job that
+            # did start runs as usual.
+            error = {"type": "JobExpired", "message": "not started before its start deadline; it never ran"}
+            retry_while_unreachable(
+                lambda: ctx.records.finished(message.message_id, state="failed", error=error),
+                f"the expiry of job {message.message_id}",
+            )
+            logger.info("job %s %s expired before it started", message.message_id, kind.name)
+            raise SkipMessage()
         reporter = ProgressReporter(message.message_id, ctx.settings.progress_every_bytes)
         _CURRENT.set(RunningJob(message.message_id, kind.name, attempt, enqueued_at, reporter))
         logger.info("job %s %s started (attempt %d)", message.message_id, kind.name, attempt)

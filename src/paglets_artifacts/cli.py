@@ -602,10 +602,7 @@ def paglets_host(
         from .paglets_host import run_host
     except ImportError as exc:
         raise RuntimeError(str(exc)) from None
-    persistence = (persistence_dir or Path.home() / ".paglets" / "hosts" / name).expanduser().resolve()
-    changes: dict[str, Any] = {"store_root": persistence / "artifacts"}
-    if os.environ.get(PREFIX + "STORE_ROOT"):
-        changes.pop("store_root")  # set explicitly: offloading checks it is the host's
+    changes: dict[str, Any] = {}
     if max_size is not None:
         changes["max_artifact_bytes"] = max_size
     if quota is not None:
@@ -626,8 +623,10 @@ def paglets_host(
 
     run_host(
         settings.with_changes(**changes), name=name, bind=host, port=port, api_key=api_key,
-        persistence_dir=persistence, mesh=mesh, peers=peer, public_url=public_url,
-        delete_on_dispose=not keep_on_dispose, on_started=started,
+        persistence_dir=persistence_dir.expanduser().resolve() if persistence_dir else None, mesh=mesh, peers=peer,
+        public_url=public_url, delete_on_dispose=not keep_on_dispose, on_started=started,
+        # set explicitly, the store root must be the host's own (offloading checks); else it is
+        adopt_store_root=not os.environ.get(PREFIX + "STORE_ROOT"),
     )
 
 

@@ -88,6 +88,10 @@ class JobFailed(TransferError):
     """A job failed with an error type this process does not know."""
 
 
+class JobExpired(TransferError):
+    """A job was not started before its age limit (its enqueuer stopped waiting): it never ran."""
+
+
 _KNOWN: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (
@@ -106,6 +110,7 @@ _KNOWN: dict[str, type[Exception]] = {
         RemoteError,
         AuthenticationError,
         ForbiddenError,
+        JobExpired,
     )
 }
 

@@ -279,17 +279,21 @@ class ArtifactJobs:
 
     # ---------------------------------------------------------------- generic
 
-    def enqueue(self, kind: contract.JobKind, **arguments: Any) -> Job:
-        """Validate ``arguments`` against ``kind`` and enqueue the job."""
+    def enqueue(self, kind: contract.JobKind, *, start_within_seconds: float | None = None, **arguments: Any) -> Job:
+        """Validate ``arguments`` against ``kind`` and enqueue the job. With ``start_within_seconds``
+        a worker that would start it for the first time later skips it and its record fails
+        with ``JobExpired`` (a caller that stopped waiting wants no effect any more); once
+        started, its redeliveries and retries run as any job's."""
         values = kind.validate({key: value for key, value in arguments.items() if value is not None})
         sent = {key: value for key, value in values.items() if value is not None}
         now = time.time()
+        options = {} if start_within_seconds is None else {"start_by": now + start_within_seconds}
         message = Message(
             queue_name=kind.queue_name,
             actor_name=kind.actor_name,
             args=(),
             kwargs=sent,
-            options={},
+            options=options,
             message_id=str(uuid.uuid4()),
             message_timestamp=int(now * 1000),
         )

@@ -11,8 +11,8 @@ as jobs in worker processes.
 What changes for the host, all through its public attributes (``artifacts``, ``client``,
 ``add_listener``):
 
-- ``host.artifacts`` is an :class:`OffloadedStore` (behind :class:`PagletsFacingStore`) over the host's own artifact directory,
-  with the host's URL (kept in step: paglets calls ``set_host_url`` on every (re)bind), caps,
+- ``host.artifacts`` is an :class:`OffloadedStore` (behind :class:`PagletsFacingStore`) over
+  the host's own artifact directory, with the host's URL (kept in step: paglets calls ``set_host_url`` on every (re)bind), caps,
   quota and spool TTL, and the Redis index the workers share, so quota is exact across the
   host's uploads and the workers' imports. Uploads to the host's own ``POST /artifacts``
   still arrive through paglets' HTTP server, now with our atomic, verified commit.
@@ -26,10 +26,11 @@ What changes for the host, all through its public attributes (``artifacts``, ``c
   on their allow-list) is done in the host process, as before, with a warning.
 
 Errors reach paglets as paglets' own ``TransferError`` (so its HTTP server answers them as
-it answers its own store's). The one hook that is not a public attribute of ``Host``: the
-hash before a dispatch is paglets' module function ``paglets.runtime.lifecycle.file_sha256``,
-replaced while any host is attached (a path no attached host's workers may read is hashed
-by paglets' own function).
+it answers its own store's), and an unreachable Redis as its ``RemoteHostError``; a job that
+cannot be enqueued for want of Redis is done in the host process. The one hook that is not a
+public attribute of ``Host``: the hash before a dispatch is paglets' module function
+``paglets.runtime.lifecycle.file_sha256``, replaced while any host is attached (a path under
+no attached host's work directory is hashed by the function it replaced).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 try:
     import paglets.runtime.lifecycle as _lifecycle
     from paglets.artifacts import ArtifactRef as PagletsArtifactRef
+    from paglets.core.errors import RemoteHostError as PagletsRemoteHostError
     from paglets.core.errors import TransferError as PagletsTransferError
     from paglets.remote.client import HostClient
 except ImportError as exc:  # pragma: no cover - the message is the point
@@ -52,8 +56,9 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     ) from exc
 
 from . import contract
-from .errors import JobTimeout, TransferError
+from .errors import InvalidInput, JobTimeout, PathNotAllowed, QuotaExceeded, TransferError
 from .jobs import ArtifactJobs, Job
+from .paths import resolve_allowed
 from .records import QUEUED
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult
 from .remote import host_allowed
@@ -63,8 +68,15 @@ from .store import ArtifactStore, Progress, request_body
 logger = logging.getLogger("paglets_artifacts.paglets_host")
 
 #: Longest a host thread waits for a worker to *start* one of its jobs before it gives up
-#: (no worker running, or all busy): a dispatch then fails instead of hanging.
+#: (no worker running, or all busy): a dispatch then fails instead of hanging. The job
+#: carries the same start deadline, so a worker that comes later skips it (its record then
+#: fails with ``JobExpired``) instead of leaving an artifact or a file nobody wants.
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 60.0
+#: Beyond the queue timeout, how long a job still marked queued is given to show it started
+#: (a worker that took the message just in time records the start a moment later).
+START_GRACE_SECONDS = 2.0
+#: Most bytes of a refused upload's body read (and dropped) so paglets' client hears the error.
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
 
 
 class Offloading:
@@ -122,6 +134,14 @@ class Offloading:
                 "registered files there are moved in the host process",
                 self.host.name, work_root,
             )
+        if getattr(self.host, "api_key", None) and any(
+            not self.settings.host_key(url) for url in self.settings.allowed_hosts
+        ):
+            logger.warning(
+                "host %s has an API key, but PAGLETS_ARTIFACTS_HOST_API_KEYS names none for some of "
+                "PAGLETS_ARTIFACTS_ALLOWED_HOSTS: workers send no key to those hosts (the host's own client does)",
+                self.host.name,
+            )
         logger.info("host %s: offloading attached (store %s, namespace %s)", self.host.name, self.store.root,
                     self.settings.namespace)
         return self
@@ -156,30 +176,48 @@ class Offloading:
 
     def worker_env(self) -> dict[str, str]:
         """The environment workers for this host start with (``paglets-artifacts worker``)."""
-        return self.settings.to_env()
+        return self.settings.with_changes(host_url=self.store.host_url).to_env()
 
     def path_allowed(self, path: str | Path) -> bool:
-        resolved = Path(path).expanduser().resolve(strict=False)
-        return any(resolved.is_relative_to(Path(root).resolve(strict=False)) for root in self.settings.allowed_roots)
+        """Whether the workers may touch ``path`` (the rule they apply: :func:`resolve_allowed`)."""
+        try:
+            resolve_allowed(path, self.settings.allowed_roots, what="path", forbidden=(self.store.root,))
+        except (InvalidInput, PathNotAllowed):
+            return False
+        return True
+
+    def holds(self, path: str | Path) -> bool:
+        """Whether ``path`` lies in this host's paglet work directories (and the workers may read it)."""
+        resolved = Path(path).resolve(strict=False)
+        return resolved.is_relative_to(self.work_root.resolve(strict=False)) and self.path_allowed(path)
 
     def host_allowed(self, url: str) -> bool:
         return host_allowed(f"{url.rstrip('/')}/artifacts", self.settings.allowed_hosts)
 
     # ------------------------------------------------------------ jobs the host waits on
 
-    def run(self, job: Job, what: str) -> Any:
-        """Wait for ``job``; its result, or a ``TransferError`` naming ``what`` and the job.
+    def submit(self, kind: contract.JobKind, what: str, **arguments: Any) -> Job | None:
+        """Enqueue a job the host will wait on, to be started within the queue timeout; ``None``
+        when Redis cannot be reached (the caller then does the work in the host process)."""
+        try:
+            return self.jobs.enqueue(kind, start_within_seconds=self.queue_timeout, **arguments)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning("host %s: %s runs in the host process: Redis is unavailable: %s", self.host.name, what, exc)
+            return None
 
-        A job given up on here (no worker started it in time) stays queued and may still run."""
+    def run(self, job: Job, what: str) -> Any:
+        """Wait for ``job``; its result, or a ``TransferError`` naming ``what`` and the job."""
         logger.info("host %s: %s: job %s", self.host.name, what, job.id)
         started = time.monotonic()
         try:
             try:
-                return job.wait(timeout=min(self.queue_timeout, self.timeout))
+                return job.wait(timeout=min(self.queue_timeout + START_GRACE_SECONDS, self.timeout))
             except JobTimeout:
-                if job.status().state == QUEUED:
+                if job.status().state == QUEUED:  # past its start deadline: no worker will start it now
                     raise JobTimeout(f"no worker started it within {self.queue_timeout:g} s") from None
             return job.wait(timeout=max(0.0, self.timeout - (time.monotonic() - started)))
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
         except Exception as exc:
             raise TransferError(f"{what} (job {job.id}) failed: {exc}") from exc
 
@@ -192,7 +230,9 @@ class Offloading:
             try:
                 last = self.jobs.client.hget(key, "job_id")
                 record = self.jobs.records.get(last.decode()) if last else None
-                if record is not None and not record.done:
+                # a record left queued or running far past the sweep's time limit lost its message
+                lost = record is not None and record.enqueued_at < time.time() - 2 * self.settings.maintenance_time_limit_seconds
+                if record is not None and not record.done and not lost:
                     logger.info("host %s: sweep skipped: job %s is %s", self.host.name, record.id, record.state)
                     return None
                 job = self.jobs.sweep()
@@ -234,19 +274,23 @@ class OffloadedStore(ArtifactStore):
     ) -> ArtifactWriteResult:
         # our own extensions (a chosen id, a progress callback) and paths the workers may not
         # read are done here, as paglets' store would
-        if artifact_id is not None or progress is not None or not self.offloading.path_allowed(source):
-            _warn_in_process(self.offloading, "import", source)
+        what = f"import of {source}"
+        job = None
+        if artifact_id is None and progress is None and self.offloading.path_allowed(source):
+            job = self.offloading.submit(
+                contract.IMPORT, what, path=str(source), owner_agent_id=owner_agent_id,
+                name=name or Path(source).name, compression=compression, expires_at=expires_at,
+                expected_sha256=expected_sha256, delete_source=delete_source,
+            )
+        else:
+            _warn_in_process(self.offloading, what)
+        if job is None:
             return super().create_from_path(
                 source, owner_agent_id=owner_agent_id, name=name, compression=compression, expires_at=expires_at,
                 expected_sha256=expected_sha256, artifact_id=artifact_id, delete_source=delete_source,
                 progress=progress,
             )
-        job = self.offloading.jobs.import_file(
-            str(Path(source).absolute()), owner_agent_id=owner_agent_id, name=name or Path(source).name,
-            compression=compression, expires_at=expires_at, expected_sha256=expected_sha256,
-            delete_source=delete_source,
-        )
-        wire = self.offloading.run(job, f"import of {source}")
+        wire = self.offloading.run(job, what)
         ref = self._with_host(ArtifactRef.from_wire(wire))
         return ArtifactWriteResult(ref=ref, path=self.blobs_dir / f"{ref.artifact_id}.bin")
 
@@ -259,13 +303,19 @@ class OffloadedStore(ArtifactStore):
         progress: Progress | None = None,
         part_token: str | None = None,
     ) -> ArtifactRef:
-        if progress is not None or part_token is not None or not self.offloading.path_allowed(target):
-            _warn_in_process(self.offloading, "export", target)
+        what = f"export of {artifact_id} to {target}"
+        job = None
+        if progress is None and part_token is None and self.offloading.path_allowed(target):
+            job = self.offloading.submit(
+                contract.EXPORT, what, artifact_id=artifact_id, target=str(target), expected_sha256=expected_sha256
+            )
+        else:
+            _warn_in_process(self.offloading, what)
+        if job is None:
             return super().export_to_path(
                 artifact_id, target, expected_sha256=expected_sha256, progress=progress, part_token=part_token
             )
-        job = self.offloading.jobs.export(artifact_id, str(Path(target).absolute()), expected_sha256=expected_sha256)
-        return self._with_host(ArtifactRef.from_wire(self.offloading.run(job, f"export of {artifact_id} to {target}")))
+        return self._with_host(ArtifactRef.from_wire(self.offloading.run(job, what)))
 
     def create_from_http_request(
         self,
@@ -279,18 +329,19 @@ class OffloadedStore(ArtifactStore):
         expected_sha256: str | None = None,
     ) -> ArtifactWriteResult:
         """An upload to the host's own ``POST /artifacts``, stored here (the bytes are on the
-        host's socket). paglets' client sends the whole body before it reads the answer: a body
-        refused before its end (quota) is read to its end, up to the size cap, so the client
-        hears the error instead of a broken pipe."""
+        host's socket). paglets' client sends the whole body before it reads the answer, and
+        paglets' own store refuses for quota only after the body: a body of at most
+        :data:`MAX_DRAIN_BYTES` refused for quota before its end is read to its end, so the
+        client hears the error instead of a broken pipe."""
         stream, size = request_body(headers, source)
         try:
             return self.create_from_stream(
                 stream, size_bytes=size, owner_agent_id=owner_agent_id, name=name, compression=compression,
                 expires_at=expires_at, expected_sha256=expected_sha256,
             )
-        except TransferError:
-            if not self.max_artifact_bytes or size <= self.max_artifact_bytes:
-                _drain(stream, self.max_artifact_bytes or size)
+        except QuotaExceeded:
+            if 0 <= size <= MAX_DRAIN_BYTES:
+                _drain(stream, size)
             raise
 
     def cleanup_temporary(self, *, now: float | None = None) -> Any:
@@ -325,6 +376,10 @@ class PagletsFacingStore:
 
 class OffloadingClient(HostClient):
     """paglets' ``HostClient`` whose artifact uploads and downloads run as jobs.
+
+    paglets' ``timeout`` of a call is a socket timeout: a job is waited on up to the
+    transfer time limit instead. Workers send the per-host keys of their settings
+    (``PAGLETS_ARTIFACTS_HOST_API_KEYS``), not the host's own key.
 
     Parameters:
       offloading(Offloading): the attachment whose jobs it enqueues.
@@ -368,17 +423,22 @@ class OffloadingClient(HostClient):
         timeout: float | None = None,
     ) -> PagletsArtifactRef:
         off = self.offloading
-        if not (off.path_allowed(path) and off.host_allowed(host_url)):
-            _warn_in_process(off, f"upload to {host_url}", path)
+        what = f"upload of {path} to {host_url}"
+        job = None
+        if off.path_allowed(path) and off.host_allowed(host_url):
+            job = _as_paglets(lambda: off.submit(
+                contract.UPLOAD, what, path=str(path), host_url=host_url, owner_agent_id=owner_agent_id,
+                name=name or Path(path).name, compression=compression, expires_at=expires_at,
+                expected_sha256=expected_sha256,
+            ))
+        else:
+            _warn_in_process(off, what)
+        if job is None:
             return self.base.upload_artifact(
                 host_url, path, owner_agent_id=owner_agent_id, name=name, compression=compression,
                 expires_at=expires_at, expected_sha256=expected_sha256, timeout=timeout,
             )
-        job = _as_paglets(lambda: off.jobs.upload(
-            str(Path(path).absolute()), host_url, owner_agent_id=owner_agent_id, name=name or Path(path).name,
-            compression=compression, expires_at=expires_at, expected_sha256=expected_sha256,
-        ))
-        return PagletsArtifactRef.from_wire(_as_paglets(lambda: off.run(job, f"upload of {path} to {host_url}")))
+        return PagletsArtifactRef.from_wire(_as_paglets(lambda: off.run(job, what)))
 
     def download_artifact(
         self,
@@ -395,14 +455,18 @@ class OffloadingClient(HostClient):
             if artifact_id is None:
                 return self.base.download_artifact(artifact, target, artifact_id, move=move, timeout=timeout)
             ref = self.artifact_metadata(str(artifact), artifact_id, timeout=timeout)
-        if not (off.path_allowed(target) and off.host_allowed(ref.host_url)):
-            _warn_in_process(off, f"download from {ref.host_url}", target)
+        what = f"download of {ref.artifact_id} from {ref.host_url} to {target}"
+        job = None
+        if off.path_allowed(target) and off.host_allowed(ref.host_url):
+            job = _as_paglets(lambda: off.submit(
+                contract.DOWNLOAD, what, url=f"{ref.host_url.rstrip('/')}/artifacts/{ref.artifact_id}",
+                target=str(target), expected_sha256=ref.sha256 or None, expected_size=ref.size_bytes, move=move,
+            ))
+        else:
+            _warn_in_process(off, what)
+        if job is None:
             return self.base.download_artifact(ref, target, move=move, timeout=timeout)
-        job = _as_paglets(lambda: off.jobs.download(
-            f"{ref.host_url.rstrip('/')}/artifacts/{ref.artifact_id}", str(Path(target).absolute()),
-            expected_sha256=ref.sha256 or None, expected_size=ref.size_bytes, move=move,
-        ))
-        _as_paglets(lambda: off.run(job, f"download of {ref.artifact_id} from {ref.host_url} to {target}"))
+        _as_paglets(lambda: off.run(job, what))
         return ref
 
 
@@ -464,14 +528,16 @@ def run_host(
     peers: list[str] | None = None,
     public_url: str | None = None,
     delete_on_dispose: bool = True,
+    adopt_store_root: bool = True,
     on_started: Any = None,
 ) -> None:
     """Run a real paglets ``Host`` with offloading attached until SIGINT or SIGTERM
-    (``paglets-artifacts paglets-host``). The store root is ``<persistence_dir>/artifacts``
-    (the host's own); caps, quota and spool TTL are the settings'."""
+    (``paglets-artifacts paglets-host``). ``persistence_dir`` defaults to paglets' own
+    default for ``name``; with ``adopt_store_root`` the host's artifact directory becomes the
+    store root (else ``settings.store_root`` must be it); caps, quota and TTL are the settings'."""
     import signal
 
-    from paglets.runtime.host import DEFAULT_PERSISTENCE_ROOT, Host
+    from paglets.runtime.host import Host
 
     from .http_api import is_loopback
 
@@ -489,12 +555,13 @@ def run_host(
     if not logging.getLogger().handlers:  # a host operator reads which job moved which file
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
-    persistence = Path(persistence_dir) if persistence_dir is not None else DEFAULT_PERSISTENCE_ROOT / name
     host = Host(
-        name, bind, port, api_key=api_key, persistence_dir=persistence, mesh=mesh, peers=peers,
+        name, bind, port, api_key=api_key, persistence_dir=persistence_dir, mesh=mesh, peers=peers,
         public_url=public_url, artifact_max_bytes=settings.max_artifact_bytes,
         artifact_storage_quota_bytes=settings.quota_bytes, artifact_spool_ttl_seconds=settings.spool_ttl_seconds,
     )
+    if adopt_store_root:
+        settings = settings.with_changes(store_root=Path(host.artifacts.root))
     offloading = offload(host, settings, delete_on_dispose=delete_on_dispose)
     stopping = threading.Event()
 
@@ -520,53 +587,63 @@ def run_host(
 
 
 def _as_paglets(call: Any) -> Any:
-    """Run ``call``; our store errors leave as paglets' ``TransferError`` (cause kept)."""
+    """Run ``call``; our store errors leave as paglets' ``TransferError`` and an unreachable
+    Redis as its ``RemoteHostError`` (causes kept)."""
     try:
         return call()
     except TransferError as exc:
         raise PagletsTransferError(str(exc)) from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise PagletsRemoteHostError(f"Redis is unavailable: {type(exc).__name__}: {exc}") from exc
 
 
-def _drain(stream: Any, limit: int) -> None:
-    """Read and drop what is left of a request body (at most ``limit`` bytes; -1: none left)."""
-    left = limit
+def _drain(stream: Any, size: int) -> None:
+    """Read and drop what is left of a request body of ``size`` bytes."""
+    left = size
     with contextlib.suppress(Exception):  # a broken body: the error already raised is the one to tell
-        while left != 0:
-            chunk = stream.read(STREAM_CHUNK_BYTES if left < 0 else min(STREAM_CHUNK_BYTES, left))
+        while left > 0:
+            chunk = stream.read(min(STREAM_CHUNK_BYTES, left))
             if not chunk:
                 return
-            left -= len(chunk) if left > 0 else 0
+            left -= len(chunk)
 
 
-def _warn_in_process(off: Offloading, what: str, path: str | Path) -> None:
-    logger.warning("host %s: %s of %s runs in the host process (outside the workers' allowed roots or hosts)",
-                   off.host.name, what, path)
+def _warn_in_process(off: Offloading, what: str) -> None:
+    logger.warning("host %s: %s runs in the host process (outside the workers' allowed roots or hosts)",
+                   off.host.name, what)
 
 
-# The hash before a dispatch is paglets.runtime.lifecycle's module function file_sha256:
-# while a host is attached it is replaced by one that runs a checksum job of the attached
-# host whose workers may read the path (paglets' own function for any other path).
-_ATTACHED: set[Offloading] = set()
+# The hash before a dispatch is paglets.runtime.lifecycle's module function file_sha256: while
+# a host is attached it is replaced by one that runs a checksum job of the attached host whose
+# work directories hold the path (the function it replaced hashes any other path).
+_ATTACHED: list[Offloading] = []
 _ATTACHED_LOCK = threading.Lock()
-_paglets_file_sha256 = _lifecycle.file_sha256
+_replaced_file_sha256: Any = None
 
 
 def _offloaded_file_sha256(path: str | Path) -> str:
     for off in list(_ATTACHED):
-        if off.path_allowed(path):
-            job = _as_paglets(lambda off=off: off.jobs.checksum(str(Path(path).absolute())))
-            return str(_as_paglets(lambda off=off, job=job: off.run(job, f"checksum of {path}"))["sha256"])
-    return _paglets_file_sha256(path)
+        if off.holds(path):
+            what = f"checksum of {path}"
+            job = _as_paglets(lambda off=off: off.submit(contract.CHECKSUM, what, path=str(path)))
+            if job is not None:
+                return str(_as_paglets(lambda off=off, job=job: off.run(job, what))["sha256"])
+            break
+    return _replaced_file_sha256(path)
 
 
 def _attach_hash(off: Offloading) -> None:
+    global _replaced_file_sha256
     with _ATTACHED_LOCK:
-        _ATTACHED.add(off)
-        _lifecycle.file_sha256 = _offloaded_file_sha256
+        if not _ATTACHED:
+            _replaced_file_sha256 = _lifecycle.file_sha256
+            _lifecycle.file_sha256 = _offloaded_file_sha256
+        _ATTACHED.append(off)
 
 
 def _detach_hash(off: Offloading) -> None:
     with _ATTACHED_LOCK:
-        _ATTACHED.discard(off)
-        if not _ATTACHED:
-            _lifecycle.file_sha256 = _paglets_file_sha256
+        if off in _ATTACHED:
+            _ATTACHED.remove(off)
+        if not _ATTACHED and _lifecycle.file_sha256 is _offloaded_file_sha256:
+            _lifecycle.file_sha256 = _replaced_file_sha256
