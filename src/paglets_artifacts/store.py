@@ -284,14 +284,25 @@ class ArtifactStore:
         expected_sha256: str | None = None,
         artifact_id: str | None = None,
         progress: Progress | None = None,
+        reserve_ahead_bytes: int | None = None,
     ) -> ArtifactWriteResult:
         """Stream ``source`` into a new artifact; ``size_bytes=-1`` when the size is unknown.
 
         ``artifact_id`` (hex) makes the write idempotent: when that artifact is already
         committed, its ref is returned and nothing is written (a redelivered job).
+
+        The quota is reserved for the whole declared size before the first byte, unless
+        ``reserve_ahead_bytes`` is given (a body from a client that may never send it): then
+        the declared size must fit at the start, but the reservation holds at most that many
+        bytes more than have arrived, and grows as they arrive (refused mid-body when the
+        quota filled meanwhile).
         """
         if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < -1:
             raise InvalidInput(f"invalid size_bytes {size_bytes!r}: expected a whole number >= 0, or -1 if unknown")
+        if reserve_ahead_bytes is not None and (
+            isinstance(reserve_ahead_bytes, bool) or not isinstance(reserve_ahead_bytes, int) or reserve_ahead_bytes < 1
+        ):
+            raise InvalidInput(f"invalid reserve_ahead_bytes {reserve_ahead_bytes!r}: expected a whole number >= 1")
         expires = validate_expires_at(expires_at)
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
         for label, value in (("owner_agent_id", owner_agent_id), ("name", name), ("compression", compression)):
@@ -305,19 +316,27 @@ class ArtifactStore:
         self._ensure_dirs()
         tmp_path = self.tmp_dir / f"{artifact_id}.part"
         reserved = False
+        held = 0  # bytes the reservation holds
         fd = -1
         inode = -1
         try:
             if size_bytes >= 0:
-                self.index.reserve(artifact_id, size_bytes, self.quota_bytes)
+                held = size_bytes if reserve_ahead_bytes is None else min(size_bytes, reserve_ahead_bytes)
+                self.index.reserve(artifact_id, held, self.quota_bytes, must_fit_bytes=size_bytes)
                 reserved = True
             fd = self._create_part(tmp_path)
             inode = os.fstat(fd).st_ino
 
             def on_chunk(total: int) -> None:
+                nonlocal held, reserved
                 self._check_size(total)
                 if 0 <= size_bytes < total:
                     raise SizeMismatch(f"body is longer than its declared {size_bytes} bytes")
+                if reserve_ahead_bytes is not None and total > held:
+                    grown = total + reserve_ahead_bytes
+                    held = grown if size_bytes < 0 else min(size_bytes, grown)
+                    self.index.reserve(artifact_id, held, self.quota_bytes)
+                    reserved = True
                 if progress is not None:
                     progress(total, size_bytes)
 
@@ -326,7 +345,7 @@ class ArtifactStore:
                 raise SizeMismatch(f"body ended after {written} of {size_bytes} declared bytes")
             if expected and sha256 != expected:
                 raise ChecksumMismatch(f"artifact checksum mismatch: expected {expected}, got {sha256}")
-            if not reserved:
+            if not reserved or held != written:
                 self.index.reserve(artifact_id, written, self.quota_bytes)
                 reserved = True
             if self.fsync:
