@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
+import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -15,8 +16,8 @@ import dramatiq
 
 from paglets_artifacts import contract
 from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, TransferError
-from paglets_artifacts.paths import resolve_allowed
-from paglets_artifacts.streams import file_sha256
+from paglets_artifacts.paths import AllowedPath, resolve_beneath
+from paglets_artifacts.streams import hashed_read
 
 from .broker import settings
 from .context import context
@@ -80,7 +81,9 @@ def import_file(
     expected_sha256: str | None, delete_source: bool,
 ) -> dict[str, Any]:
     ctx = context()
-    source = resolve_allowed(path, settings.allowed_roots, what="import source")
+    # Opened beneath its allowed root later, no link followed: a directory of the path
+    # swapped for a symlink after this check is refused, not followed out of the root.
+    source = resolve_beneath(path, settings.allowed_roots, what="import source")
     check_owner_alive(owner_agent_id)
     artifact_id = artifact_id_for_job()
     result = ctx.store.committed(artifact_id)
@@ -101,8 +104,7 @@ def import_file(
         # index knows the artifact, and that a moved source is gone.
         ctx.store.index.committed(result.ref)
         if delete_source:
-            with contextlib.suppress(FileNotFoundError):
-                source.unlink()
+            source.unlink()
     keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
@@ -110,7 +112,7 @@ def import_file(
 @job_actor(contract.EXPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
-    target_path = resolve_allowed(target, settings.allowed_roots, what="export target")
+    target_path = resolve_beneath(target, settings.allowed_roots, what="export target")
     checkpoint_key = f"{ctx.records.key(current_job().id)}"
     try:
         ref = ctx.store.export_to_path(
@@ -121,10 +123,10 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
         # A redelivered move whose first attempt finished: the artifact is gone but the
         # target holds its verified bytes. The checkpoint says which bytes those were.
         saved = ctx.client.hget(checkpoint_key, "checkpoint")
-        if not (move and saved and target_path.is_file()):
+        if not (move and saved):
             raise
         ref_wire = json.loads(saved)
-        if file_sha256(target_path) != ref_wire["sha256"]:
+        if _target_sha256(target_path) != ref_wire["sha256"]:
             raise
         ctx.store.finish_removal(artifact_id)  # the first attempt may have died mid-deletion
         return {**ref_wire, "target": str(target_path), "moved": True}
@@ -132,6 +134,18 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
         ctx.client.hset(checkpoint_key, "checkpoint", json.dumps(ref.to_wire()))
         ctx.store.delete(artifact_id)
     return {**ref.to_wire(), "target": str(target_path), "moved": move}
+
+
+def _target_sha256(target: AllowedPath) -> str | None:
+    """The SHA-256 of an export target that is a regular file, else ``None``."""
+    try:
+        fd = target.open_file()
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb", buffering=0, closefd=True) as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return hashed_read(handle)[1]
 
 
 @job_actor(contract.SWEEP, time_limit_seconds=settings.maintenance_time_limit_seconds)

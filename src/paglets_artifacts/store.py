@@ -32,6 +32,7 @@ from .errors import (
     TransferError,
 )
 from .index import ScanIndex, StoreIndex
+from .paths import AllowedPath
 from .redis_index import RedisIndex
 from .refs import (
     ARTIFACT_COPY,
@@ -64,6 +65,8 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXE
 # Opening a FIFO for reading blocks until a writer appears; non-blocking, it opens at once and
 # is refused as "not a file" (regular files ignore the flag).
 _SOURCE_FLAGS = _READ_FLAGS | getattr(os, "O_NONBLOCK", 0)
+# The directory of a plain (not AllowedPath) source or target: opened as the caller named it.
+_PARENT_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(slots=True)
@@ -118,6 +121,18 @@ def _cleanup_own(path: Path, inode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         if os.lstat(path).st_ino == inode:
             path.unlink()
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _unlink_if_same(dir_fd: int, name: str, inode: int) -> None:
+    """Remove ``name`` in ``dir_fd`` if it is still the file imported (inode ``inode``)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == inode:
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _cleanup(*paths: Path) -> None:
@@ -196,7 +211,7 @@ class ArtifactStore:
 
     def create_from_path(
         self,
-        source: str | Path,
+        source: str | Path | AllowedPath,
         *,
         owner_agent_id: str = "",
         name: str | None = None,
@@ -209,38 +224,54 @@ class ArtifactStore:
     ) -> ArtifactWriteResult:
         """Import a regular file. With ``delete_source`` the source is removed only after
         the artifact is committed; on the store's filesystem it is hashed in place and
-        renamed into the store, so no byte is copied."""
-        path = Path(source)
+        linked into the store, so no byte is copied.
+
+        An :class:`AllowedPath` source (what workers pass) is opened beneath its allowed
+        root, no link below it followed; opening, linking and removing the source are all
+        done relative to its directory's descriptor (``PathNotAllowed`` when a component
+        is, or was swapped for, a symlink)."""
+        beneath = source if isinstance(source, AllowedPath) else None
+        path = beneath.path if beneath is not None else Path(source)
         try:
-            fd = os.open(path, _SOURCE_FLAGS)
+            dir_fd = beneath.open_parent() if beneath is not None else os.open(path.parent, _PARENT_FLAGS)
         except FileNotFoundError:
             raise SourceUnavailable(f"artifact source does not exist: {path}") from None
         except OSError as exc:
+            raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
+        try:
+            return self._create_from_file(
+                dir_fd, path, beneath, delete_source=delete_source, owner_agent_id=owner_agent_id,
+                name=name or path.name, compression=compression, expires_at=expires_at,
+                expected_sha256=expected_sha256, artifact_id=artifact_id, progress=progress,
+            )
+        finally:
+            os.close(dir_fd)
+
+    def _create_from_file(
+        self, dir_fd: int, path: Path, beneath: AllowedPath | None, *, delete_source: bool, **options: Any
+    ) -> ArtifactWriteResult:
+        try:
+            fd = os.open(path.name, _SOURCE_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise SourceUnavailable(f"artifact source does not exist: {path}") from None
+        except OSError as exc:
+            if beneath is not None and exc.errno == errno.ELOOP:  # resolved as a file, a link now
+                raise beneath.refused() from None
             raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise SourceUnavailable(f"artifact source is not a file: {path}")
         with open(fd, "rb", buffering=0, closefd=True) as handle:
-            options = dict(
-                owner_agent_id=owner_agent_id,
-                name=name or path.name,
-                compression=compression,
-                expires_at=expires_at,
-                expected_sha256=expected_sha256,
-                artifact_id=artifact_id,
-                progress=progress,
-            )
             # A file with other hard links is copied: through them its bytes could change later.
             if delete_source and info.st_dev == self._tmp_device() and info.st_nlink == 1:
                 try:
-                    return self._move_in(path, handle, info, **options)
+                    return self._move_in(dir_fd, path, handle, info, **options)
                 except _LinkRefused:
                     handle.seek(0)  # no hard links here (filesystem or protected_hardlinks): copy
             result = self.create_from_stream(handle, size_bytes=info.st_size, **options)
         if delete_source:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _unlink_if_same(dir_fd, path.name, info.st_ino)
         return result
 
     def create_from_http_request(
@@ -373,9 +404,12 @@ class ArtifactStore:
             _raise_if_no_space(exc, self.root)
             raise
 
-    def _move_in(self, path: Path, handle: Any, info: os.stat_result, **options: Any) -> ArtifactWriteResult:
+    def _move_in(
+        self, dir_fd: int, path: Path, handle: Any, info: os.stat_result, **options: Any
+    ) -> ArtifactWriteResult:
         """Hash a same-filesystem source in place, link it into the store, commit, and only
-        then remove the source (no byte copied, nothing lost wherever it is interrupted)."""
+        then remove the source (no byte copied, nothing lost wherever it is interrupted).
+        The source is named relative to ``dir_fd``, the directory it was opened in."""
         artifact_id = options["artifact_id"] or uuid.uuid4().hex
         artifact_id = validate_artifact_id(artifact_id)
         existing = self.committed(artifact_id)
@@ -412,7 +446,7 @@ class ArtifactStore:
             # A second name, not a rename: the source stays where it is until the artifact is
             # committed, so an import killed at any point loses nothing (its retry clears the link).
             try:
-                os.link(path, tmp_path, follow_symlinks=False)
+                os.link(path.name, tmp_path, src_dir_fd=dir_fd, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno in _NO_LINK_ERRNOS:
                     raise _LinkRefused(path) from exc
@@ -446,17 +480,16 @@ class ArtifactStore:
             _cleanup_own(tmp_path, info.st_ino)
             if not self._metadata_path(artifact_id).exists():
                 # Not committed: the source keeps its own mode and times. (Once committed, the
-                # source is a second name of the blob, which must keep its safer mode.)
+                # source is a second name of the blob, which must keep its safer mode.) Through
+                # the open descriptor: whatever its name now leads to, it is the same inode.
                 with contextlib.suppress(OSError):
-                    if info.st_mode & 0o022 and os.lstat(path).st_ino == info.st_ino:
-                        os.chmod(path, stat.S_IMODE(info.st_mode))
-                    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+                    if info.st_mode & 0o022:
+                        os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
+                    os.utime(handle.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
             self.index.release(artifact_id)
             _raise_if_no_space(exc, self.root)
             raise
-        with contextlib.suppress(FileNotFoundError):
-            if os.lstat(path).st_ino == info.st_ino:  # still the file that was imported
-                path.unlink()
+        _unlink_if_same(dir_fd, path.name, info.st_ino)
         return result
 
     def _commit(self, tmp_path: Path, ref: ArtifactRef, *, inode: int) -> ArtifactWriteResult:
@@ -572,7 +605,7 @@ class ArtifactStore:
     def export_to_path(
         self,
         artifact_id: str,
-        target: str | Path,
+        target: str | Path | AllowedPath,
         *,
         expected_sha256: str | None = None,
         progress: Progress | None = None,
@@ -582,23 +615,41 @@ class ArtifactStore:
         (size and SHA-256) before it is renamed into place.
 
         ``part_token`` (hex) names that ``.part`` instead of a random token: a retried export
-        of the same job then replaces what a killed attempt left beside the target.
+        of the same job then replaces what a killed attempt left beside the target. An
+        :class:`AllowedPath` target (what workers pass) is reached beneath its allowed root,
+        no link below it followed (missing directories are made on the way); the ``.part``
+        is created, renamed and removed relative to the target directory's descriptor.
         """
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
         token = uuid.uuid4().hex if part_token is None else validate_artifact_id(part_token)
         ref = self.ref(artifact_id)
-        target_path = Path(target)
-        if target_path.is_dir():
-            raise InvalidInput(f"export target is a directory: {target_path}")
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = target_path.with_name(f".{target_path.name}.{token}.part")
-        if part_token is not None:
-            self._clear_stale_part(tmp_path)  # a killed attempt's, of the same job
-        with self.open_reader(artifact_id) as source:
+        beneath = target if isinstance(target, AllowedPath) else None
+        target_path = beneath.path if beneath is not None else Path(target)
+        if beneath is None:
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+        dir_fd = beneath.open_parent(create=True) if beneath is not None else os.open(target_path.parent, _PARENT_FLAGS)
+        try:
+            self._export_into(dir_fd, target_path, ref, expected, token, part_token is not None, progress)
+        finally:
+            os.close(dir_fd)
+        return ref
+
+    def _export_into(
+        self, dir_fd: int, target_path: Path, ref: ArtifactRef, expected: str | None, token: str,
+        replace_stale: bool, progress: Progress | None,
+    ) -> None:
+        name = target_path.name
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise InvalidInput(f"export target is a directory: {target_path}")
+        part_name = f".{name}.{token}.part"
+        if replace_stale:
+            _unlink_quietly(dir_fd, part_name)  # a killed attempt's, of the same job
+        with self.open_reader(ref.artifact_id) as source:
             try:
-                fd = create_exclusive(tmp_path)
+                fd = create_exclusive(part_name, dir_fd=dir_fd)
             except FileExistsError:
-                raise TransferError(f"export temporary file {tmp_path} already exists") from None
+                raise TransferError(f"export temporary file {target_path.parent / part_name} already exists") from None
             try:
 
                 def on_chunk(total: int) -> None:
@@ -617,16 +668,15 @@ class ArtifactStore:
                     os.fsync(fd)
                 os.close(fd)
                 fd = -1
-                os.replace(tmp_path, target_path)
+                os.replace(part_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 if self.fsync:
-                    self._fsync_dir(target_path.parent)
+                    os.fsync(dir_fd)
             except BaseException as exc:
                 if fd >= 0:
                     os.close(fd)
-                _cleanup(tmp_path)
+                _unlink_quietly(dir_fd, part_name)
                 _raise_if_no_space(exc, target_path.parent)
                 raise
-        return ref
 
     # ------------------------------------------------------------------ deleting
 

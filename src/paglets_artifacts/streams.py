@@ -732,10 +732,11 @@ def file_sha256(path: str | Path) -> str:
 _EXCLUSIVE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def create_exclusive(path: Path, mode: int = 0o644) -> int:
-    """Create ``path`` for writing; fail if anything (a file, a planted symlink) is there."""
+def create_exclusive(path: Path | str, mode: int = 0o644, *, dir_fd: int | None = None) -> int:
+    """Create ``path`` (relative to ``dir_fd`` when given) for writing; fail if anything (a
+    file, a planted symlink) is there."""
     try:
-        return os.open(path, _EXCLUSIVE_FLAGS, mode)
+        return os.open(path, _EXCLUSIVE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
         raise
     except OSError as exc:
