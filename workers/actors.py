@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import functools
+import contextlib
 import json
+import logging
 import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 
 from paglets_artifacts import contract
-from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, TransferError
+from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, Superseded, TransferError
 from paglets_artifacts.paths import AllowedPath, resolve_beneath
 from paglets_artifacts.streams import hashed_read
 
 from .broker import settings
 from .context import context
 from .middleware import current_job
+
+logger = logging.getLogger("paglets_artifacts.jobs")
 
 
 def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[[Callable[..., Any]], Any]:
@@ -75,9 +79,49 @@ def keep_unless_owner_deleted(artifact_id: str, owner_agent_id: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def reclaimed_on_failure(artifact_id: str) -> Iterator[None]:
+    """Run an import attempt (file or pull) that writes ``artifact_id``; if it fails, for
+    whatever reason, first remove what earlier attempts of its job left under that id.
+
+    A redelivered attempt runs because an earlier one was killed: its ``.part``, staged
+    metadata, half-committed blob and quota reservation are still there, and an error the
+    new attempt meets early (the owner deleted, the source gone) would otherwise leave them
+    until the spool TTL or a reindex. When the owner was deleted, an artifact an earlier
+    attempt committed goes too: the deletion may have missed it (killed between the
+    commit's renames and the index update, or before the post-commit check).
+    ``Superseded`` is left alone: another attempt of the job is writing those files now.
+    """
+    try:
+        yield
+    except Superseded:
+        raise
+    except BaseException as exc:
+        try:
+            freed = context().store.reclaim(artifact_id, remove_committed=isinstance(exc, OwnerDeleted))
+        except Exception as cleanup_error:  # e.g. Redis down: the error that ended the attempt is what counts
+            logger.warning("could not reclaim what earlier attempts left for %s: %s", artifact_id, cleanup_error)
+        else:
+            if freed:
+                logger.info("reclaimed %d bytes earlier attempts left for %s", freed, artifact_id)
+        raise
+
+
 @job_actor(contract.IMPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
 def import_file(
     *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
+    expected_sha256: str | None, delete_source: bool,
+) -> dict[str, Any]:
+    artifact_id = artifact_id_for_job()
+    with reclaimed_on_failure(artifact_id):
+        return _import_file(
+            artifact_id, path=path, owner_agent_id=owner_agent_id, name=name, compression=compression,
+            expires_at=expires_at, expected_sha256=expected_sha256, delete_source=delete_source,
+        )
+
+
+def _import_file(
+    artifact_id: str, *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
     expected_sha256: str | None, delete_source: bool,
 ) -> dict[str, Any]:
     ctx = context()
@@ -85,7 +129,6 @@ def import_file(
     # swapped for a symlink after this check is refused, not followed out of the root.
     source = resolve_beneath(path, settings.allowed_roots, what="import source")
     check_owner_alive(owner_agent_id)
-    artifact_id = artifact_id_for_job()
     result = ctx.store.committed(artifact_id)
     if result is None:
         result = ctx.store.create_from_path(
@@ -154,11 +197,28 @@ def sweep(*, now: float | None) -> dict[str, Any]:
     return report.to_wire()
 
 
+# KEYS: tombstone | ARGV: deleted_at ttl_seconds. Sets the tombstone unless it already holds
+# a time as late (another deletion of the owner, begun later).
+_RAISE_TOMBSTONE = """
+local old = redis.call('GET', KEYS[1])
+if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 @job_actor(contract.DELETE_OWNER, time_limit_seconds=settings.maintenance_time_limit_seconds)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
     # The tombstone first: an import of this owner that commits from now on removes itself.
-    ctx.client.set(ctx.tombstone_key(owner_agent_id), repr(time.time()), ex=int(settings.owner_tombstone_seconds))
+    # Its time is when the deletion's first attempt began, kept in the job's record, so a
+    # redelivered attempt does not move it later (and refuse imports enqueued after the
+    # deletion began); a later deletion of the same owner raises it, nothing lowers it.
+    record_key = ctx.records.key(current_job().id)
+    ctx.client.hsetnx(record_key, "tombstone_at", repr(time.time()))
+    began = float(ctx.client.hget(record_key, "tombstone_at"))
+    ctx.client.eval(_RAISE_TOMBSTONE, 1, ctx.tombstone_key(owner_agent_id), repr(began),
+                    int(settings.owner_tombstone_seconds))
     freed = 0
     deleted = 0
     for ref in ctx.store.list(owner_agent_id=owner_agent_id):

@@ -9,7 +9,7 @@ from paglets_artifacts import contract
 from paglets_artifacts.refs import ArtifactRef
 from paglets_artifacts.remote import RemoteTransfers
 
-from .actors import artifact_id_for_job, check_owner_alive, job_actor, keep_unless_owner_deleted
+from .actors import artifact_id_for_job, check_owner_alive, job_actor, keep_unless_owner_deleted, reclaimed_on_failure
 from .broker import settings
 from .context import context
 from .middleware import current_job
@@ -21,11 +21,11 @@ def import_url(
     expected_sha256: str | None, expected_size: int | None,
 ) -> dict[str, Any]:
     ctx = context()
-    with RemoteTransfers(settings) as remote:
+    # The job's own artifact id: a redelivered pull finds what its first attempt committed.
+    artifact_id = artifact_id_for_job()
+    with RemoteTransfers(settings) as remote, reclaimed_on_failure(artifact_id):
         remote.check_allowed(url)  # before anything else: no request to a host not allowed
         check_owner_alive(owner_agent_id)
-        # The job's own artifact id: a redelivered pull finds what its first attempt committed.
-        artifact_id = artifact_id_for_job()
         result = remote.pull(
             url,
             ctx.store,
@@ -38,7 +38,7 @@ def import_url(
             expected_size=expected_size,
             progress=current_job().progress,
         )
-    keep_unless_owner_deleted(artifact_id, owner_agent_id)
+        keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
 

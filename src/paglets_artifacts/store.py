@@ -703,6 +703,26 @@ class ArtifactStore:
             return 0  # a whole artifact (or one being committed): not remains
         return self.remove(artifact_id)
 
+    def reclaim(self, artifact_id: str, *, remove_committed: bool = False) -> int:
+        """Remove what earlier attempts of the import writing ``artifact_id`` left behind and
+        return the bytes freed: its ``.part`` and staged metadata, the blob of a commit cut
+        between its two renames, its quota reservation; with ``remove_committed`` also the
+        artifact itself, whole (an import of a deleted owner). For an attempt that fails:
+        its job's earlier attempts were killed, and nothing else writes under that id."""
+        artifact_id = validate_artifact_id(artifact_id)
+        freed = 0
+        for path in (self.tmp_dir / f"{artifact_id}.part", self.tmp_dir / f"{artifact_id}.json.part"):
+            with contextlib.suppress(FileNotFoundError):
+                size = path.lstat().st_size
+                path.unlink()
+                freed += size
+        if remove_committed:
+            freed += self.remove(artifact_id)  # files, index entry and reservation
+        elif self.committed(artifact_id) is None:  # (a whole one is recorded: its hold becomes usage)
+            freed += self.finish_removal(artifact_id)
+            self.index.release(artifact_id)
+        return freed
+
     def delete_owner(self, owner_agent_id: str) -> list[ArtifactRef]:
         """Delete every artifact of ``owner_agent_id``; return the refs deleted."""
         deleted = []
