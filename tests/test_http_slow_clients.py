@@ -328,3 +328,14 @@ def test_an_upload_waiting_for_a_slot_gets_one_when_a_holder_finishes(serve):
     thread.join(30)
     assert answers and answers[0].status_code == 200, answers
     assert sorted(ref.size_bytes for ref in server.store.list()) == [6, 1000]
+
+
+def test_idle_uploads_from_one_address_leave_the_other_addresses_their_slots(serve):
+    server = serve(uploads_per_client=8, upload_idle_seconds=30.0, upload_slot_wait_seconds=30.0)
+    [server.open(_headers(100_000)) for _ in range(64)]  # from 127.0.0.1: 8 admitted, 56 waiting
+    wait_until(lambda: len(server.parts()) == 8, timeout=10)
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=server.url, timeout=5, transport=transport) as other:
+        answer = other.post("/artifacts", content=b"from another address")
+    assert answer.status_code == 200, answer.text  # admitted at once, not after the idle ones
+    assert len(server.parts()) == 8
