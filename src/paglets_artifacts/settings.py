@@ -77,7 +77,7 @@ class Settings:
     maintenance_chance: int = field(default=1000, metadata=_meta("MAINTENANCE_CHANCE", "per million broker commands: how often dead workers' jobs are looked for", "count"))
     progress_every_bytes: int = field(default=4 * 1024 * 1024, metadata=_meta("PROGRESS_EVERY_BYTES", "how often a transfer reports progress", "size"))
     upload_idle_seconds: float = field(default=30.0, metadata=_meta("UPLOAD_IDLE_SECONDS", "an HTTP upload body bringing fewer bytes than the minimum rate asks within this many seconds of waiting is cut (408)", "seconds"))
-    upload_min_bytes_per_second: int = field(default=1024, metadata=_meta("UPLOAD_MIN_BYTES_PER_SECOND", "minimum rate of an HTTP upload body, averaged over each UPLOAD_IDLE_SECONDS (0: at least one byte)", "size"))
+    upload_min_bytes_per_second: int = field(default=1024, metadata=_meta("UPLOAD_MIN_BYTES_PER_SECOND", "minimum rate of an HTTP upload body, averaged over each UPLOAD_IDLE_SECONDS of waiting (0: one byte per window)", "size"))
     uploads_per_client: int = field(default=8, metadata=_meta("UPLOADS_PER_CLIENT", "HTTP uploads one client address may run at once (0: no per-client limit)", "count"))
     upload_slot_wait_seconds: float = field(default=10.0, metadata=_meta("UPLOAD_SLOT_WAIT_SECONDS", "how long an HTTP upload waits for a free slot before a 503 with Retry-After", "seconds"))
     owner_tombstone_seconds: float = field(default=86400.0, metadata=_meta("OWNER_TOMBSTONE_SECONDS", "how long a deleted owner's imports are refused", "seconds"))
