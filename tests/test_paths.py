@@ -187,3 +187,11 @@ def test_a_path_that_changes_while_it_is_resolved_is_refused_naming_it(root, mon
     monkeypatch.setattr(Path, "resolve", swapped)
     with pytest.raises(PathNotAllowed, match=r"export target path .*/d/x refused: .*/d changed between a link and a directory"):
         resolve_allowed(str(root / "d" / "x"), [root], what="export target")
+
+
+def test_an_allowed_root_that_does_not_exist_is_named_in_the_refusal(tmp_path):
+    missing = (tmp_path / "not-there").resolve()
+    allowed = resolve_beneath(missing / "sub" / "f.bin", [missing], what="export target")
+    with pytest.raises(PathNotAllowed, match=r"its allowed root .*/not-there does not exist"):
+        allowed.open_parent(create=True)
+    assert not missing.exists()  # an allowed root is configuration: never made on the way

@@ -94,7 +94,13 @@ class AllowedPath:
         """A descriptor of the directory that holds the file; ``create`` makes missing
         directories on the way. ``FileNotFoundError`` when one is missing (and not made),
         ``PathNotAllowed`` when one is not a directory (a symlink, or swapped for one)."""
-        fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotAllowed(
+                f"{self.what} path {self.given} refused: its allowed root {self.root} does not exist or is not "
+                "a directory (PAGLETS_ARTIFACTS_ALLOWED_ROOTS)"
+            ) from None
         try:
             for depth, part in enumerate(self.parts[:-1], start=1):
                 if create:
