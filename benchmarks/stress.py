@@ -9,7 +9,8 @@ one of them a move, a sweep, an owner deletion), and kills the worker once with 
 while a job of the run's target kind runs. Two ways, alternating:
 
 - ``step``: the worker kills its own process group just before the N-th file-system step
-  (a write or kernel copy, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``) of a job of that kind, N drawn
+  (a write or kernel copy, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``, and
+  ``os.fsync`` for a store with fsync on) of a job of that kind, N drawn
   at random: every point between two steps of a commit, a deletion or a sweep is reachable;
 - ``signal``: the suite sends SIGKILL from outside a random few milliseconds after a job of
   that kind reported ``running``.
