@@ -285,20 +285,31 @@ def test_an_attempt_whose_leftovers_cannot_be_reclaimed_still_fails_with_its_own
     assert (planted / "inside").read_bytes() == b"x"  # not ours to empty
 
 
-def test_a_redelivered_deletion_keeps_the_time_of_its_first_attempt(settings, files, jobs, launch, redis_client):
+def test_an_import_enqueued_before_the_deletion_ended_leaves_nothing_and_one_enqueued_after_it_proceeds(
+    settings, files, jobs, launch, redis_client
+):
     store = _store(settings, jobs)
     store.create_from_stream(io.BytesIO(b"x" * 5000), owner_agent_id="doomed")
     store.create_from_stream(io.BytesIO(b"y" * 6000), owner_agent_id="doomed")
-    job = jobs.delete_owner("doomed")
-    doomed = launch(settings, crash=("delete_owner", "unlink:2"))  # tombstone written, one removal begun
+    deletion = jobs.delete_owner("doomed")
+    doomed = launch(settings, crash=("delete_owner", "unlink:2"))  # begun: tombstone written, one removal made
     assert doomed.wait(timeout=60) == -signal.SIGKILL, "the crash point was not reached"
-    key = f"{settings.namespace}:owner-deleted:doomed"
-    first = float(redis_client.get(key))
+    (files / "during.bin").write_bytes(os.urandom(3000))
+    during = jobs.import_file(str(files / "during.bin"), owner_agent_id="doomed")  # the deletion is under way
     launch(settings)
-    job.wait(60)
-    assert float(redis_client.get(key)) == first  # the retry did not move the deletion later
-    assert redis_client.ttl(key) > 0
-    assert store.list(owner_agent_id="doomed") == []
+    deletion.wait(60)
+    try:
+        during.wait(60)  # refused, or committed before the redelivered deletion removed it
+    except OwnerDeleted:
+        pass
+    (files / "after.bin").write_bytes(os.urandom(4000))
+    after = jobs.import_file(str(files / "after.bin"), owner_agent_id="doomed")
+    kept = after.wait(60)
+    tombstone = float(redis_client.get(f"{settings.namespace}:owner-deleted:doomed"))
+    assert during.status().enqueued_at <= tombstone <= after.status().enqueued_at
+    assert [ref.artifact_id for ref in store.list(owner_agent_id="doomed")] == [kept["artifact_id"]]
+    assert [ref.artifact_id for ref in store.scan() if ref.owner_agent_id == "doomed"] == [kept["artifact_id"]]
+    _assert_consistent(store)
 
 
 def _ended(job):

@@ -198,7 +198,7 @@ def sweep(*, now: float | None) -> dict[str, Any]:
 
 
 # KEYS: tombstone | ARGV: deleted_at ttl_seconds. Sets the tombstone unless it already holds
-# a time as late (another deletion of the owner, begun later).
+# a time as late (another deletion of the same owner, running later).
 _RAISE_TOMBSTONE = """
 local old = redis.call('GET', KEYS[1])
 if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
@@ -210,24 +210,33 @@ return 1
 @job_actor(contract.DELETE_OWNER, time_limit_seconds=settings.maintenance_time_limit_seconds)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
-    # The tombstone first: an import of this owner that commits from now on removes itself.
-    # Its time is when the deletion's first attempt began, kept in the job's record, so a
-    # redelivered attempt does not move it later (and refuse imports enqueued after the
-    # deletion began); a later deletion of the same owner raises it, nothing lowers it.
-    record_key = ctx.records.key(current_job().id)
-    ctx.client.hsetnx(record_key, "tombstone_at", repr(time.time()))
-    began = float(ctx.client.hget(record_key, "tombstone_at"))
-    ctx.client.eval(_RAISE_TOMBSTONE, 1, ctx.tombstone_key(owner_agent_id), repr(began),
-                    int(settings.owner_tombstone_seconds))
+    key = ctx.tombstone_key(owner_agent_id)
+    ttl = int(settings.owner_tombstone_seconds)
+    # The tombstone first: an import of this owner enqueued before now is refused when it
+    # starts, and removes its artifact itself when it commits from now on.
+    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    freed, deleted = _remove_owner_artifacts(owner_agent_id)
+    # Then the deletion's end: every import enqueued before it is refused (the tombstone's
+    # time is what imports compare their enqueue time with), and a second pass removes what
+    # imports committed during the first one, before their post-commit check could see it.
+    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    more_freed, more_deleted = _remove_owner_artifacts(owner_agent_id)
+    return {"owner_agent_id": owner_agent_id, "deleted": deleted + more_deleted, "bytes_freed": freed + more_freed}
+
+
+def _remove_owner_artifacts(owner_agent_id: str) -> tuple[int, int]:
+    """Remove every artifact the index lists for the owner; return (bytes freed, artifacts)."""
+    store = context().store
     freed = 0
     deleted = 0
-    for ref in ctx.store.list(owner_agent_id=owner_agent_id):
-        freed += ctx.store.remove(ref.artifact_id)
+    for ref in store.list(owner_agent_id=owner_agent_id):
+        freed += store.remove(ref.artifact_id)
         deleted += 1
-    for artifact_id in list(ctx.store.index.owner_ids(owner_agent_id)):
+    for artifact_id in list(store.index.owner_ids(owner_agent_id)):
         # What an attempt killed between an artifact's metadata and its blob left behind.
-        freed += ctx.store.finish_removal(artifact_id)
-    return {"owner_agent_id": owner_agent_id, "deleted": deleted, "bytes_freed": freed}
+        freed += store.finish_removal(artifact_id)
+    return freed, deleted
+
 
 
 @job_actor(contract.REINDEX, time_limit_seconds=settings.maintenance_time_limit_seconds)
