@@ -339,3 +339,19 @@ def test_idle_uploads_from_one_address_leave_the_other_addresses_their_slots(ser
         answer = other.post("/artifacts", content=b"from another address")
     assert answer.status_code == 200, answer.text  # admitted at once, not after the idle ones
     assert len(server.parts()) == 8
+
+
+def test_quota_takers_and_slot_takers_together_still_let_a_small_upload_through(serve):
+    server = serve(upload_idle_seconds=1.0, uploads_per_client=0, upload_slot_wait_seconds=20.0)
+    idle = [server.open(_headers(GiB)) for _ in range(10)] + [server.open(_headers(100_000)) for _ in range(64)]
+    wait_until(lambda: len(server.parts()) == 64, timeout=10)  # every slot taken, 10 more waiting
+    assert server.store.index.used_bytes() <= 64 * UPLOAD_RESERVATION_STEP_BYTES
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        answer = client.post("/artifacts", content=os.urandom(300_000))
+    assert answer.status_code == 200, answer.text
+    for conn in idle:
+        status, _headers_, body = _answer(conn)
+        assert status == 408 and body["error_class"] == "UploadTooSlow", body  # waiters too, once admitted
+    wait_until(lambda: server.parts() == [], timeout=10)
+    assert _reservations(server) == 0
+    assert server.store.index.used_bytes() == 300_000
