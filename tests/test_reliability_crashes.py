@@ -345,7 +345,7 @@ def test_owners_deleted_while_their_imports_are_killed_leave_no_part_reservation
         (files / f"kept-{round_number}.bin").write_bytes(data)
         kept[jobs.import_file(str(files / f"kept-{round_number}.bin"), owner_agent_id="kept").id] = data
         worker = launch(settings, threads=5)  # a thread free for the deletion while the imports run
-        wait_until(lambda: any(job.status().state == "running" for job in imports[-3:]), timeout=60, interval=0.005)
+        wait_until(lambda: any(job.status().state != "queued" for job in imports[-3:]), timeout=60, interval=0.005)
         deletions.append((owner, jobs.delete_owner(owner)))
         time.sleep(rng.uniform(0, 0.06))
         kill_worker(worker)
