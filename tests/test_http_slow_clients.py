@@ -355,3 +355,24 @@ def test_quota_takers_and_slot_takers_together_still_let_a_small_upload_through(
     wait_until(lambda: server.parts() == [], timeout=10)
     assert _reservations(server) == 0
     assert server.store.index.used_bytes() == 300_000
+
+
+def test_an_idle_chunked_upload_is_cut_and_leaves_no_part_and_no_reservation(serve):
+    server = serve(upload_idle_seconds=1.0)
+    conn = server.open(b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n10\r\n" + b"c" * 16 + b"\r\n")
+    status, headers, body = _answer(conn)
+    assert status == 408 and headers.get("connection") == "close"
+    assert body["error_class"] == "UploadTooSlow" and "16 bytes" in body["error"], body
+    assert server.parts() == [] and _reservations(server) == 0 and server.store.index.used_bytes() == 0
+
+
+def test_a_chunked_upload_holds_a_step_ahead_of_its_bytes_and_then_exactly_its_size(serve):
+    server = serve(upload_idle_seconds=5.0)
+    conn = server.open(b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n")
+    conn.sendall(b"%x\r\n" % 2_000_000 + b"\0" * 2_000_000 + b"\r\n")
+    wait_until(lambda: server.parts() and server.parts()[0].stat().st_size > 0, timeout=10)
+    assert 0 < server.store.index.used_bytes() <= 2_000_000 + UPLOAD_RESERVATION_STEP_BYTES
+    conn.sendall(b"0\r\n\r\n")
+    status, _headers_, body = _answer_keep_alive(conn)
+    assert status == 200, body
+    assert server.store.index.used_bytes() == 2_000_000 and _reservations(server) == 0
