@@ -195,3 +195,10 @@ def test_an_allowed_root_that_does_not_exist_is_named_in_the_refusal(tmp_path):
     with pytest.raises(PathNotAllowed, match=r"its allowed root .*/not-there does not exist"):
         allowed.open_parent(create=True)
     assert not missing.exists()  # an allowed root is configuration: never made on the way
+
+
+def test_a_file_where_a_directory_of_the_path_should_be_is_invalid_input_naming_it(root):
+    (root / "plain").write_bytes(b"a file")
+    allowed = resolve_beneath(root / "plain" / "f.bin", [root], what="export target")
+    with pytest.raises(InvalidInput, match=r"export target path .*/plain/f\.bin: .*/plain is a file, not a directory"):
+        allowed.open_parent(create=True)

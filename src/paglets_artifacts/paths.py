@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +141,16 @@ class AllowedPath:
         try:
             return os.open(part, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
-            if exc.errno in _SWAPPED_ERRNOS:
-                raise self.refused(depth) from None
-            raise
+            if exc.errno not in _SWAPPED_ERRNOS:
+                raise
+        try:
+            mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+        except OSError:
+            mode = stat.S_IFLNK  # gone since the open: it is being swapped
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):  # a link, or a directory again: swapped under us
+            raise self.refused(depth)
+        where = self.root.joinpath(*self.parts[:depth])
+        raise InvalidInput(f"{self.what} path {self.given}: {where} is a file, not a directory")
 
     def refused(self, depth: int | None = None) -> PathNotAllowed:
         """The error for a component (``depth`` components below the root; the file itself
