@@ -9,7 +9,8 @@ one of them a move, a sweep, an owner deletion), and kills the worker once with 
 while a job of the run's target kind runs. Two ways, alternating:
 
 - ``step``: the worker kills its own process group just before the N-th file-system step
-  (a write or kernel copy, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``) of a job of that kind, N drawn
+  (a write or kernel copy, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``, and
+  ``os.fsync`` for a store with fsync on) of a job of that kind, N drawn
   at random: every point between two steps of a commit, a deletion or a sweep is reachable;
 - ``signal``: the suite sends SIGKILL from outside a random few milliseconds after a job of
   that kind reported ``running``.
@@ -66,9 +67,12 @@ MODES = ("step", "signal")
 CRASH_KIND_ENV = "PAGLETS_STRESS_CRASH_KIND"
 CRASH_STEP_ENV = "PAGLETS_STRESS_CRASH_STEP"
 #: The file-system calls counted as steps (pathlib's unlink goes through os.unlink too;
-#: a kernel-side copy writes through copy_file_range or sendfile instead of write).
+#: a kernel-side copy writes through copy_file_range or sendfile instead of write; fsync,
+#: made only with fsync on, reaches the points between a commit's renames and its index update).
 STEP_CALLS = tuple(
-    name for name in ("write", "pwrite", "writev", "copy_file_range", "sendfile", "replace", "rename", "link", "unlink")
+    name
+    for name in ("write", "pwrite", "writev", "copy_file_range", "sendfile", "replace", "rename", "link", "unlink",
+                 "fsync")
     if hasattr(os, name)
 )
 #: Longest delay (s) between a job's start and the SIGKILL in ``signal`` mode: about as long
@@ -161,14 +165,16 @@ if __name__ != "__main__" and os.environ.get(CRASH_KIND_ENV):
 
 
 def start_worker(settings: Settings, log_path: Path, *, env: dict[str, str] | None = None,
-                 threads: int = 2) -> subprocess.Popen:
-    """A real ``dramatiq workers`` process (in its own session, so one signal kills it all)."""
+                 threads: int = 2, queues: tuple[str, ...] = ()) -> subprocess.Popen:
+    """A real ``dramatiq workers`` process (in its own session, so one signal kills it all);
+    ``queues`` limits it to those queues."""
     full_env = {**os.environ, **settings.to_env(), **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
+    only = ["--queues", *queues] if queues else []
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "dramatiq", "workers", "benchmarks.stress", "--processes", "1",
-             "--threads", str(threads)],
+             "--threads", str(threads), *only],
             env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )
 

@@ -45,7 +45,7 @@ from paglets_artifacts import (
     contract,
     safe_target_filename,
 )
-from paglets_artifacts.paths import resolve_allowed
+from paglets_artifacts.paths import resolve_allowed, resolve_beneath
 from paglets_artifacts.records import JobRecord
 from paglets_artifacts.remote import host_allowed
 from paglets_artifacts.settings import PREFIX
@@ -481,6 +481,72 @@ def test_an_export_onto_a_symlink_replaces_the_link_not_what_it_points_to(tmp_pa
     store.export_to_path(ref.artifact_id, target)
     assert victim.read_text() == "untouched"
     assert not target.is_symlink() and target.read_bytes() == b"new bytes"
+
+
+def _swapped_root(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An allowed root whose directory ``d`` is checked, then swapped for a link to outside/."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    return root.resolve(), root.resolve() / "d", outside
+
+
+def test_a_source_whose_directory_became_a_symlink_is_refused_and_outside_stays_untouched(tmp_path):
+    store = _store(tmp_path / "store")
+    root, d, outside = _swapped_root(tmp_path)
+    (d / "src.bin").write_bytes(b"inside")
+    (outside / "src.bin").write_bytes(b"outside secret")
+    for delete_source in (False, True):
+        source = resolve_beneath(d / "src.bin", [root], what="import source")
+        d.rename(root / "d.moved")
+        d.symlink_to(outside, target_is_directory=True)
+        with pytest.raises(PathNotAllowed, match=r"import source path .*/d/src\.bin refused: .*/d is not a directory"):
+            store.create_from_path(source, delete_source=delete_source)
+        d.unlink()
+        (root / "d.moved").rename(d)
+    assert (outside / "src.bin").read_bytes() == b"outside secret"  # neither read nor removed
+    assert store.list() == [] and list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_moved_in_source_is_linked_and_removed_through_its_directory_not_its_name(tmp_path):
+    # The directory is renamed (within the root) after it was opened: the import still
+    # reads, links and removes the file it opened, and nothing under the old name.
+    store = _store(tmp_path / "store")
+    root = (tmp_path / "store").resolve()  # the store's filesystem: a move-in, not a copy
+    (root / "in").mkdir()
+    (root / "in" / "src.bin").write_bytes(b"moved in")
+    source = resolve_beneath(root / "in" / "src.bin", [root], what="import source")
+    renamed = []
+
+    def progress(done: int, total: int) -> None:
+        if not renamed:
+            (root / "in").rename(root / "in.renamed")
+            (root / "in").mkdir()
+            (root / "in" / "src.bin").write_bytes(b"a bystander under the old name")
+            renamed.append(True)
+
+    ref = store.create_from_path(source, delete_source=True, progress=progress).ref
+    assert renamed and store.open_reader(ref.artifact_id).read() == b"moved in"
+    assert not (root / "in.renamed" / "src.bin").exists()  # the imported file is gone
+    assert (root / "in" / "src.bin").read_bytes() == b"a bystander under the old name"
+
+
+def test_an_export_whose_directory_became_a_symlink_writes_nothing_outside(tmp_path):
+    store = _store(tmp_path / "store")
+    ref = store.create_from_stream(io.BytesIO(b"exported")).ref
+    root, d, outside = _swapped_root(tmp_path)
+    for token in (None, "ab" * 16):
+        target = resolve_beneath(d / "sub" / "out.bin", [root], what="export target")
+        d.rename(root / "d.moved")
+        d.symlink_to(outside, target_is_directory=True)
+        with pytest.raises(PathNotAllowed, match=r"export target path .*/d/sub/out\.bin refused: .*/d is not a directory"):
+            store.export_to_path(ref.artifact_id, target, part_token=token)
+        d.unlink()
+        (root / "d.moved").rename(d)
+    assert list(outside.iterdir()) == []  # no directory made, no .part, no target
+    target = resolve_beneath(d / "sub" / "out.bin", [root], what="export target")
+    store.export_to_path(ref.artifact_id, target)  # and once it is a directory again, the export works
+    assert (d / "sub" / "out.bin").read_bytes() == b"exported"
 
 
 def test_a_stale_symlink_in_tmp_is_swept_as_a_link(tmp_path):

@@ -232,9 +232,11 @@ def test_client_disconnecting_mid_upload_leaves_no_part(server, store):
     assert _leftovers(store) == []
 
 
-def test_stalled_uploads_do_not_starve_the_other_endpoints(server, store):
+def test_stalled_uploads_do_not_starve_the_other_endpoints(settings, store, jobs):
     """More uploads in flight than anyio's default thread pool (40) holds: reads still answer."""
     ref = store.create_from_stream(io.BytesIO(b"still here"), size_bytes=10).ref
+    app = create_app(settings.with_changes(uploads_per_client=0), store=store, jobs=jobs)  # all from one address
+    server = ServerThread(app).start()
     host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
     sockets = []
     try:
@@ -250,6 +252,7 @@ def test_stalled_uploads_do_not_starve_the_other_endpoints(server, store):
         for sock in sockets:
             sock.close()
     wait_until(lambda: not list(store.tmp_dir.iterdir()), timeout=20)
+    server.stop()
 
 
 def test_sweeps_dated_far_in_the_future_never_take_a_live_upload(settings, server, store, jobs, workers):

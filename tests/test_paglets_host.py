@@ -488,6 +488,7 @@ def test_downloads_run_as_jobs_and_hosts_off_the_allow_list_are_done_in_the_host
     try:
         host_settings = _started_settings(settings, started).with_changes(allowed_hosts=(remote.url,))
         with offload(started, host_settings) as offloading:
+            offloading.work_root.mkdir(parents=True)  # as a started host has it (an allowed root is never made)
             workers.start(settings=host_settings)
             data = os.urandom(MiB + 3)
             staged = tmp_path / "staged.bin"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
 from paglets_artifacts import InvalidInput, PathNotAllowed
-from paglets_artifacts.paths import resolve_allowed
+from paglets_artifacts.paths import resolve_allowed, resolve_beneath
 
 
 @pytest.fixture
@@ -123,3 +124,92 @@ def test_a_path_inside_a_forbidden_directory_is_refused_even_under_an_allowed_ro
         resolve_allowed(store, [tmp_path], what="export target", forbidden=[store])
     assert resolve_allowed(tmp_path / "store-x", [tmp_path], what="export target", forbidden=[store]) == (
         tmp_path / "store-x").resolve()
+
+
+# ---------------------------------------------------------------------- opened beneath the root
+
+
+def _swap_for_link(directory: Path, target: Path) -> None:
+    """What an attacker who can write under the root does after a path was checked."""
+    directory.rename(directory.with_name(directory.name + ".moved"))
+    directory.symlink_to(target, target_is_directory=True)
+
+
+def test_an_allowed_path_keeps_the_root_and_the_components_below_it(root):
+    (root / "a").mkdir()
+    allowed = resolve_beneath(root / "a" / ".." / "a" / "f.bin", [root], what="import source")
+    assert (allowed.root, allowed.parts, allowed.name) == (root, ("a", "f.bin"), "f.bin")
+    assert allowed.path == root / "a" / "f.bin" and str(allowed) == str(root / "a" / "f.bin")
+
+
+def test_the_root_itself_is_no_file_to_open_beneath_it(root):
+    with pytest.raises(InvalidInput, match="is the allowed root"):
+        resolve_beneath(root, [root], what="export target")
+
+
+def test_a_path_outside_the_roots_is_refused_before_any_descriptor(tmp_path, root):
+    with pytest.raises(PathNotAllowed, match="outside the allowed roots"):
+        resolve_beneath(tmp_path / "x.bin", [root], what="import source")
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_refused_naming_it(tmp_path, root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.bin").write_bytes(b"secret")
+    (root / "d").mkdir()
+    (root / "d" / "f.bin").write_bytes(b"mine")
+    allowed = resolve_beneath(root / "d" / "f.bin", [root], what="import source")
+    _swap_for_link(root / "d", outside)
+    with pytest.raises(PathNotAllowed, match=r"import source path .*/d/f\.bin refused: .*/d is not a directory"):
+        allowed.open_parent()
+    with pytest.raises(PathNotAllowed):
+        allowed.open_file()
+    with pytest.raises(PathNotAllowed):
+        allowed.unlink()
+    assert (outside / "f.bin").read_bytes() == b"secret"
+
+
+def test_a_file_swapped_for_a_symlink_after_the_check_is_refused(tmp_path, root):
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"secret")
+    (root / "f.bin").write_bytes(b"mine")
+    allowed = resolve_beneath(root / "f.bin", [root], what="import source")
+    (root / "f.bin").unlink()
+    (root / "f.bin").symlink_to(outside)
+    with pytest.raises(PathNotAllowed, match="is not a regular file"):
+        allowed.open_file()
+    allowed.unlink()  # removes the link, never what it points to
+    assert outside.read_bytes() == b"secret" and not (root / "f.bin").is_symlink()
+
+
+def test_missing_directories_are_made_beneath_the_root_only_when_asked(root):
+    allowed = resolve_beneath(root / "new" / "deeper" / "f.bin", [root], what="export target")
+    with pytest.raises(FileNotFoundError):
+        allowed.open_parent()
+    fd = allowed.open_parent(create=True)
+    os.close(fd)
+    assert (root / "new" / "deeper").is_dir()
+
+
+def test_a_path_that_changes_while_it_is_resolved_is_refused_naming_it(root, monkeypatch):
+    def swapped(self, strict=False):
+        raise OSError(errno.EINVAL, "Invalid argument", str(root / "d"))
+
+    monkeypatch.setattr(Path, "resolve", swapped)
+    with pytest.raises(PathNotAllowed, match=r"export target path .*/d/x refused: .*/d changed between a link and a directory"):
+        resolve_allowed(str(root / "d" / "x"), [root], what="export target")
+
+
+def test_an_allowed_root_that_does_not_exist_is_named_in_the_refusal(tmp_path):
+    missing = (tmp_path / "not-there").resolve()
+    allowed = resolve_beneath(missing / "sub" / "f.bin", [missing], what="export target")
+    with pytest.raises(PathNotAllowed, match=r"its allowed root .*/not-there does not exist"):
+        allowed.open_parent(create=True)
+    assert not missing.exists()  # an allowed root is configuration: never made on the way
+
+
+def test_a_file_where_a_directory_of_the_path_should_be_is_invalid_input_naming_it(root):
+    (root / "plain").write_bytes(b"a file")
+    allowed = resolve_beneath(root / "plain" / "f.bin", [root], what="export target")
+    with pytest.raises(InvalidInput, match=r"export target path .*/plain/f\.bin: .*/plain is a file, not a directory"):
+        allowed.open_parent(create=True)

@@ -8,6 +8,7 @@ crashes; the store and its index end consistent, with no temporary file left any
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -194,3 +195,131 @@ def test_an_export_that_opened_the_blob_finishes_with_whole_bytes_even_if_the_ar
     assert deleted.is_set() and target.read_bytes() == data
     assert store.list() == []
     _assert_consistent(store, files)
+
+
+# ---------------------------------------------------------------------- the directory/symlink swap
+
+RENAME_EXCHANGE = 2  # renameat2(2): swap the two names atomically
+AT_FDCWD = -100
+
+
+def _exchanger() -> Callable[[Path, Path], None]:
+    """``exchange(a, b)``: swap two names atomically, or skip the test where the kernel,
+    the C library or the filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        pytest.skip("no renameat2 in this C library")
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+    def exchange(a: Path, b: Path) -> None:
+        if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+            errno_ = ctypes.get_errno()
+            raise OSError(errno_, os.strerror(errno_), str(a))
+
+    return exchange
+
+
+def _ended(job, timeout: float):
+    """The job's record once it ended (its error, if any, is in the record)."""
+    with contextlib.suppress(Exception):
+        job.wait(timeout)
+    return job.status()
+
+
+def _tree(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` (no symlink followed): relative name -> SHA-256."""
+    found = {}
+    for dirpath, _dirs, names in os.walk(directory):
+        for name in names:
+            path = Path(dirpath) / name
+            found[str(path.relative_to(directory))] = (
+                "symlink" if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+            )
+    return found
+
+
+def test_a_directory_swapped_for_a_symlink_while_jobs_run_lets_no_byte_out_of_the_roots(
+    settings, redis_client, files, workers, tmp_path
+):
+    exchange = _exchanger()
+    # Outside the allowed root: what a local user who can write inside it wants to reach.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = os.urandom(50_000)
+    (outside / "source.bin").write_bytes(secret)
+    for n in range(20):
+        (outside / f"move-{n}.bin").write_bytes(secret)
+    before_outside = _tree(outside)
+    secret_sha = hashlib.sha256(secret).hexdigest()
+
+    # Inside: files/swap is a directory one moment and a symlink to outside/ the next.
+    swap, other = files / "swap", files / "other"
+    swap.mkdir()
+    inside = os.urandom(40_000)
+    (swap / "source.bin").write_bytes(inside)
+    for n in range(20):
+        (swap / f"move-{n}.bin").write_bytes(inside)
+    other.symlink_to(outside, target_is_directory=True)
+    try:
+        exchange(swap, other)
+        exchange(swap, other)
+    except OSError as exc:
+        pytest.skip(f"this filesystem cannot exchange names: {exc}")
+
+    store = ArtifactStore.from_settings(settings, redis=redis_client)
+    exported = os.urandom(64_000)
+    ref = store.create_from_stream(io.BytesIO(exported)).ref
+    jobs = ArtifactJobs(settings=settings)
+    handles = {}
+    for n in range(200):
+        handles[jobs.export(ref.artifact_id, str(swap / f"out-{n}.bin")).id] = "export"
+    for n in range(100):
+        move = n < 20
+        path = swap / (f"move-{n}.bin" if move else "source.bin")
+        handles[jobs.import_file(str(path), owner_agent_id="swapper", delete_source=move).id] = "import"
+
+    stop = threading.Event()
+    flips = [0]
+
+    def flip() -> None:
+        while not stop.is_set():
+            exchange(swap, other)
+            flips[0] += 1
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    workers.start(processes=1, threads=4)
+    try:
+        records = {job_id: _ended(jobs.job(job_id), 180) for job_id in handles}
+    finally:
+        stop.set()
+        flipper.join(10)
+    if swap.is_symlink():
+        exchange(swap, other)  # leave files/swap the directory
+
+    # Not a byte written outside: no target, no .part, nothing removed or changed there.
+    assert _tree(outside) == before_outside
+    # Not a byte read from outside: no artifact holds the outside file's bytes.
+    shas = {r.sha256 for r in store.list()}
+    assert secret_sha not in shas
+    outcomes: dict[tuple[str, str], int] = {}
+    for job_id, record in records.items():
+        kind = handles[job_id]
+        assert record.state in ("succeeded", "failed"), record
+        if record.state == "failed":
+            # Refused, typed, naming the path: never a raw OSError from a path that moved.
+            assert record.error["type"] == "PathNotAllowed", record.error
+            assert "swap" in record.error["message"], record.error
+        else:
+            wanted = hashlib.sha256(exported if kind == "export" else inside).hexdigest()
+            assert record.result["sha256"] == wanted
+        outcomes[kind, record.state] = outcomes.get((kind, record.state), 0) + 1
+    # The race was run: both kinds both succeeded and were refused.
+    assert all(outcomes.get((kind, state), 0) > 0 for kind in ("export", "import") for state in ("succeeded", "failed")), outcomes
+    for directory in (swap, other if not other.is_symlink() else swap):
+        assert [p.name for p in directory.glob(".*.part")] == []
+    print(f"swap race: {flips[0]} exchanges, outcomes {outcomes}")
+    jobs.close()

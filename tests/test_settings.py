@@ -56,6 +56,10 @@ def test_every_variable_is_read_and_parsed(tmp_path):
             MAINTENANCE_CHANCE="40",
             PROGRESS_EVERY_BYTES="50",
             OWNER_TOMBSTONE_SECONDS="90",
+            UPLOAD_IDLE_SECONDS="2.5",
+            UPLOAD_MIN_BYTES_PER_SECOND="0",
+            UPLOADS_PER_CLIENT="3",
+            UPLOAD_SLOT_WAIT_SECONDS="4",
             SWEEP_SCHEDULE="*/5 * * * *",
             REINDEX_SCHEDULE="600",
             METRICS_PORT="9100",
@@ -80,6 +84,8 @@ def test_every_variable_is_read_and_parsed(tmp_path):
     assert (settings.max_retries, settings.min_backoff_ms, settings.max_backoff_ms) == (0, 10, 20)
     assert (settings.heartbeat_timeout_ms, settings.maintenance_chance, settings.progress_every_bytes) == (30, 40, 50)
     assert settings.owner_tombstone_seconds == 90.0
+    assert (settings.upload_idle_seconds, settings.upload_min_bytes_per_second) == (2.5, 0)
+    assert (settings.uploads_per_client, settings.upload_slot_wait_seconds) == (3, 4.0)
     assert (settings.sweep_schedule, settings.reindex_schedule) == ("*/5 * * * *", "600")
     assert (settings.metrics_port, settings.log_format) == (9100, "json")
 
@@ -146,6 +152,11 @@ def test_keyword_overrides_win_over_the_environment():
         ("SWEEP_SCHEDULE", "0.5"),
         ("REINDEX_SCHEDULE", "61 * * * *"),
         ("LOG_FORMAT", "xml"),
+        ("UPLOAD_IDLE_SECONDS", "0"),
+        ("UPLOAD_IDLE_SECONDS", "never"),
+        ("UPLOAD_MIN_BYTES_PER_SECOND", "-1"),
+        ("UPLOADS_PER_CLIENT", "many"),
+        ("UPLOAD_SLOT_WAIT_SECONDS", "-2"),
     ],
 )
 def test_a_bad_value_is_a_settings_error_naming_the_variable(name, value):

@@ -1270,3 +1270,28 @@ def test_a_failed_move_in_after_its_commit_keeps_the_blob_mode_and_does_not_reve
     blob = store.blobs_dir / f"{'d' * 32}.bin"
     assert calls and blob.exists()  # the commit happened before the index failed
     assert stat.S_IMODE(blob.stat().st_mode) & 0o022 == 0
+
+
+# ---------------------------------------------------------------------- reclaiming a job's leftovers
+
+
+def test_reclaim_removes_parts_a_half_committed_blob_and_the_reservation(store):
+    (store.tmp_dir / f"{FIXED_ID}.part").write_bytes(b"p" * 10)
+    (store.tmp_dir / f"{FIXED_ID}.json.part").write_text("{}")
+    (store.blobs_dir / f"{FIXED_ID}.bin").write_bytes(b"b" * 20)  # renamed in, metadata not
+    store.index.reserve(FIXED_ID, 20, None)
+    assert store.reclaim(FIXED_ID) == 10 + 2 + 20
+    assert leftovers(store) == [] and store.index.used_bytes() == 0
+
+
+def test_reclaim_keeps_a_whole_artifact_unless_asked_to_remove_it(store):
+    ref = store.create_from_stream(io.BytesIO(b"whole"), artifact_id=FIXED_ID).ref
+    assert store.reclaim(FIXED_ID) == 0
+    assert store.ref(FIXED_ID) == ref and store.index.used_bytes() == 5
+    assert store.reclaim(FIXED_ID, remove_committed=True) == 5
+    assert leftovers(store) == [] and store.index.used_bytes() == 0
+
+
+def test_reclaim_refuses_an_id_that_is_not_hex(store):
+    with pytest.raises(InvalidInput):
+        store.reclaim("../blobs/x")

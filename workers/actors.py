@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import contextlib
 import json
+import logging
 import os
+import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 
 from paglets_artifacts import contract
-from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, TransferError
-from paglets_artifacts.paths import resolve_allowed
-from paglets_artifacts.streams import file_sha256, hashed_read, open_source
+from paglets_artifacts.errors import (
+    ArtifactNotFound,
+    InvalidInput,
+    OwnerDeleted,
+    SourceUnavailable,
+    Superseded,
+    TransferError,
+)
+from paglets_artifacts.paths import AllowedPath, resolve_beneath
+from paglets_artifacts.streams import hashed_read
 
 from .broker import settings
 from .context import context
 from .middleware import current_job
+
+logger = logging.getLogger("paglets_artifacts.jobs")
 
 
 def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[[Callable[..., Any]], Any]:
@@ -75,15 +86,56 @@ def keep_unless_owner_deleted(artifact_id: str, owner_agent_id: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def reclaimed_on_failure(artifact_id: str) -> Iterator[None]:
+    """Run an import attempt (file or pull) that writes ``artifact_id``; if it fails, for
+    whatever reason, first remove what earlier attempts of its job left under that id.
+
+    A redelivered attempt runs because an earlier one was killed: its ``.part``, staged
+    metadata, half-committed blob and quota reservation are still there, and an error the
+    new attempt meets early (the owner deleted, the source gone) would otherwise leave them
+    until the spool TTL or a reindex. When the owner was deleted, an artifact an earlier
+    attempt committed goes too: the deletion may have missed it (killed between the
+    commit's renames and the index update, or before the post-commit check).
+    ``Superseded`` is left alone: another attempt of the job is writing those files now.
+    """
+    try:
+        yield
+    except Superseded:
+        raise
+    except BaseException as exc:
+        try:
+            freed = context().store.reclaim(artifact_id, remove_committed=isinstance(exc, OwnerDeleted))
+        except Exception as cleanup_error:  # e.g. Redis down: the error that ended the attempt is what counts
+            logger.warning("could not reclaim what earlier attempts left for %s: %s", artifact_id, cleanup_error)
+        else:
+            if freed:
+                logger.info("reclaimed %d bytes earlier attempts left for %s", freed, artifact_id)
+        raise
+
+
 @job_actor(contract.IMPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
 def import_file(
     *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
     expected_sha256: str | None, delete_source: bool,
 ) -> dict[str, Any]:
-    ctx = context()
-    source = resolve_allowed(path, settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
-    check_owner_alive(owner_agent_id)
     artifact_id = artifact_id_for_job()
+    with reclaimed_on_failure(artifact_id):
+        return _import_file(
+            artifact_id, path=path, owner_agent_id=owner_agent_id, name=name, compression=compression,
+            expires_at=expires_at, expected_sha256=expected_sha256, delete_source=delete_source,
+        )
+
+
+def _import_file(
+    artifact_id: str, *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
+    expected_sha256: str | None, delete_source: bool,
+) -> dict[str, Any]:
+    ctx = context()
+    # Opened beneath its allowed root later, no link followed: a directory of the path
+    # swapped for a symlink after this check is refused, not followed out of the root.
+    source = resolve_beneath(path, settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
+    check_owner_alive(owner_agent_id)
     result = ctx.store.committed(artifact_id)
     if result is None:
         result = ctx.store.create_from_path(
@@ -102,8 +154,7 @@ def import_file(
         # index knows the artifact, and that a moved source is gone.
         ctx.store.index.committed(result.ref)
         if delete_source:
-            with contextlib.suppress(FileNotFoundError):
-                source.unlink()
+            source.unlink()
     keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
@@ -111,7 +162,7 @@ def import_file(
 @job_actor(contract.EXPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
-    target_path = resolve_allowed(target, settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
+    target_path = resolve_beneath(target, settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
     checkpoint_key = f"{ctx.records.key(current_job().id)}"
     try:
         ref = ctx.store.export_to_path(
@@ -122,10 +173,10 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
         # A redelivered move whose first attempt finished: the artifact is gone but the
         # target holds its verified bytes. The checkpoint says which bytes those were.
         saved = ctx.client.hget(checkpoint_key, "checkpoint")
-        if not (move and saved and target_path.is_file()):
+        if not (move and saved):
             raise
         ref_wire = json.loads(saved)
-        if file_sha256(target_path) != ref_wire["sha256"]:
+        if _target_sha256(target_path) != ref_wire["sha256"]:
             raise
         ctx.store.finish_removal(artifact_id)  # the first attempt may have died mid-deletion
         return {**ref_wire, "target": str(target_path), "moved": True}
@@ -135,26 +186,64 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
     return {**ref.to_wire(), "target": str(target_path), "moved": move}
 
 
+def _target_sha256(target: AllowedPath) -> str | None:
+    """The SHA-256 of an export target that is a regular file, else ``None``."""
+    try:
+        fd = target.open_file()
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb", buffering=0, closefd=True) as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return hashed_read(handle)[1]
+
+
 @job_actor(contract.SWEEP, time_limit_seconds=settings.maintenance_time_limit_seconds)
 def sweep(*, now: float | None) -> dict[str, Any]:
     report = context().store.cleanup_temporary(now=now)
     return report.to_wire()
 
 
+# KEYS: tombstone | ARGV: deleted_at ttl_seconds. Sets the tombstone unless it already holds
+# a time as late (another deletion of the same owner, running later).
+_RAISE_TOMBSTONE = """
+local old = redis.call('GET', KEYS[1])
+if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 @job_actor(contract.DELETE_OWNER, time_limit_seconds=settings.maintenance_time_limit_seconds)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
-    # The tombstone first: an import of this owner that commits from now on removes itself.
-    ctx.client.set(ctx.tombstone_key(owner_agent_id), repr(time.time()), ex=int(settings.owner_tombstone_seconds))
+    key = ctx.tombstone_key(owner_agent_id)
+    ttl = int(settings.owner_tombstone_seconds)
+    # The tombstone first: an import of this owner enqueued before now is refused when it
+    # starts, and removes its artifact itself when it commits from now on.
+    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    freed, deleted = _remove_owner_artifacts(owner_agent_id)
+    # Then the deletion's end: every import enqueued before it is refused (the tombstone's
+    # time is what imports compare their enqueue time with), and a second pass removes what
+    # imports committed during the first one, before their post-commit check could see it.
+    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    more_freed, more_deleted = _remove_owner_artifacts(owner_agent_id)
+    return {"owner_agent_id": owner_agent_id, "deleted": deleted + more_deleted, "bytes_freed": freed + more_freed}
+
+
+def _remove_owner_artifacts(owner_agent_id: str) -> tuple[int, int]:
+    """Remove every artifact the index lists for the owner; return (bytes freed, artifacts)."""
+    store = context().store
     freed = 0
     deleted = 0
-    for ref in ctx.store.list(owner_agent_id=owner_agent_id):
-        freed += ctx.store.remove(ref.artifact_id)
+    for ref in store.list(owner_agent_id=owner_agent_id):
+        freed += store.remove(ref.artifact_id)
         deleted += 1
-    for artifact_id in list(ctx.store.index.owner_ids(owner_agent_id)):
+    for artifact_id in list(store.index.owner_ids(owner_agent_id)):
         # What an attempt killed between an artifact's metadata and its blob left behind.
-        freed += ctx.store.finish_removal(artifact_id)
-    return {"owner_agent_id": owner_agent_id, "deleted": deleted, "bytes_freed": freed}
+        freed += store.finish_removal(artifact_id)
+    return freed, deleted
+
 
 
 @job_actor(contract.REINDEX, time_limit_seconds=settings.maintenance_time_limit_seconds)
@@ -169,8 +258,21 @@ def reindex() -> dict[str, Any]:
 
 @job_actor(contract.CHECKSUM, time_limit_seconds=settings.transfer_time_limit_seconds)
 def checksum(*, path: str) -> dict[str, Any]:
-    source = resolve_allowed(path, settings.allowed_roots, what="checksum source")
-    with open_source(source) as handle:
+    source = resolve_beneath(path, settings.allowed_roots, what="checksum source", forbidden=[context().store.root])
+    with open_regular(source) as handle:
         size = os.fstat(handle.fileno()).st_size
         _, sha256 = hashed_read(handle, on_chunk=lambda done: current_job().progress(done, size))
     return {"path": str(source), "sha256": sha256, "size_bytes": size}
+
+
+def open_regular(path: AllowedPath, what: str = "source"):
+    """The regular file ``path`` opened beneath its allowed root (no link followed) as a
+    binary file object; ``SourceUnavailable`` naming it when it is missing or no file."""
+    try:
+        fd = path.open_file()
+    except FileNotFoundError:
+        raise SourceUnavailable(f"{path.what} {path} does not exist") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SourceUnavailable(f"{path.what} {path} is not a file")
+    return open(fd, "rb", buffering=0, closefd=True)

@@ -8,12 +8,19 @@ import os
 from typing import Any
 
 from paglets_artifacts import contract
-from paglets_artifacts.paths import resolve_allowed
+from paglets_artifacts.paths import resolve_beneath
 from paglets_artifacts.refs import ArtifactRef
 from paglets_artifacts.remote import RemoteTransfers
-from paglets_artifacts.streams import hashed_read, open_source
+from paglets_artifacts.streams import hashed_read
 
-from .actors import artifact_id_for_job, check_owner_alive, job_actor, keep_unless_owner_deleted
+from .actors import (
+    artifact_id_for_job,
+    check_owner_alive,
+    job_actor,
+    keep_unless_owner_deleted,
+    open_regular,
+    reclaimed_on_failure,
+)
 from .broker import settings
 from .context import context
 from .middleware import current_job
@@ -25,11 +32,11 @@ def import_url(
     expected_sha256: str | None, expected_size: int | None,
 ) -> dict[str, Any]:
     ctx = context()
-    with RemoteTransfers(settings) as remote:
+    # The job's own artifact id: a redelivered pull finds what its first attempt committed.
+    artifact_id = artifact_id_for_job()
+    with RemoteTransfers(settings) as remote, reclaimed_on_failure(artifact_id):
         remote.check_allowed(url)  # before anything else: no request to a host not allowed
         check_owner_alive(owner_agent_id)
-        # The job's own artifact id: a redelivered pull finds what its first attempt committed.
-        artifact_id = artifact_id_for_job()
         result = remote.pull(
             url,
             ctx.store,
@@ -42,7 +49,7 @@ def import_url(
             expected_size=expected_size,
             progress=current_job().progress,
         )
-    keep_unless_owner_deleted(artifact_id, owner_agent_id)
+        keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
 
@@ -83,13 +90,13 @@ def upload(
 ) -> dict[str, Any]:
     ctx = context()
     record_key = ctx.records.key(current_job().id)
-    source = resolve_allowed(path, settings.allowed_roots, what="upload source")
+    source = resolve_beneath(path, settings.allowed_roots, what="upload source", forbidden=[ctx.store.root])
     with RemoteTransfers(settings) as remote:
         remote.check_allowed(f"{host_url}/artifacts")
         saved = ctx.client.hget(record_key, "checkpoint")  # a redelivered upload the remote confirmed
         if saved:
             return json.loads(saved)
-        with open_source(source, what="upload source") as handle:
+        with open_regular(source) as handle:
             size = os.fstat(handle.fileno()).st_size
             # The remote verifies the SHA-256 before it commits: without one given, hash first.
             sha256 = expected_sha256 or hashed_read(handle)[1]
@@ -105,7 +112,8 @@ def upload(
 
 @job_actor(contract.DOWNLOAD, time_limit_seconds=settings.transfer_time_limit_seconds)
 def download(*, url: str, target: str, expected_sha256: str | None, expected_size: int | None, move: bool) -> dict[str, Any]:
-    target_path = resolve_allowed(target, settings.allowed_roots, what="download target")
+    target_path = resolve_beneath(target, settings.allowed_roots, what="download target",
+                                  forbidden=[context().store.root])
     with RemoteTransfers(settings) as remote:
         size, sha256 = remote.download(
             url, target_path, expected_sha256=expected_sha256, expected_size=expected_size,

@@ -36,6 +36,10 @@ class QuotaExceeded(TransferError):
     """Storing the artifact would push the store over its quota."""
 
 
+class UploadTooSlow(TransferError):
+    """An upload's body stopped, or came slower than the server's minimum rate, and was cut."""
+
+
 class StorageFull(TransferError):
     """The filesystem of the store or of an export target has no space (or disk quota) left."""
 
@@ -103,6 +107,7 @@ _KNOWN: dict[str, type[Exception]] = {
         ArtifactTooLarge,
         QuotaExceeded,
         StorageFull,
+        UploadTooSlow,
         SourceUnavailable,
         PathNotAllowed,
         HostNotAllowed,

@@ -31,6 +31,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,6 +62,7 @@ from .errors import (
     SizeMismatch,
     StorageFull,
     TransferError,
+    UploadTooSlow,
 )
 from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
@@ -79,9 +81,13 @@ MAX_JOB_LIST = 1000
 #: Deepest nesting of arrays and objects a job body may have. Job arguments are one flat
 #: object; the bound is checked before parsing, since Python's parser recurses per level.
 MAX_JSON_DEPTH = 32
-#: Uploads received at once; more wait their turn. Uploads hold a thread each for as long
-#: as the client sends, so they get their own pool and never starve the other endpoints.
+#: Uploads received at once; more wait their turn (``upload_slot_wait_seconds`` at most).
+#: Uploads hold a thread each for as long as the client sends, so they get their own pool
+#: and never starve the other endpoints.
 MAX_CONCURRENT_UPLOADS = 64
+#: How far an upload's quota reservation may run ahead of the bytes that arrived: a client
+#: that declares a size and sends nothing holds this much, not the size it declared.
+UPLOAD_RESERVATION_STEP_BYTES = 16 * 1024 * 1024
 #: ``Retry-After`` of a 503 answered while Redis cannot be reached.
 REDIS_RETRY_AFTER_SECONDS = 5
 #: Largest request line plus headers accepted (h11 stopped at 16 KiB; httptools has no bound).
@@ -98,6 +104,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ArtifactTooLarge: 413,
     QuotaExceeded: 413,
     ChecksumMismatch: 422,
+    UploadTooSlow: 408,  # Request Timeout: the body stopped or crawled
     StorageFull: 507,  # Insufficient Storage: the store's filesystem is full
 }
 
@@ -120,6 +127,19 @@ class UnknownJobKind(ResourceNotFound):
     """``POST /jobs/{kind}`` names no kind of the job contract."""
 
 
+class UploadSlotsBusy(Exception):
+    """No upload slot freed in time (503 with ``Retry-After``, ``error_type`` RemoteHostError).
+
+    Parameters:
+      message(str): what was full.
+      retry_after(int): seconds after which a slot is likely free.
+    """
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def status_for(exc: BaseException) -> int:
     """The HTTP status of an error: that of its nearest class in :data:`STATUS_BY_ERROR`."""
     for cls in type(exc).__mro__:
@@ -135,14 +155,17 @@ def error_body(error_type: str, exc: BaseException | str, error_class: str | Non
     return {"error_type": error_type, "error": message, "error_class": cls}
 
 
-def _transfer_error_response(exc: TransferError) -> JSONResponse:
+def _transfer_error_response(exc: TransferError, *, close: bool = False) -> JSONResponse:
+    """The answer to ``exc``; ``close`` ends the connection after it (a body left unread)."""
     error_type = "TransferError"
     for cls in type(exc).__mro__:
         if cls in PAGLETS_ERROR_TYPE:
             error_type = PAGLETS_ERROR_TYPE[cls]
             break
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
-    return JSONResponse(error_body(error_type, exc), status_code=status_for(exc), headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else {}
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse(error_body(error_type, exc), status_code=status_for(exc), headers=headers or None)
 
 
 # ---------------------------------------------------------------------- the HTTP parser
@@ -234,21 +257,74 @@ class BearerAuth:
 # ---------------------------------------------------------------------- request bodies
 
 
+class BodyPace:
+    """The pace a request body must keep: at least ``min_bytes_per_second`` on average over
+    every ``idle_seconds`` spent waiting for the client, and at least one byte.
+
+    Only time spent waiting for the client counts (not the time the store takes to write
+    what arrived), so a slow disk never cuts a client.
+
+    Parameters:
+      idle_seconds(float): the window over which the rate is measured.
+      min_bytes_per_second(int): the rate asked; 0 asks for one byte per window.
+    """
+
+    def __init__(self, idle_seconds: float, min_bytes_per_second: int):
+        self.idle_seconds = float(idle_seconds)
+        self.min_bytes_per_second = int(min_bytes_per_second)
+        self.need = max(1, math.ceil(self.min_bytes_per_second * self.idle_seconds))
+        self.total = 0
+        self._waited = 0.0
+        self._arrived = 0
+
+    def remaining(self) -> float:
+        """Seconds of waiting left in the current window."""
+        return max(0.0, self.idle_seconds - self._waited)
+
+    def account(self, waited: float, received: int) -> None:
+        """Count ``waited`` seconds and ``received`` bytes; raise ``UploadTooSlow`` when the
+        window is used up with fewer bytes than it needs."""
+        self._waited += waited
+        self._arrived += received
+        self.total += received
+        if self._arrived >= self.need:
+            self._waited, self._arrived = 0.0, 0  # this window is satisfied: the next begins
+        elif self._waited >= self.idle_seconds:
+            if self._arrived == 0:
+                raise UploadTooSlow(
+                    f"upload body cut after {self.total} bytes: no byte arrived for {self.idle_seconds:g} s "
+                    "(PAGLETS_ARTIFACTS_UPLOAD_IDLE_SECONDS)"
+                )
+            raise UploadTooSlow(
+                f"upload body cut after {self.total} bytes: {self._arrived} bytes in {self.idle_seconds:g} s, "
+                f"under the minimum of {self.min_bytes_per_second} bytes per second "
+                "(PAGLETS_ARTIFACTS_UPLOAD_MIN_BYTES_PER_SECOND)"
+            )
+
+
 class RequestBodyReader:
     """A blocking ``read(n)`` over an ASGI request body, for a thread started by anyio.
 
     Each ``read`` fetches the next ``http.request`` message from the event loop, so at most
     one message (uvicorn hands over ~64 KiB) is held at a time. A client that goes away
-    mid-body raises ``SizeMismatch`` inside the read, so the store removes its ``.part``.
+    mid-body raises ``SizeMismatch`` inside the read, and one that falls below ``pace``
+    raises ``UploadTooSlow``, so the store removes its ``.part`` and releases its quota.
 
     Parameters:
       receive: the ASGI receive callable of the request.
+      pace(BodyPace|None): the pace the body must keep (none: wait for ever).
     """
 
-    def __init__(self, receive: Receive):
+    def __init__(self, receive: Receive, pace: BodyPace | None = None):
         self._receive = receive
+        self._pace = pace
         self._more = True
         self.bytes_read = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the whole body was received (or the client went away)."""
+        return not self._more
 
     def read(self, size: int = -1) -> bytes:
         if not self._more:
@@ -259,7 +335,7 @@ class RequestBodyReader:
 
     async def _next(self) -> bytes:
         while self._more:
-            message: Message = await self._receive()
+            message: Message = await self._paced_receive()
             if message["type"] == "http.disconnect":
                 self._more = False
                 raise SizeMismatch(f"client disconnected after {self.bytes_read} bytes of the request body")
@@ -268,6 +344,79 @@ class RequestBodyReader:
             if body:
                 return body
         return b""
+
+    async def _paced_receive(self) -> Message:
+        if self._pace is None:
+            return await self._receive()
+        while True:
+            started = time.monotonic()
+            with anyio.move_on_after(self._pace.remaining()):
+                message = await self._receive()
+                self._pace.account(time.monotonic() - started, len(message.get("body", b"")))
+                return message
+            self._pace.account(time.monotonic() - started, 0)  # raises once the window is used up
+
+
+class UploadSlots:
+    """Admission of uploads: at most ``total`` at once and ``per_client`` per client address;
+    an upload waits at most ``wait_seconds`` for its turn, then gets ``UploadSlotsBusy``.
+
+    Parameters:
+      total(int): uploads at once.
+      per_client(int): uploads at once from one client address (0: no such limit).
+      wait_seconds(float): how long an upload waits for a slot.
+      retry_after(int): the ``Retry-After`` of a refusal.
+    """
+
+    def __init__(self, total: int, per_client: int, wait_seconds: float, *, retry_after: int):
+        self.total = total
+        self.per_client = per_client
+        self.wait_seconds = wait_seconds
+        self.retry_after = retry_after
+        self.running = 0
+        self.by_client: dict[str, int] = {}
+        self._changed: anyio.Condition | None = None  # made in the event loop that serves
+
+    def _free_for(self, client: str) -> bool:
+        if self.running >= self.total:
+            return False
+        return not self.per_client or self.by_client.get(client, 0) < self.per_client
+
+    @contextlib.asynccontextmanager
+    async def slot(self, client: str) -> AsyncIterator[None]:
+        if self._changed is None:
+            self._changed = anyio.Condition()
+        changed = self._changed
+        taken = False
+        with anyio.move_on_after(self.wait_seconds):
+            async with changed:
+                while not self._free_for(client):
+                    await changed.wait()
+                self.running += 1
+                self.by_client[client] = self.by_client.get(client, 0) + 1
+                taken = True
+        if not taken:
+            raise UploadSlotsBusy(self._busy_message(client), retry_after=self.retry_after)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):  # a slot is given back even by a cancelled upload
+                async with changed:
+                    self.running -= 1
+                    left = self.by_client[client] - 1
+                    if left:
+                        self.by_client[client] = left
+                    else:
+                        del self.by_client[client]
+                    changed.notify_all()
+
+    def _busy_message(self, client: str) -> str:
+        if self.per_client and self.by_client.get(client, 0) >= self.per_client:
+            return (
+                f"this client already runs {self.by_client[client]} uploads, its limit "
+                f"(PAGLETS_ARTIFACTS_UPLOADS_PER_CLIENT), and none ended within {self.wait_seconds:g} s: retry later"
+            )
+        return f"all {self.total} upload slots are busy and none freed within {self.wait_seconds:g} s: retry later"
 
 
 def _query_float(request: Request, name: str) -> float:
@@ -312,7 +461,14 @@ class ArtifactAPI:
         self.store = store
         self.jobs = jobs
         self.metrics = metrics
-        self.upload_limiter = anyio.CapacityLimiter(MAX_CONCURRENT_UPLOADS)
+        self.upload_slots = UploadSlots(
+            MAX_CONCURRENT_UPLOADS,
+            settings.uploads_per_client,
+            settings.upload_slot_wait_seconds,
+            retry_after=max(1, math.ceil(settings.upload_idle_seconds)),  # idle holders are cut by then
+        )
+        # Admission bounds the uploads, so this pool of as many threads never makes one wait.
+        self.upload_threads = anyio.CapacityLimiter(MAX_CONCURRENT_UPLOADS)
 
     async def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # Store and Redis calls block; they run on anyio's worker threads.
@@ -330,7 +486,9 @@ class ArtifactAPI:
             size = parse_content_length(request.headers.get("content-length"))
             if declared is not None and declared != size:
                 raise SizeMismatch(f"query size={declared} does not match Content-Length {size}")
-        reader = RequestBodyReader(request.receive)
+        expires_at = _query_float(request, "expires_at")
+        pace = BodyPace(self.settings.upload_idle_seconds, self.settings.upload_min_bytes_per_second)
+        reader = RequestBodyReader(request.receive, pace)
         create = functools.partial(
             self.store.create_from_stream,
             reader,
@@ -338,10 +496,18 @@ class ArtifactAPI:
             owner_agent_id=params.get("owner_agent_id", ""),
             name=params.get("name", ""),
             compression=params.get("compression", ""),
-            expires_at=_query_float(request, "expires_at"),
+            expires_at=expires_at,
             expected_sha256=params.get("sha256") or None,
+            # A client may declare a size and never send it: hold quota for what arrives.
+            reserve_ahead_bytes=UPLOAD_RESERVATION_STEP_BYTES,
         )
-        result = await anyio.to_thread.run_sync(create, limiter=self.upload_limiter)
+        async with self.upload_slots.slot(request.client.host if request.client else ""):
+            try:
+                result = await anyio.to_thread.run_sync(create, limiter=self.upload_threads)
+            except TransferError as exc:
+                # Refused mid-body (too slow, too large, over quota): the rest of the body is
+                # never read, so end the connection instead of leaving the client sending into it.
+                return _transfer_error_response(exc, close=not reader.finished)
         if self.metrics is not None:
             self.metrics.uploaded.inc(result.ref.size_bytes)
         return JSONResponse({"artifact": result.ref.to_wire()})
@@ -506,6 +672,12 @@ async def _on_redis_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)})
 
 
+async def _on_upload_slots_busy(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UploadSlotsBusy)
+    body = error_body("RemoteHostError", exc, "UploadSlotsBusy")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     body = error_body("RemoteHostError", f"internal error: {type(exc).__name__}: {exc}", type(exc).__name__)
     return JSONResponse(body, status_code=500)
@@ -554,6 +726,7 @@ def create_app(
         TransferError: _on_transfer_error,
         HTTPException: _on_http_exception,
         ResourceNotFound: _on_not_found,
+        UploadSlotsBusy: _on_upload_slots_busy,
         redis.RedisError: _on_redis_error,
         Exception: _on_unexpected,
     }
@@ -772,7 +945,7 @@ def openapi_document() -> dict[str, Any]:
                         _query("size", {"type": "integer"}, "expected size in bytes"),
                     ],
                     "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                    "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 413, 422)},
+                    "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 408, 413, 422, 503)},
                 },
                 "get": {
                     "summary": "List artifacts",

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 class StoreIndex(Protocol):
     """What the store asks of an index. Every method must be safe to call twice."""
 
-    def reserve(self, artifact_id: str, size_bytes: int, quota_bytes: int | None) -> None:
-        """Hold ``size_bytes`` of quota for ``artifact_id`` or raise ``QuotaExceeded``."""
+    def reserve(
+        self, artifact_id: str, size_bytes: int, quota_bytes: int | None, *, must_fit_bytes: int | None = None
+    ) -> None:
+        """Hold ``size_bytes`` of quota for ``artifact_id`` (replacing an earlier hold of that
+        id) or raise ``QuotaExceeded``; with ``must_fit_bytes``, refuse unless that many fit."""
 
     def release(self, artifact_id: str) -> None:
         """Drop a reservation that did not become an artifact."""
@@ -63,14 +66,17 @@ class ScanIndex:
         self._lock = threading.Lock()
         self._reserved: dict[str, int] = {}
 
-    def reserve(self, artifact_id: str, size_bytes: int, quota_bytes: int | None) -> None:
+    def reserve(
+        self, artifact_id: str, size_bytes: int, quota_bytes: int | None, *, must_fit_bytes: int | None = None
+    ) -> None:
         with self._lock:
             if quota_bytes is None:
                 self._reserved[artifact_id] = size_bytes
                 return
+            need = size_bytes if must_fit_bytes is None else max(size_bytes, must_fit_bytes)
             pending = sum(size for key, size in self._reserved.items() if key != artifact_id)
-            projected = self._blob_bytes() + pending + size_bytes
-            if projected > quota_bytes:
+            projected = self._blob_bytes() + pending + need
+            if need > self._reserved.get(artifact_id, 0) and projected > quota_bytes:
                 raise QuotaExceeded(
                     f"artifact storage quota exceeded: {projected} bytes would exceed {quota_bytes}"
                 )

@@ -61,18 +61,21 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: ready used sizes reservations deadlines | ARGV: id size quota(-1: none) lease_ms
+# KEYS: ready used sizes reservations deadlines | ARGV: id size quota(-1: none) lease_ms must_fit
+# Holds ``size``, but refuses unless ``must_fit`` (>= size) would fit: an upload that holds
+# only a step ahead of its bytes is still refused at once when its declared size cannot fit.
 _RESERVE = (
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '0'} end
 local id = ARGV[1]
 local size = tonumber(ARGV[2])
 local quota = tonumber(ARGV[3])
+local need = math.max(size, tonumber(ARGV[5]))
 if redis.call('HEXISTS', KEYS[3], id) == 1 then return {1, '0'} end
 local old = tonumber(redis.call('HGET', KEYS[4], id) or '0')
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-local projected = used - old + size
-if quota >= 0 and size > old and projected > quota then
+local projected = used - old + need
+if quota >= 0 and need > old and projected > quota then
   return {0, string.format('%d', projected)}
 end"""
     + _NOW_MS
@@ -352,11 +355,16 @@ class RedisIndex:
 
     # ------------------------------------------------------------------ the StoreIndex protocol
 
-    def reserve(self, artifact_id: str, size_bytes: int, quota_bytes: int | None) -> None:
+    def reserve(
+        self, artifact_id: str, size_bytes: int, quota_bytes: int | None, *, must_fit_bytes: int | None = None
+    ) -> None:
         """Hold ``size_bytes`` for ``artifact_id`` or raise ``QuotaExceeded``. Reserving an id
-        again (a redelivered import) replaces its hold instead of adding a second one."""
+        again (a redelivered import, an upload whose hold grows) replaces its hold instead of
+        adding a second one. With ``must_fit_bytes``, refuse unless that many would fit."""
         k = self.keys
-        args = [artifact_id, int(size_bytes), -1 if quota_bytes is None else int(quota_bytes), self.reservation_ms]
+        need = int(size_bytes) if must_fit_bytes is None else int(must_fit_bytes)
+        args = [artifact_id, int(size_bytes), -1 if quota_bytes is None else int(quota_bytes), self.reservation_ms,
+                need]
         for _ in range(2):
             granted, projected = self._reserve(
                 keys=[k.ready, k.used, k.sizes, k.reservations, k.reservation_deadlines], args=args

@@ -26,14 +26,16 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch
+from .paths import AllowedPath
 from .redaction import redact_url
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
 from .settings import Settings
@@ -328,7 +330,7 @@ class RemoteTransfers:
     def download(
         self,
         url: str,
-        target: Path,
+        target: AllowedPath,
         *,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
@@ -339,54 +341,63 @@ class RemoteTransfers:
         """Write ``url``'s bytes to ``target`` through a hidden ``.part`` beside it (named by
         ``part_token``, so a retry replaces a killed attempt's), verified (size, SHA-256: the
         caller's, the remote ref's, the header's) before the rename, as paglets'
-        ``HostClient.download_artifact`` does. Returns (size, sha256)."""
+        ``HostClient.download_artifact`` does. The ``.part`` is created, renamed and removed
+        beneath the target's allowed root (no link followed). Returns (size, sha256)."""
         self.check_allowed(url)
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
         remote_ref = self._remote_ref(url) if _ARTIFACT_PATH.search(urlsplit(url).path) else None
-        if target.is_dir():
-            raise InvalidInput(f"download target is a directory: {target}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = target.with_name(f".{target.name}.{part_token}.part")
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()  # a killed attempt's, of the same job
-        with self.client.stream("GET", url, headers=self._headers(url)) as response:
-            _raise_for_status(response, url)
-            sha = _agree(
-                "SHA-256", url, ChecksumMismatch,
-                ("expected", expected), ("remote ref", remote_ref.sha256 if remote_ref else None),
-                (SHA256_HEADER, _announced_sha(response, url)),
-            )
-            size = _agree(
-                "size", url, SizeMismatch,
-                ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None),
-                ("Content-Length", _content_length(response)),
-            )
-            fd = create_exclusive(tmp_path)
-            try:
-                digest, written = hashlib.sha256(), 0
-                for chunk in response.iter_bytes(STREAM_CHUNK_BYTES):
-                    written += len(chunk)
-                    if size is not None and written > size:
-                        raise SizeMismatch(f"{url} sent more than its {size} bytes")
-                    digest.update(chunk)
-                    write_all(fd, chunk)
-                    if progress is not None:
-                        progress(written, -1 if size is None else size)
-                if size is not None and written != size:
-                    raise SizeMismatch(f"{url} sent {written} of {size} bytes")
-                if sha and digest.hexdigest() != sha:
-                    raise ChecksumMismatch(f"{url} sent bytes with SHA-256 {digest.hexdigest()}, expected {sha}")
-                if fsync:
-                    os.fsync(fd)
-                os.close(fd)
-                fd = -1
-                os.replace(tmp_path, target)
-            except BaseException:
-                if fd >= 0:
+        name, part_name = target.name, f".{target.name}.{part_token}.part"
+        dir_fd = target.open_parent(create=True)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    raise InvalidInput(f"download target is a directory: {target}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part_name, dir_fd=dir_fd)  # a killed attempt's, of the same job
+            with self.client.stream("GET", url, headers=self._headers(url)) as response:
+                _raise_for_status(response, url)
+                sha = _agree(
+                    "SHA-256", url, ChecksumMismatch,
+                    ("expected", expected), ("remote ref", remote_ref.sha256 if remote_ref else None),
+                    (SHA256_HEADER, _announced_sha(response, url)),
+                )
+                size = _agree(
+                    "size", url, SizeMismatch,
+                    ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None),
+                    ("Content-Length", _content_length(response)),
+                )
+                fd = create_exclusive(part_name, dir_fd=dir_fd)
+                try:
+                    digest, written = hashlib.sha256(), 0
+                    for chunk in response.iter_bytes(STREAM_CHUNK_BYTES):
+                        written += len(chunk)
+                        if size is not None and written > size:
+                            raise SizeMismatch(f"{redact_url(url)} sent more than its {size} bytes")
+                        digest.update(chunk)
+                        write_all(fd, chunk)
+                        if progress is not None:
+                            progress(written, -1 if size is None else size)
+                    if size is not None and written != size:
+                        raise SizeMismatch(f"{redact_url(url)} sent {written} of {size} bytes")
+                    if sha and digest.hexdigest() != sha:
+                        raise ChecksumMismatch(
+                            f"{redact_url(url)} sent bytes with SHA-256 {digest.hexdigest()}, expected {sha}"
+                        )
+                    if fsync:
+                        os.fsync(fd)
                     os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    tmp_path.unlink()
-                raise
+                    fd = -1
+                    os.replace(part_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    if fsync:
+                        os.fsync(dir_fd)
+                except BaseException:
+                    if fd >= 0:
+                        os.close(fd)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(part_name, dir_fd=dir_fd)
+                    raise
+        finally:
+            os.close(dir_fd)
         return written, digest.hexdigest()
 
     def delete(self, url: str) -> None:

@@ -33,6 +33,7 @@ from .errors import (
     TransferError,
 )
 from .index import ScanIndex, StoreIndex
+from .paths import AllowedPath
 from .redis_index import IndexUnavailable, RedisIndex
 from .refs import (
     ARTIFACT_COPY,
@@ -67,6 +68,8 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXE
 # Opening a FIFO for reading blocks until a writer appears; non-blocking, it opens at once and
 # is refused as "not a file" (regular files ignore the flag).
 _SOURCE_FLAGS = _READ_FLAGS | getattr(os, "O_NONBLOCK", 0)
+# The directory of a plain (not AllowedPath) source or target: opened as the caller named it.
+_PARENT_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(slots=True)
@@ -121,6 +124,18 @@ def _cleanup_own(path: Path, inode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         if os.lstat(path).st_ino == inode:
             path.unlink()
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _unlink_if_same(dir_fd: int, name: str, inode: int) -> None:
+    """Remove ``name`` in ``dir_fd`` if it is still the file imported (inode ``inode``)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == inode:
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _cleanup(*paths: Path) -> None:
@@ -199,7 +214,7 @@ class ArtifactStore:
 
     def create_from_path(
         self,
-        source: str | Path,
+        source: str | Path | AllowedPath,
         *,
         owner_agent_id: str = "",
         name: str | None = None,
@@ -212,38 +227,54 @@ class ArtifactStore:
     ) -> ArtifactWriteResult:
         """Import a regular file. With ``delete_source`` the source is removed only after
         the artifact is committed; on the store's filesystem it is hashed in place and
-        renamed into the store, so no byte is copied."""
-        path = Path(source)
+        linked into the store, so no byte is copied.
+
+        An :class:`AllowedPath` source (what workers pass) is opened beneath its allowed
+        root, no link below it followed; opening, linking and removing the source are all
+        done relative to its directory's descriptor (``PathNotAllowed`` when a component
+        is, or was swapped for, a symlink)."""
+        beneath = source if isinstance(source, AllowedPath) else None
+        path = beneath.path if beneath is not None else Path(source)
         try:
-            fd = os.open(path, _SOURCE_FLAGS)
+            dir_fd = beneath.open_parent() if beneath is not None else os.open(path.parent, _PARENT_FLAGS)
         except FileNotFoundError:
             raise SourceUnavailable(f"artifact source does not exist: {path}") from None
         except OSError as exc:
+            raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
+        try:
+            return self._create_from_file(
+                dir_fd, path, beneath, delete_source=delete_source, owner_agent_id=owner_agent_id,
+                name=name or path.name, compression=compression, expires_at=expires_at,
+                expected_sha256=expected_sha256, artifact_id=artifact_id, progress=progress,
+            )
+        finally:
+            os.close(dir_fd)
+
+    def _create_from_file(
+        self, dir_fd: int, path: Path, beneath: AllowedPath | None, *, delete_source: bool, **options: Any
+    ) -> ArtifactWriteResult:
+        try:
+            fd = os.open(path.name, _SOURCE_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise SourceUnavailable(f"artifact source does not exist: {path}") from None
+        except OSError as exc:
+            if beneath is not None and exc.errno == errno.ELOOP:  # resolved as a file, a link now
+                raise beneath.refused() from None
             raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise SourceUnavailable(f"artifact source is not a file: {path}")
         with open(fd, "rb", buffering=0, closefd=True) as handle:
-            options = dict(
-                owner_agent_id=owner_agent_id,
-                name=name or path.name,
-                compression=compression,
-                expires_at=expires_at,
-                expected_sha256=expected_sha256,
-                artifact_id=artifact_id,
-                progress=progress,
-            )
             # A file with other hard links is copied: through them its bytes could change later.
             if delete_source and info.st_dev == self._tmp_device() and info.st_nlink == 1:
                 try:
-                    return self._move_in(path, handle, info, **options)
+                    return self._move_in(dir_fd, path, handle, info, **options)
                 except _LinkRefused:
                     handle.seek(0)  # no hard links here (filesystem or protected_hardlinks): copy
             result = self.create_from_stream(handle, size_bytes=info.st_size, **options)
         if delete_source:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _unlink_if_same(dir_fd, path.name, info.st_ino)
         return result
 
     def create_from_http_request(
@@ -281,14 +312,25 @@ class ArtifactStore:
         expected_sha256: str | None = None,
         artifact_id: str | None = None,
         progress: Progress | None = None,
+        reserve_ahead_bytes: int | None = None,
     ) -> ArtifactWriteResult:
         """Stream ``source`` into a new artifact; ``size_bytes=-1`` when the size is unknown.
 
         ``artifact_id`` (hex) makes the write idempotent: when that artifact is already
         committed, its ref is returned and nothing is written (a redelivered job).
+
+        The quota is reserved for the whole declared size before the first byte, unless
+        ``reserve_ahead_bytes`` is given (a body from a client that may never send it): then
+        the declared size must fit at the start, but the reservation holds at most that many
+        bytes more than have arrived, and grows as they arrive (refused mid-body when the
+        quota filled meanwhile).
         """
         if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < -1:
             raise InvalidInput(f"invalid size_bytes {size_bytes!r}: expected a whole number >= 0, or -1 if unknown")
+        if reserve_ahead_bytes is not None and (
+            isinstance(reserve_ahead_bytes, bool) or not isinstance(reserve_ahead_bytes, int) or reserve_ahead_bytes < 1
+        ):
+            raise InvalidInput(f"invalid reserve_ahead_bytes {reserve_ahead_bytes!r}: expected a whole number >= 1")
         expires = validate_expires_at(expires_at)
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
         for label, value in (("owner_agent_id", owner_agent_id), ("name", name), ("compression", compression)):
@@ -302,19 +344,27 @@ class ArtifactStore:
         self._ensure_dirs()
         tmp_path = self.tmp_dir / f"{artifact_id}.part"
         reserved = False
+        held = 0  # bytes the reservation holds
         fd = -1
         inode = -1
         try:
             if size_bytes >= 0:
-                self.index.reserve(artifact_id, size_bytes, self.quota_bytes)
+                held = size_bytes if reserve_ahead_bytes is None else min(size_bytes, reserve_ahead_bytes)
+                self.index.reserve(artifact_id, held, self.quota_bytes, must_fit_bytes=size_bytes)
                 reserved = True
             fd = self._create_part(tmp_path)
             inode = os.fstat(fd).st_ino
 
             def on_chunk(total: int) -> None:
+                nonlocal held, reserved
                 self._check_size(total)
                 if 0 <= size_bytes < total:
                     raise SizeMismatch(f"body is longer than its declared {size_bytes} bytes")
+                if reserve_ahead_bytes is not None and total > held:
+                    grown = total + reserve_ahead_bytes
+                    held = grown if size_bytes < 0 else min(size_bytes, grown)
+                    self.index.reserve(artifact_id, held, self.quota_bytes)
+                    reserved = True
                 if progress is not None:
                     progress(total, size_bytes)
 
@@ -323,7 +373,7 @@ class ArtifactStore:
                 raise SizeMismatch(f"body ended after {written} of {size_bytes} declared bytes")
             if expected and sha256 != expected:
                 raise ChecksumMismatch(f"artifact checksum mismatch: expected {expected}, got {sha256}")
-            if not reserved:
+            if not reserved or held != written:
                 self.index.reserve(artifact_id, written, self.quota_bytes)
                 reserved = True
             if self.fsync:
@@ -351,9 +401,12 @@ class ArtifactStore:
             _raise_if_no_space(exc, self.root)
             raise
 
-    def _move_in(self, path: Path, handle: Any, info: os.stat_result, **options: Any) -> ArtifactWriteResult:
+    def _move_in(
+        self, dir_fd: int, path: Path, handle: Any, info: os.stat_result, **options: Any
+    ) -> ArtifactWriteResult:
         """Hash a same-filesystem source in place, link it into the store, commit, and only
-        then remove the source (no byte copied, nothing lost wherever it is interrupted)."""
+        then remove the source (no byte copied, nothing lost wherever it is interrupted).
+        The source is named relative to ``dir_fd``, the directory it was opened in."""
         artifact_id = options["artifact_id"] or uuid.uuid4().hex
         artifact_id = validate_artifact_id(artifact_id)
         existing = self.committed(artifact_id)
@@ -390,7 +443,7 @@ class ArtifactStore:
             # A second name, not a rename: the source stays where it is until the artifact is
             # committed, so an import killed at any point loses nothing (its retry clears the link).
             try:
-                os.link(path, tmp_path, follow_symlinks=False)
+                os.link(path.name, tmp_path, src_dir_fd=dir_fd, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno in _NO_LINK_ERRNOS:
                     raise _LinkRefused(path) from exc
@@ -424,17 +477,16 @@ class ArtifactStore:
             _cleanup_own(tmp_path, info.st_ino)
             if not self._metadata_path(artifact_id).exists():
                 # Not committed: the source keeps its own mode and times. (Once committed, the
-                # source is a second name of the blob, which must keep its safer mode.)
+                # source is a second name of the blob, which must keep its safer mode.) Through
+                # the open descriptor: whatever its name now leads to, it is the same inode.
                 with contextlib.suppress(OSError):
-                    if info.st_mode & 0o022 and os.lstat(path).st_ino == info.st_ino:
-                        os.chmod(path, stat.S_IMODE(info.st_mode))
-                    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+                    if info.st_mode & 0o022:
+                        os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
+                    os.utime(handle.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
             self.index.release(artifact_id)
             _raise_if_no_space(exc, self.root)
             raise
-        with contextlib.suppress(FileNotFoundError):
-            if os.lstat(path).st_ino == info.st_ino:  # still the file that was imported
-                path.unlink()
+        _unlink_if_same(dir_fd, path.name, info.st_ino)
         return result
 
     def _commit(self, tmp_path: Path, ref: ArtifactRef, *, inode: int) -> ArtifactWriteResult:
@@ -556,7 +608,7 @@ class ArtifactStore:
     def export_to_path(
         self,
         artifact_id: str,
-        target: str | Path,
+        target: str | Path | AllowedPath,
         *,
         expected_sha256: str | None = None,
         progress: Progress | None = None,
@@ -566,23 +618,41 @@ class ArtifactStore:
         (size and SHA-256) before it is renamed into place.
 
         ``part_token`` (hex) names that ``.part`` instead of a random token: a retried export
-        of the same job then replaces what a killed attempt left beside the target.
+        of the same job then replaces what a killed attempt left beside the target. An
+        :class:`AllowedPath` target (what workers pass) is reached beneath its allowed root,
+        no link below it followed (missing directories are made on the way); the ``.part``
+        is created, renamed and removed relative to the target directory's descriptor.
         """
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
         token = uuid.uuid4().hex if part_token is None else validate_artifact_id(part_token)
         ref = self.ref(artifact_id)
-        target_path = Path(target)
-        if target_path.is_dir():
-            raise InvalidInput(f"export target is a directory: {target_path}")
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = target_path.with_name(f".{target_path.name}.{token}.part")
-        if part_token is not None:
-            self._clear_stale_part(tmp_path)  # a killed attempt's, of the same job
-        with self.open_reader(artifact_id) as source:
+        beneath = target if isinstance(target, AllowedPath) else None
+        target_path = beneath.path if beneath is not None else Path(target)
+        if beneath is None:
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+        dir_fd = beneath.open_parent(create=True) if beneath is not None else os.open(target_path.parent, _PARENT_FLAGS)
+        try:
+            self._export_into(dir_fd, target_path, ref, expected, token, part_token is not None, progress)
+        finally:
+            os.close(dir_fd)
+        return ref
+
+    def _export_into(
+        self, dir_fd: int, target_path: Path, ref: ArtifactRef, expected: str | None, token: str,
+        replace_stale: bool, progress: Progress | None,
+    ) -> None:
+        name = target_path.name
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise InvalidInput(f"export target is a directory: {target_path}")
+        part_name = f".{name}.{token}.part"
+        if replace_stale:
+            _unlink_quietly(dir_fd, part_name)  # a killed attempt's, of the same job
+        with self.open_reader(ref.artifact_id) as source:
             try:
-                fd = create_exclusive(tmp_path)
+                fd = create_exclusive(part_name, dir_fd=dir_fd)
             except FileExistsError:
-                raise TransferError(f"export temporary file {tmp_path} already exists") from None
+                raise TransferError(f"export temporary file {target_path.parent / part_name} already exists") from None
             try:
 
                 def on_chunk(total: int) -> None:
@@ -601,16 +671,15 @@ class ArtifactStore:
                     os.fsync(fd)
                 os.close(fd)
                 fd = -1
-                os.replace(tmp_path, target_path)
+                os.replace(part_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 if self.fsync:
-                    self._fsync_dir(target_path.parent)
+                    os.fsync(dir_fd)
             except BaseException as exc:
                 if fd >= 0:
                     os.close(fd)
-                _cleanup(tmp_path)
+                _unlink_quietly(dir_fd, part_name)
                 _raise_if_no_space(exc, target_path.parent)
                 raise
-        return ref
 
     # ------------------------------------------------------------------ deleting
 
@@ -636,6 +705,26 @@ class ArtifactStore:
         if self._metadata_path(artifact_id).exists():
             return 0  # a whole artifact (or one being committed): not remains
         return self.remove(artifact_id)
+
+    def reclaim(self, artifact_id: str, *, remove_committed: bool = False) -> int:
+        """Remove what earlier attempts of the import writing ``artifact_id`` left behind and
+        return the bytes freed: its ``.part`` and staged metadata, the blob of a commit cut
+        between its two renames, its quota reservation; with ``remove_committed`` also the
+        artifact itself, whole (an import of a deleted owner). For an attempt that fails:
+        its job's earlier attempts were killed, and nothing else writes under that id."""
+        artifact_id = validate_artifact_id(artifact_id)
+        freed = 0
+        for path in (self.tmp_dir / f"{artifact_id}.part", self.tmp_dir / f"{artifact_id}.json.part"):
+            with contextlib.suppress(FileNotFoundError):
+                size = path.lstat().st_size
+                path.unlink()
+                freed += size
+        if remove_committed:
+            freed += self.remove(artifact_id)  # files, index entry and reservation
+        elif self.committed(artifact_id) is None:  # (a whole one is recorded: its hold becomes usage)
+            freed += self.finish_removal(artifact_id)
+            self.index.release(artifact_id)
+        return freed
 
     def delete_owner(self, owner_agent_id: str) -> list[ArtifactRef]:
         """Delete every artifact of ``owner_agent_id``; return the refs deleted."""

@@ -772,10 +772,11 @@ def file_sha256(path: str | Path) -> str:
 _EXCLUSIVE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def create_exclusive(path: Path, mode: int = 0o644) -> int:
-    """Create ``path`` for writing; fail if anything (a file, a planted symlink) is there."""
+def create_exclusive(path: Path | str, mode: int = 0o644, *, dir_fd: int | None = None) -> int:
+    """Create ``path`` (relative to ``dir_fd`` when given) for writing; fail if anything (a
+    file, a planted symlink) is there."""
     try:
-        return os.open(path, _EXCLUSIVE_FLAGS, mode)
+        return os.open(path, _EXCLUSIVE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -786,22 +787,3 @@ def open_exclusive(path: Path):
     """``create_exclusive`` as a binary file object."""
     return os.fdopen(create_exclusive(path), "wb")
 
-
-#: Opening a source: never through a symlink; a FIFO opens at once (non-blocking) and is
-#: then refused as "not a file" instead of blocking until a writer appears.
-_SOURCE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-def open_source(path: Path, *, what: str = "source"):
-    """A regular file opened for reading as a binary file object (``SourceUnavailable``
-    naming the path if it is missing, a symlink, or not a regular file)."""
-    try:
-        fd = os.open(path, _SOURCE_FLAGS)
-    except FileNotFoundError:
-        raise SourceUnavailable(f"{what} does not exist: {path}") from None
-    except OSError as exc:
-        raise SourceUnavailable(f"{what} cannot be opened: {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SourceUnavailable(f"{what} is not a file: {path}")
-    return open(fd, "rb", buffering=0, closefd=True)
