@@ -112,6 +112,11 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+#: The record field where an attempt leaves what a redelivered attempt needs (a remote's
+#: confirmation, the ref of an artifact already moved); workers only, never shown.
+CHECKPOINT_FIELD = "checkpoint"
+
+
 def _lua(text: str) -> str:
     """A record script with the state names of this module put in (``{SUCCEEDED}``...), so
     they are spelled once; each becomes a quoted Lua string."""
@@ -240,6 +245,15 @@ class JobRecords:
         for name, value in fields.items():
             args += [name, value]
         return bool(self._finish(keys=[key, self.channel], args=args))
+
+    def checkpoint(self, job_id: str) -> Any:
+        """What an earlier attempt of the job saved with :meth:`save_checkpoint` (None if nothing)."""
+        saved = self.client.hget(self.key(job_id), CHECKPOINT_FIELD)
+        return json.loads(saved) if saved else None
+
+    def save_checkpoint(self, job_id: str, value: Any) -> None:
+        """Keep ``value`` (JSON) in the job's record for its redelivered attempts."""
+        self.client.hset(self.key(job_id), CHECKPOINT_FIELD, json.dumps(value))
 
     def get(self, job_id: str) -> JobRecord | None:
         data = self.client.hgetall(self.key(job_id))
