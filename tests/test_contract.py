@@ -135,3 +135,30 @@ def test_a_url_argument_is_redacted_by_its_type_and_errors_name_the_argument():
     assert shown == {"url": "http://peer/x?token=***", "name": "token=kept"}
     with pytest.raises(InvalidInput, match="argument 'target' must be an absolute path"):
         contract.EXPORT.validate({"artifact_id": "ab", "target": "relative"})
+
+
+@pytest.mark.parametrize(("kind", "method", "own"), [
+    (contract.IMPORT_URL, "pull", set()),
+    (contract.EXPORT_TO_HOST, "push", {"move"}),  # the actor deletes after the push
+    (contract.DOWNLOAD, "download", {"move"}),  # the actor deletes the remote after the download
+], ids=lambda value: getattr(value, "name", None) or str(value))
+def test_the_remote_client_takes_the_arguments_of_the_kinds_it_runs_with_their_defaults(kind, method, own):
+    from paglets_artifacts.remote import RemoteTransfers
+
+    parameters = inspect.signature(getattr(RemoteTransfers, method)).parameters
+    for name, argument in kind.arguments.items():
+        if name in own:
+            continue
+        assert name in parameters, (method, name)
+        if not argument.required:
+            assert parameters[name].default == argument.default, (method, name)
+
+
+def test_the_readmes_job_tables_give_each_kinds_queue_and_arguments():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].strip("`") in contract.KINDS and cells[1].startswith("`artifact-"):
+            names = [token for token in cells[2].split("`")[1::2] if token.isidentifier()]
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), names)
+    assert rows == {kind.name: (kind.queue_name, list(kind.arguments)) for kind in KINDS}
