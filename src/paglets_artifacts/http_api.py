@@ -716,7 +716,7 @@ def _json(schema_ref: str, description: str = "OK") -> dict[str, Any]:
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every endpoint this application serves."""
-    artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-fA-F]+$"}}
+    artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": dict(contract.ARTIFACT_ID.schema)}
     job_kinds = {kind.name: kind.arguments_schema() for kind in contract.KINDS.values()}
     ref_properties = _fields_schema(ArtifactRef)
     record_properties = _fields_schema(JobRecord, state={"type": "string", "enum": list(STATES)})
