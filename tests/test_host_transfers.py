@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import socket
 import time
@@ -387,7 +386,7 @@ def test_a_redelivered_push_and_a_pull_for_a_deleted_owner_have_no_second_effect
         local = _put(a.store)
         already = _put(b.store)
         push = jobs.export_to_host(local.artifact_id, b.url, move=True)
-        redis_client.hset(jobs.records.key(push.id), "checkpoint", json.dumps(already.to_wire()))
+        jobs.records.save_checkpoint(push.id, already.to_wire())
         # A pull for an owner deleted after it was enqueued.
         pull = jobs.import_url(f"{b.url}/artifacts/{already.artifact_id}", owner_agent_id="gone")
         redis_client.set(f"{a.settings.namespace}:owner-deleted:gone", repr(time.time()))
@@ -483,7 +482,7 @@ def test_a_redelivered_upload_returns_its_confirmation_and_a_redelivered_downloa
         source.write_bytes(PAYLOAD)
         already = _put(b.store)
         upload = jobs.upload(str(source), b.url, expected_sha256=PAYLOAD_SHA)
-        redis_client.hset(jobs.records.key(upload.id), "checkpoint", json.dumps(already.to_wire()))
+        jobs.records.save_checkpoint(upload.id, already.to_wire())
         target = files / "down" / "x.bin"
         download = jobs.download(f"{b.url}/artifacts/{already.artifact_id}", str(target))
         target.parent.mkdir()

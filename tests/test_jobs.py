@@ -331,6 +331,24 @@ def test_a_final_state_is_written_once_and_never_overwritten(jobs):
     assert (record.state, record.result, record.error) == ("succeeded", {"parts_removed": 0}, None)
 
 
+def test_a_checkpoint_is_kept_in_the_record_for_the_next_attempt_and_not_shown(jobs):
+    job = jobs.sweep()
+    assert jobs.records.checkpoint(job.id) is None
+    jobs.records.save_checkpoint(job.id, {"artifact_id": "ab", "size_bytes": 3})
+    assert jobs.records.checkpoint(job.id) == {"artifact_id": "ab", "size_bytes": 3}
+    assert "checkpoint" not in job.status().to_wire()
+    started = jobs.records.started(job.id, worker="w", kind="sweep", enqueued_at=1.0)
+    assert started == 1 and jobs.records.checkpoint(job.id) == {"artifact_id": "ab", "size_bytes": 3}
+
+
+def test_record_scripts_spell_the_states_of_records_py():
+    from paglets_artifacts import records
+
+    for script in (records._UPDATE_UNLESS_FINAL, records._FINISH, records._START):
+        assert "{" not in script and f'"{records.SUCCEEDED}"' in script and f'"{records.FAILED}"' in script
+    assert f"'state', \"{records.RUNNING}\"" in records._START
+
+
 def test_a_job_whose_start_cannot_be_recorded_is_retried_not_run(monkeypatch):
     from types import SimpleNamespace
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import contextlib
-import json
 import logging
 import os
 import stat
@@ -163,7 +162,6 @@ def _import_file(
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
     target_path = resolve_beneath(target, settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
-    checkpoint_key = f"{ctx.records.key(current_job().id)}"
     try:
         ref = ctx.store.export_to_path(
             artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress,
@@ -172,16 +170,15 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
     except ArtifactNotFound:
         # A redelivered move whose first attempt finished: the artifact is gone but the
         # target holds its verified bytes. The checkpoint says which bytes those were.
-        saved = ctx.client.hget(checkpoint_key, "checkpoint")
-        if not (move and saved):
+        ref_wire = ctx.records.checkpoint(current_job().id)
+        if not (move and ref_wire):
             raise
-        ref_wire = json.loads(saved)
         if _target_sha256(target_path) != ref_wire["sha256"]:
             raise
         ctx.store.finish_removal(artifact_id)  # the first attempt may have died mid-deletion
         return {**ref_wire, "target": str(target_path), "moved": True}
     if move:
-        ctx.client.hset(checkpoint_key, "checkpoint", json.dumps(ref.to_wire()))
+        ctx.records.save_checkpoint(current_job().id, ref.to_wire())
         ctx.store.delete(artifact_id)
     return {**ref.to_wire(), "target": str(target_path), "moved": move}
 

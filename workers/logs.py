@@ -19,7 +19,7 @@ from typing import Any
 from dramatiq import Middleware
 from dramatiq.middleware import CurrentMessage
 
-from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.contract import ARTIFACT_FROM_JOB_ID_KINDS, KINDS_BY_ACTOR
 from paglets_artifacts.redaction import redact_text
 from paglets_artifacts.settings import Settings
 
@@ -27,9 +27,6 @@ from .middleware import current_job
 
 #: The text line: Dramatiq's own layout, with the job context before the message.
 TEXT_FORMAT = "[%(asctime)s] [PID %(process)d] [%(threadName)s] [%(name)s] [%(levelname)s] %(job_context)s%(message)s"
-
-#: Kinds whose artifact id is their job id (one job, one artifact: see workers/actors.py).
-_ARTIFACT_FROM_JOB_ID = frozenset({"import", "import_url"})
 
 _CONTEXT_FIELDS = ("job_id", "job_kind", "attempt", "artifact_id")
 
@@ -57,7 +54,7 @@ def job_context() -> dict[str, Any]:
         # A garbage message may carry anything: logging about it must not fail.
         named = message.kwargs.get("artifact_id")
         artifact_id = named if isinstance(named, str) else None
-    if artifact_id is None and kind in _ARTIFACT_FROM_JOB_ID:
+    if artifact_id is None and kind in ARTIFACT_FROM_JOB_ID_KINDS:  # one job, one artifact
         try:
             artifact_id = uuid.UUID(job_id).hex
         except ValueError:

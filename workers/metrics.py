@@ -28,7 +28,9 @@ from typing import Any
 
 from dramatiq import Middleware
 
+from paglets_artifacts import contract
 from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.records import FAILED, SUCCEEDED
 from paglets_artifacts.settings import Settings
 
 from .middleware import current_job
@@ -38,9 +40,9 @@ logger = logging.getLogger("paglets_artifacts.metrics")
 #: Histogram buckets of job durations, in seconds: sweeps take milliseconds, transfers hours.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 #: Kinds whose result counts as bytes entering the store.
-IMPORT_KINDS = frozenset({"import", "import_url"})
+IMPORT_KINDS = contract.INTO_STORE_KINDS
 #: Kinds whose result counts as bytes leaving the store.
-EXPORT_KINDS = frozenset({"export", "export_to_host"})
+EXPORT_KINDS = contract.OUT_OF_STORE_KINDS
 #: Exit code of the exposition process when it cannot serve (port in use...).
 EXIT_CANNOT_SERVE = 3
 
@@ -124,12 +126,12 @@ class JobMetrics:
             self.bytes_imported.labels(kind).inc(size)
         elif isinstance(size, int) and kind in EXPORT_KINDS:
             self.bytes_exported.labels(kind).inc(size)
-        elif kind == "sweep":
+        elif kind == contract.SWEEP.name:
             for what, key in (("parts", "parts_removed"), ("expired", "expired_removed"), ("orphans", "orphans_removed")):
                 self.sweep_removed.labels(what).inc(int(result.get(key, 0)))
             self.sweep_bytes_freed.inc(int(result.get("bytes_freed", 0)))
             self.sweep_unreadable.set(int(result.get("unreadable_metadata", 0)))
-        elif kind == "delete_owner":
+        elif kind == contract.DELETE_OWNER.name:
             self.owner_deletions.inc()
             self.owner_deleted_artifacts.inc(int(result.get("deleted", 0)))
             self.owner_deleted_bytes.inc(int(result.get("bytes_freed", 0)))
@@ -185,10 +187,10 @@ class Metrics(Middleware):
             outcome = "retried"
             self.metrics.retries.labels(kind, type(exception).__name__).inc()
         else:
-            outcome = "failed" if exception is not None else "succeeded"
+            outcome = FAILED if exception is not None else SUCCEEDED
             self.metrics.jobs.labels(kind, outcome).inc()
         self.metrics.durations.labels(kind, outcome).observe(time.monotonic() - since)
-        if outcome == "succeeded":
+        if outcome == SUCCEEDED:
             try:
                 job_result = current_job().result
             except RuntimeError:

@@ -15,6 +15,7 @@ from dramatiq import Middleware
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.records import FAILED, SUCCEEDED
 from paglets_artifacts.redaction import redact_text
 
 from .context import context
@@ -147,7 +148,7 @@ class JobRecordsMiddleware(Middleware):
             # did start runs as usual.
             error = {"type": "JobExpired", "message": "not started before its start deadline; it never ran"}
             retry_while_unreachable(
-                lambda: ctx.records.finished(message.message_id, state="failed", error=error),
+                lambda: ctx.records.finished(message.message_id, state=FAILED, error=error),
                 f"the expiry of job {message.message_id}",
             )
             logger.info("job %s %s expired before it started", message.message_id, kind.name)
@@ -164,11 +165,11 @@ class JobRecordsMiddleware(Middleware):
         records = context().records
         what = f"the end of job {job.id}"
         if exception is None:
-            retry_while_unreachable(lambda: records.finished(job.id, state="succeeded", result=job.result), what)
+            retry_while_unreachable(lambda: records.finished(job.id, state=SUCCEEDED, result=job.result), what)
             logger.info("job %s %s succeeded", job.id, job.kind)
         elif message.failed:
             error = describe_error(exception)
-            retry_while_unreachable(lambda: records.finished(job.id, state="failed", error=error), what)
+            retry_while_unreachable(lambda: records.finished(job.id, state=FAILED, error=error), what)
             logger.warning("job %s %s failed: %s: %s", job.id, job.kind, type(exception).__name__, exception)
         else:
             error = describe_error(exception)

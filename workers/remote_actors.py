@@ -3,7 +3,6 @@ host's own client calls: upload a file to a host, download an artifact to a path
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -59,14 +58,14 @@ def export_to_host(
     expires_at: float | None, move: bool,
 ) -> dict[str, Any]:
     ctx = context()
-    record_key = ctx.records.key(current_job().id)
+    job_id = current_job().id
     with RemoteTransfers(settings) as remote:
         remote.check_allowed(f"{host_url}/artifacts")
         # An attempt that got the remote's confirmation left it here: a redelivered job
         # neither uploads a second copy nor loses the confirmation before a move's delete.
-        saved = ctx.client.hget(record_key, "checkpoint")
+        saved = ctx.records.checkpoint(job_id)
         if saved:
-            remote_ref = ArtifactRef.from_wire(json.loads(saved))
+            remote_ref = ArtifactRef.from_wire(saved)
         else:
             remote_ref = remote.push(
                 ctx.store,
@@ -77,7 +76,7 @@ def export_to_host(
                 expires_at=expires_at,
                 progress=current_job().progress,
             )
-            ctx.client.hset(record_key, "checkpoint", json.dumps(remote_ref.to_wire()))
+            ctx.records.save_checkpoint(job_id, remote_ref.to_wire())
     if move:
         ctx.store.delete(artifact_id)  # only now: the remote confirmed the verified bytes
     return {**remote_ref.to_wire(), "moved": move, "source_artifact_id": artifact_id}
@@ -89,13 +88,13 @@ def upload(
     expected_sha256: str | None,
 ) -> dict[str, Any]:
     ctx = context()
-    record_key = ctx.records.key(current_job().id)
+    job_id = current_job().id
     source = resolve_beneath(path, settings.allowed_roots, what="upload source", forbidden=[ctx.store.root])
     with RemoteTransfers(settings) as remote:
         remote.check_allowed(f"{host_url}/artifacts")
-        saved = ctx.client.hget(record_key, "checkpoint")  # a redelivered upload the remote confirmed
+        saved = ctx.records.checkpoint(job_id)  # a redelivered upload the remote confirmed
         if saved:
-            return json.loads(saved)
+            return saved
         with open_regular(source) as handle:
             size = os.fstat(handle.fileno()).st_size
             # The remote verifies the SHA-256 before it commits: without one given, hash first.
@@ -106,7 +105,7 @@ def upload(
                 owner_agent_id=owner_agent_id, name=name or source.name, compression=compression,
                 expires_at=expires_at, progress=current_job().progress, what=f"upload source {source}",
             )
-        ctx.client.hset(record_key, "checkpoint", json.dumps(remote_ref.to_wire()))
+        ctx.records.save_checkpoint(job_id, remote_ref.to_wire())
     return remote_ref.to_wire()
 
 

@@ -40,6 +40,7 @@ from dramatiq.common import dq_name
 
 from paglets_artifacts import contract
 from paglets_artifacts.jobs import ArtifactJobs, Job
+from paglets_artifacts.records import FINAL_STATES, STATES
 from paglets_artifacts.schedule import Schedule, parse_schedule
 from paglets_artifacts.settings import Settings, SettingsError
 
@@ -64,7 +65,7 @@ MAX_SLEEP_SECONDS = 60.0
 #: The periodic state outlives this many periods (and at least a week) without a claim.
 _STATE_TTL_PERIODS = 3
 _STATE_TTL_MIN_SECONDS = 7 * 86400
-_BUSY_STATES = frozenset({"queued", "running", "retrying"})
+_BUSY_STATES = frozenset(STATES) - FINAL_STATES
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from . import console as views
+from . import contract
 from .errors import JobTimeout, TransferError
 from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, STATES
@@ -120,12 +121,24 @@ WaitFlag = Annotated[bool, typer.Option("--wait", "-w", help="Follow the job wit
 TimeoutOpt = Annotated[
     float | None, typer.Option("--timeout", min=0.0, help="With --wait: give up after this many seconds (exit 5).")
 ]
-OwnerOpt = Annotated[str, typer.Option("--owner", help="owner_agent_id of the artifact.")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Artifact name (default: the file name).")]
-CompressionOpt = Annotated[str, typer.Option("--compression", help="Compression label stored with the artifact.")]
-ExpiresAtOpt = Annotated[float | None, typer.Option("--expires-at", help="Expiry as a Unix time.")]
+
+
+def _doc(kind: contract.JobKind, argument: str) -> str:
+    """The help of an option or argument that carries a job argument: its doc in the contract."""
+    return kind.arguments[argument].doc
+
+
+def _command_help(kind: contract.JobKind, note: str = "") -> str:
+    """A job command's help: the kind's doc, and what the command adds to it."""
+    return f"{kind.doc} {note}".strip()
+
+
+# The job options several commands share; their docs are the same argument facts in each kind.
+OwnerOpt = Annotated[str, typer.Option("--owner", help=_doc(contract.IMPORT, "owner_agent_id"))]
+CompressionOpt = Annotated[str, typer.Option("--compression", help=_doc(contract.IMPORT, "compression"))]
+ExpiresAtOpt = Annotated[float | None, typer.Option("--expires-at", help=_doc(contract.IMPORT, "expires_at"))]
 ExpiresInOpt = Annotated[float | None, typer.Option("--expires-in", min=0.0, help="Expiry in seconds from now.")]
-ShaOpt = Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 (hex); a mismatch fails the job.")]
+ShaOpt = Annotated[str | None, typer.Option("--sha256", help=_doc(contract.IMPORT, "expected_sha256"))]
 
 
 def _stdout() -> Console:
@@ -205,22 +218,23 @@ def _follow_to_end(job: Job, *, timeout: float | None, as_json: bool) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command("import")
+@app.command("import", help=_command_help(contract.IMPORT, "The worker reads it; the path is made absolute here."))
 def import_(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="File to import (must lie under PAGLETS_ARTIFACTS_ALLOWED_ROOTS).")],
+    path: Annotated[Path, typer.Argument(help=_doc(contract.IMPORT, "path"))],
     owner: OwnerOpt = "",
-    name: NameOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help=_doc(contract.IMPORT, "name"))] = None,
     compression: CompressionOpt = "",
     expires_at: ExpiresAtOpt = None,
     expires_in: ExpiresInOpt = None,
     sha256: ShaOpt = None,
-    delete_source: Annotated[bool, typer.Option("--delete-source", help="Remove the file once it is stored.")] = False,
+    delete_source: Annotated[
+        bool, typer.Option("--delete-source", help=_doc(contract.IMPORT, "delete_source"))
+    ] = False,
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Import a file into the store (the worker reads it; the path is made absolute here)."""
     expiry = _expiry(expires_at, expires_in)
     source = os.path.abspath(path)
     _submit(
@@ -233,18 +247,17 @@ def import_(
     )
 
 
-@app.command("export")
+@app.command("export", help=_command_help(contract.EXPORT))
 def export(
     ctx: typer.Context,
-    artifact_id: Annotated[str, typer.Argument(metavar="ID", help="Artifact id.")],
-    target: Annotated[Path, typer.Argument(help="Target file (under PAGLETS_ARTIFACTS_ALLOWED_ROOTS).")],
+    artifact_id: Annotated[str, typer.Argument(metavar="ID", help=_doc(contract.EXPORT, "artifact_id"))],
+    target: Annotated[Path, typer.Argument(help=_doc(contract.EXPORT, "target"))],
     sha256: ShaOpt = None,
-    move: Annotated[bool, typer.Option("--move", help="Delete the artifact once the target is verified.")] = False,
+    move: Annotated[bool, typer.Option("--move", help=_doc(contract.EXPORT, "move"))] = False,
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Export an artifact to a file, verified (size and SHA-256) before it is renamed into place."""
     destination = os.path.abspath(target)
     _submit(
         ctx,
@@ -253,22 +266,21 @@ def export(
     )
 
 
-@app.command("import-url")
+@app.command("import-url", help=_command_help(contract.IMPORT_URL))
 def import_url(
     ctx: typer.Context,
-    url: Annotated[str, typer.Argument(help="http(s) URL of the artifact (its host must be in PAGLETS_ARTIFACTS_ALLOWED_HOSTS).")],
+    url: Annotated[str, typer.Argument(help=_doc(contract.IMPORT_URL, "url"))],
     owner: OwnerOpt = "",
-    name: NameOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help=_doc(contract.IMPORT_URL, "name"))] = None,
     compression: CompressionOpt = "",
     expires_at: ExpiresAtOpt = None,
     expires_in: ExpiresInOpt = None,
     sha256: ShaOpt = None,
-    size: Annotated[int | None, typer.Option("--size", min=0, help="Expected size in bytes.")] = None,
+    size: Annotated[int | None, typer.Option("--size", min=0, help=_doc(contract.IMPORT_URL, "expected_size"))] = None,
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Pull an artifact from a remote host (GET /artifacts/{id}) into the store."""
     expiry = _expiry(expires_at, expires_in)
     _submit(
         ctx,
@@ -280,20 +292,21 @@ def import_url(
     )
 
 
-@app.command("push")
+@app.command("push", help=_command_help(contract.EXPORT_TO_HOST))
 def push(
     ctx: typer.Context,
-    artifact_id: Annotated[str, typer.Argument(metavar="ID", help="Artifact id.")],
-    host_url: Annotated[str, typer.Argument(help="Remote host URL (in PAGLETS_ARTIFACTS_ALLOWED_HOSTS).")],
-    owner: Annotated[str | None, typer.Option("--owner", help="owner_agent_id on the remote host.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Name on the remote host.")] = None,
-    expires_at: ExpiresAtOpt = None,
-    move: Annotated[bool, typer.Option("--move", help="Delete the artifact here once the remote host has it.")] = False,
+    artifact_id: Annotated[str, typer.Argument(metavar="ID", help=_doc(contract.EXPORT_TO_HOST, "artifact_id"))],
+    host_url: Annotated[str, typer.Argument(help=_doc(contract.EXPORT_TO_HOST, "host_url"))],
+    owner: Annotated[str | None, typer.Option("--owner", help=_doc(contract.EXPORT_TO_HOST, "owner_agent_id"))] = None,
+    name: Annotated[str | None, typer.Option("--name", help=_doc(contract.EXPORT_TO_HOST, "name"))] = None,
+    expires_at: Annotated[
+        float | None, typer.Option("--expires-at", help=_doc(contract.EXPORT_TO_HOST, "expires_at"))
+    ] = None,
+    move: Annotated[bool, typer.Option("--move", help=_doc(contract.EXPORT_TO_HOST, "move"))] = False,
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Push an artifact to a remote host (POST /artifacts)."""
     _submit(
         ctx,
         lambda jobs: jobs.export_to_host(
@@ -303,38 +316,35 @@ def push(
     )
 
 
-@app.command("sweep")
+@app.command("sweep", help=_command_help(contract.SWEEP))
 def sweep(
     ctx: typer.Context,
-    now: Annotated[float | None, typer.Option("--now", help="Sweep as if at this Unix time.")] = None,
+    now: Annotated[float | None, typer.Option("--now", help=_doc(contract.SWEEP, "now"))] = None,
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Remove stale .part files, expired artifacts and orphans."""
     _submit(ctx, lambda jobs: jobs.sweep(now=now), wait=wait, timeout=timeout, as_json=as_json)
 
 
-@app.command("delete-owner")
+@app.command("delete-owner", help=_command_help(contract.DELETE_OWNER))
 def delete_owner(
     ctx: typer.Context,
-    owner: Annotated[str, typer.Argument(metavar="OWNER", help="owner_agent_id whose artifacts go.")],
+    owner: Annotated[str, typer.Argument(metavar="OWNER", help=_doc(contract.DELETE_OWNER, "owner_agent_id"))],
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Delete every artifact of an owner (a disposed paglet)."""
     _submit(ctx, lambda jobs: jobs.delete_owner(owner), wait=wait, timeout=timeout, as_json=as_json)
 
 
-@app.command("reindex")
+@app.command("reindex", help=_command_help(contract.REINDEX))
 def reindex(
     ctx: typer.Context,
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Rebuild the store's index from the files on disk."""
     _submit(ctx, lambda jobs: jobs.reindex(), wait=wait, timeout=timeout, as_json=as_json)
 
 

@@ -30,7 +30,7 @@ from rich.text import Text
 from . import contract
 from .errors import JobTimeout
 from .jobs import Job
-from .records import JobRecord
+from .records import FAILED, RETRYING, RUNNING, SUCCEEDED, JobRecord
 from .refs import ArtifactRef
 
 #: Job kinds that move bytes and report byte progress.
@@ -174,7 +174,7 @@ def _value(key: str, value: Any) -> str:
 
 
 def _styled_state(state: str) -> Text:
-    colour = {"succeeded": "green", "failed": "red", "retrying": "yellow", "running": "cyan"}.get(state)
+    colour = {SUCCEEDED: "green", FAILED: "red", RETRYING: "yellow", RUNNING: "cyan"}.get(state)
     return Text(state, style=colour or "")
 
 
@@ -217,10 +217,10 @@ def result_summary(kind: str, result: dict[str, Any]) -> str:
         if result.get("target"):
             text += f" -> {result['target']}"
         return text
-    if kind == "sweep":
+    if kind == contract.SWEEP.name:
         return (f"parts {result.get('parts_removed', 0)}, expired {result.get('expired_removed', 0)}, "
                 f"orphans {result.get('orphans_removed', 0)}, freed {human_bytes(result.get('bytes_freed', 0))}")
-    if kind == "delete_owner":
+    if kind == contract.DELETE_OWNER.name:
         return f"deleted {result.get('deleted', 0)}, freed {human_bytes(result.get('bytes_freed', 0))}"
     return ", ".join(f"{key} {value}" for key, value in result.items())
 

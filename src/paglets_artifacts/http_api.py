@@ -26,6 +26,7 @@ event loop; a download reads the blob a chunk at a time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hmac
 import ipaddress
@@ -34,6 +35,8 @@ import logging
 import math
 import threading
 import time
+import types
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -66,7 +69,8 @@ from .errors import (
 )
 from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
-from .refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
+from .records import STATES, JobRecord
+from .refs import STREAM_CHUNK_BYTES, ArtifactRef, validate_artifact_id, validate_expires_at
 from .redaction import redact_url
 from .remote import SHA256_HEADER
 from .settings import Settings, SettingsError
@@ -844,26 +848,27 @@ class ServerThread:
 # ---------------------------------------------------------------------- OpenAPI
 
 
-def _argument_schema(argument: contract.Argument) -> dict[str, Any]:
-    kind = getattr(argument.check, "__name__", "")
-    types = {
-        "_text": {"type": "string"},
-        "_non_empty": {"type": "string", "minLength": 1},
-        "_abs_path": {"type": "string", "description": "absolute path under the allowed roots"},
-        "_optional_text": {"type": ["string", "null"]},
-        "_optional_sha": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$"},
-        "_bool": {"type": "boolean"},
-        "_expires": {"type": "number", "minimum": 0},
-        "_optional_expires": {"type": ["number", "null"], "minimum": 0},
-        "_optional_time": {"type": ["number", "null"]},
-        "_optional_size": {"type": ["integer", "null"], "minimum": 0},
-        "_artifact_id": {"type": "string", "pattern": "^[0-9a-fA-F]+$"},
-        "_http_url": {"type": "string", "format": "uri"},
-    }
-    schema = dict(types.get(kind, {}))
-    if argument.default is not None:
-        schema["default"] = argument.default
-    return schema
+#: JSON schema types of the Python types that refs and job records hold.
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object",
+                               list: "array"}
+
+
+def _json_schema_of(hint: Any) -> dict[str, Any]:
+    """The JSON schema of a field's type: ``Any`` is any value, ``X | None`` also null."""
+    if hint is Any:
+        return {}
+    members = typing.get_args(hint)
+    if type(None) in members and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (inner,) = [member for member in members if member is not type(None)]
+        schema = _json_schema_of(inner)
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"type": _JSON_TYPES[typing.get_origin(hint) or hint]}
+
+
+def _fields_schema(cls: type, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The properties of a dataclass's wire form (its fields), from their type hints."""
+    hints = typing.get_type_hints(cls)
+    return {item.name: overrides.get(item.name, _json_schema_of(hints[item.name])) for item in dataclasses.fields(cls)}
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
@@ -884,21 +889,10 @@ def _json(schema_ref: str, description: str = "OK") -> dict[str, Any]:
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every endpoint this application serves."""
-    artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-fA-F]+$"}}
-    job_kinds = {
-        kind.name: {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {name: _argument_schema(arg) for name, arg in kind.arguments.items()},
-            "required": [name for name, arg in kind.arguments.items() if arg.required],
-        }
-        for kind in contract.KINDS.values()
-    }
-    ref_properties = {
-        "host_url": {"type": "string"}, "artifact_id": {"type": "string"}, "name": {"type": "string"},
-        "size_bytes": {"type": "integer"}, "sha256": {"type": "string"}, "compression": {"type": "string"},
-        "created_at": {"type": "number"}, "expires_at": {"type": "number"}, "owner_agent_id": {"type": "string"},
-    }
+    artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": dict(contract.ARTIFACT_ID.schema)}
+    job_kinds = {kind.name: kind.arguments_schema() for kind in contract.KINDS.values()}
+    ref_properties = _fields_schema(ArtifactRef)
+    record_properties = _fields_schema(JobRecord, state={"type": "string", "enum": list(STATES)})
     return {
         "openapi": "3.1.0",
         "info": {"title": "paglets-artifacts host API", "version": "1"},
@@ -918,14 +912,7 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["error_type", "error"],
                 },
                 "JobAccepted": {"type": "object", "properties": {"job_id": {"type": "string"}, "kind": {"type": "string"}, "status_url": {"type": "string"}}},
-                "JobRecord": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "kind": {"type": "string"},
-                    "state": {"enum": ["queued", "running", "retrying", "succeeded", "failed"]},
-                    "enqueued_at": {"type": "number"}, "started_at": {"type": ["number", "null"]},
-                    "finished_at": {"type": ["number", "null"]}, "attempts": {"type": "integer"},
-                    "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"}, "result": {},
-                    "error": {"type": ["object", "null"]}, "worker": {"type": "string"}, "arguments": {"type": "object"},
-                }},
+                "JobRecord": {"type": "object", "properties": record_properties},
                 "Job": {"type": "object", "properties": {"job": {"$ref": "#/components/schemas/JobRecord"}}},
                 "Jobs": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}}}},
                 **{f"{name}_arguments": schema for name, schema in job_kinds.items()},
@@ -978,7 +965,7 @@ def openapi_document() -> dict[str, Any]:
             **{
                 f"/jobs/{name}": {
                     "post": {
-                        "summary": f"Enqueue a {name} job",
+                        "summary": f"Enqueue a {name} job: {contract.KINDS[name].doc}",
                         "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}_arguments"}}}},
                         "responses": {"202": _json("JobAccepted", "enqueued"), **_error_responses(400, 401, 503)},
                     }

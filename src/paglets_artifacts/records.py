@@ -112,30 +112,46 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+#: The record field where an attempt leaves what a redelivered attempt needs (a remote's
+#: confirmation, the ref of an artifact already moved); workers only, never shown.
+CHECKPOINT_FIELD = "checkpoint"
+
+
+def _lua(text: str) -> str:
+    """A record script with the state names of this module put in (``{SUCCEEDED}``...), so
+    they are spelled once; each becomes a quoted Lua string."""
+    names = {"RUNNING": RUNNING, "SUCCEEDED": SUCCEEDED, "FAILED": FAILED}
+    return text.format(**{name: json.dumps(value) for name, value in names.items()})
+
+
 # Progress and start only apply to a job that has not ended: a late update from a
 # worker that lost its message must never turn a finished record back.
-_UPDATE_UNLESS_FINAL = """
+# KEYS: the record. ARGV: field, value, field, value...
+_UPDATE_UNLESS_FINAL = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'succeeded' or state == 'failed' then return 0 end
+if not state or state == {SUCCEEDED} or state == {FAILED} then return 0 end
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
-"""
+""")
 
 # A final state is written once: when two attempts of one job overlap (a message
 # redelivered while its first worker still runs), the first to end decides the record.
-_FINISH = """
+# KEYS: the record, the events channel. ARGV: retention seconds, the event, then field, value...
+_FINISH = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'succeeded' or state == 'failed' then return 0 end
+if state == {SUCCEEDED} or state == {FAILED} then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
-"""
+""")
 
-_START = """
+# KEYS: the record, the recent-jobs index. ARGV: started_at, worker, kind, enqueued_at,
+# job id, record TTL. Returns the attempt number, or -1 for a job that had ended.
+_START = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'succeeded' or state == 'failed' then return -1 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'worker', ARGV[2],
+if state == {SUCCEEDED} or state == {FAILED} then return -1 end
+redis.call('HSET', KEYS[1], 'state', {RUNNING}, 'started_at', ARGV[1], 'worker', ARGV[2],
            'bytes_done', '0')
 if not state then
   redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'enqueued_at', ARGV[4])
@@ -143,7 +159,7 @@ if not state then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-"""
+""")
 
 
 class JobRecords:
@@ -229,6 +245,15 @@ class JobRecords:
         for name, value in fields.items():
             args += [name, value]
         return bool(self._finish(keys=[key, self.channel], args=args))
+
+    def checkpoint(self, job_id: str) -> Any:
+        """What an earlier attempt of the job saved with :meth:`save_checkpoint` (None if nothing)."""
+        saved = self.client.hget(self.key(job_id), CHECKPOINT_FIELD)
+        return json.loads(saved) if saved else None
+
+    def save_checkpoint(self, job_id: str, value: Any) -> None:
+        """Keep ``value`` (JSON) in the job's record for its redelivered attempts."""
+        self.client.hset(self.key(job_id), CHECKPOINT_FIELD, json.dumps(value))
 
     def get(self, job_id: str) -> JobRecord | None:
         data = self.client.hgetall(self.key(job_id))
