@@ -288,7 +288,7 @@ class ArtifactJobs:
         sent = {key: value for key, value in values.items() if value is not None}
         now = time.time()
         options = {} if start_within_seconds is None else {"start_by": now + start_within_seconds}
-        message = Message(
+        message: Message[Any] = Message(
             queue_name=kind.queue_name,
             actor_name=kind.actor_name,
             args=(),

@@ -58,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 from . import contract
 from .errors import InvalidInput, JobTimeout, PathNotAllowed, QuotaExceeded, TransferError
 from .jobs import ArtifactJobs, Job
-from .paths import resolve_allowed
+from .paths import AllowedPath, resolve_allowed
 from .records import QUEUED
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult
 from .remote import host_allowed
@@ -113,7 +113,9 @@ class Offloading:
         self._sweep_lock = threading.Lock()
         self._original_store = host.artifacts
         self._original_client = host.client
-        self.store = OffloadedStore.from_settings(settings, redis=jobs.client)
+        store = OffloadedStore.from_settings(settings, redis=jobs.client)
+        assert isinstance(store, OffloadedStore)  # from_settings builds its own class
+        self.store = store
         self.store.offloading = self
         self.facade = PagletsFacingStore(self.store)
         self.client = OffloadingClient(self, self._original_client)
@@ -229,7 +231,7 @@ class Offloading:
         with self._sweep_lock:
             try:
                 last = self.jobs.client.hget(key, "job_id")
-                record = self.jobs.records.get(last.decode()) if last else None
+                record = self.jobs.records.get(last.decode() if isinstance(last, bytes) else last) if last else None
                 # a record left queued or running far past the sweep's time limit lost its message
                 lost = record is not None and record.enqueued_at < time.time() - 2 * self.settings.maintenance_time_limit_seconds
                 if record is not None and not record.done and not lost:
@@ -261,7 +263,7 @@ class OffloadedStore(ArtifactStore):
 
     def create_from_path(
         self,
-        source: str | Path,
+        source: str | Path | AllowedPath,
         *,
         owner_agent_id: str = "",
         name: str | None = None,
@@ -276,7 +278,8 @@ class OffloadedStore(ArtifactStore):
         # read are done here, as paglets' store would
         what = f"import of {source}"
         job = None
-        if artifact_id is None and progress is None and self.offloading.path_allowed(source):
+        if (artifact_id is None and progress is None and not isinstance(source, AllowedPath)
+                and self.offloading.path_allowed(source)):
             job = self.offloading.submit(
                 contract.IMPORT, what, path=str(source), owner_agent_id=owner_agent_id,
                 name=name or Path(source).name, compression=compression, expires_at=expires_at,
@@ -297,7 +300,7 @@ class OffloadedStore(ArtifactStore):
     def export_to_path(
         self,
         artifact_id: str,
-        target: str | Path,
+        target: str | Path | AllowedPath,
         *,
         expected_sha256: str | None = None,
         progress: Progress | None = None,
@@ -305,7 +308,8 @@ class OffloadedStore(ArtifactStore):
     ) -> ArtifactRef:
         what = f"export of {artifact_id} to {target}"
         job = None
-        if progress is None and part_token is None and self.offloading.path_allowed(target):
+        if (progress is None and part_token is None and not isinstance(target, AllowedPath)
+                and self.offloading.path_allowed(target)):
             job = self.offloading.submit(
                 contract.EXPORT, what, artifact_id=artifact_id, target=str(target), expected_sha256=expected_sha256
             )

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -270,7 +270,7 @@ class JobRecords:
         start = 0
         page = max(limit, 50)
         while len(records) < limit:
-            ids = self.client.zrevrange(self.index_key, start, start + page - 1)
+            ids = cast("list[bytes]", self.client.zrevrange(self.index_key, start, start + page - 1))
             if not ids:
                 break
             pipe = self.client.pipeline(transaction=False)
