@@ -273,3 +273,18 @@ def test_the_paglets_compose_variant_runs_the_host_as_a_paglets_host_sharing_its
 
 def test_dockerfile_installs_the_paglets_extra():
     assert 'pip install ".[paglets]"' in (ROOT / "Dockerfile").read_text()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian's package) is not installed")
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.paglets.yml"]])
+def test_docker_compose_validates_the_files_as_compose_reads_them(files):
+    """``docker-compose config`` needs no engine: it parses, interpolates, merges and checks
+    the schema. Without the required keys it refuses; with them it accepts."""
+    args = ["docker-compose", *(arg for name in files for arg in ("-f", str(ROOT / name))), "config"]
+    env = {key: value for key, value in os.environ.items() if "API_KEY" not in key}
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "set an API key" in refused.stderr
+    keyed = {**env, "PAGLETS_ARTIFACTS_API_KEY": "k1", "PAGLETS_API_KEY": "k2"}
+    accepted = subprocess.run(args, env=keyed, capture_output=True, text=True, timeout=60)
+    assert accepted.returncode == 0, accepted.stderr
+    assert ("paglets-host" in accepted.stdout) == ("docker-compose.paglets.yml" in files)
