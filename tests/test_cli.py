@@ -193,6 +193,33 @@ def test_an_unreachable_redis_exits_4_without_showing_the_password(settings):
     assert as_json(result)["error"]["exit_code"] == cli.EXIT_UNAVAILABLE
 
 
+def test_a_transient_error_exits_4_and_is_named_not_taken_for_an_unreachable_redis(settings, tmp_path):
+    import redis
+
+    from paglets_artifacts.redis_index import IndexKeys, IndexUnavailable
+    from paglets_artifacts.remote import RemoteUnavailable
+    from paglets_artifacts.store import ArtifactStore
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        client.set(IndexKeys(settings.namespace).build_lock, "another process building", px=10_000)
+        store = ArtifactStore.from_settings(settings.with_changes(maintenance_time_limit_seconds=0.2), redis=client)
+        with pytest.raises(IndexUnavailable) as raised:
+            store.index.used_bytes()  # the index is missing and another process builds it
+    finally:
+        client.delete(IndexKeys(settings.namespace).build_lock)
+        client.close()
+    code, line = cli.describe_failure(raised.value, redis_url=settings.redis_url)
+    assert code == cli.EXIT_UNAVAILABLE
+    assert line.startswith("unavailable for now, try again: IndexUnavailable: the index ")
+    assert "was not ready within 0.2 s" in line and "cannot reach Redis" not in line
+    code, line = cli.describe_failure(RemoteUnavailable("http://peer/artifacts answered 503"))
+    assert (code, line) == (cli.EXIT_UNAVAILABLE,
+                            "unavailable for now, try again: RemoteUnavailable: http://peer/artifacts answered 503")
+    code, line = cli.describe_failure(redis.ConnectionError("refused"), redis_url="redis://127.0.0.1:1/0")
+    assert (code, line) == (cli.EXIT_UNAVAILABLE, "cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError: refused")
+
+
 def test_a_redis_with_a_password(settings):
     with EmbeddedRedis(password="s3cret") as server:
         good = invoke(settings, "jobs", "--json", REDIS_URL=server.url)

@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from paglets_artifacts.errors import Superseded, TransferError
+from paglets_artifacts.errors import TransferError, Transient
 from paglets_artifacts.settings import Settings, SettingsError
 
 from .logs import StructuredLogs
@@ -29,10 +29,13 @@ TRANSIENT_ERRNOS = frozenset(
 
 
 def is_transient(exception: BaseException) -> bool:
-    """Broker and network hiccups and EAGAIN-like OS errors retry; everything else fails at once."""
+    """Whether a job that raised ``exception`` is retried with backoff: a :class:`Transient`,
+    or a Redis, network or OS hiccup (EAGAIN-like errnos). Everything else fails at once."""
+    if isinstance(exception, Transient):
+        return True
     if isinstance(exception, TransferError):
         return False
-    if isinstance(exception, (redis.ConnectionError, redis.TimeoutError, ConnectionError, Superseded)):
+    if isinstance(exception, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
         return True
     try:
         import httpx

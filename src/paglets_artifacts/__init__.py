@@ -23,6 +23,7 @@ from .errors import (
     SourceUnavailable,
     StorageFull,
     TransferError,
+    Transient,
 )
 from .jobs import ArtifactJobs, Job
 from .records import JobRecord
@@ -84,6 +85,7 @@ __all__ = [
     "StorageFull",
     "SweepReport",
     "TransferError",
+    "Transient",
     "copy_path",
     "copy_stream",
     "file_sha256",

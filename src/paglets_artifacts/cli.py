@@ -8,7 +8,8 @@ Exit codes (also in ``--help``):
 1     the job failed, or the operation was refused (unknown id, not allowed...)
 2     usage error (unknown option, bad argument)
 3     configuration error (a ``REDIS_URL`` / ``PAGLETS_ARTIFACTS_*`` value)
-4     Redis cannot be reached (down, wrong address, wrong password, TLS)
+4     Redis cannot be reached (down, wrong address, wrong password, TLS), or a transient
+      error (the index being rebuilt elsewhere): try again
 5     ``--timeout`` passed before the job ended (the job goes on)
 130   interrupted (Ctrl-C); a job already enqueued goes on
 ====  =====================================================================
@@ -39,7 +40,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from . import console as views
-from .errors import JobTimeout, TransferError
+from .errors import JobTimeout, TransferError, Transient
 from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, STATES
 from .redaction import redact_text, redact_url
@@ -60,7 +61,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the job failed or the operation was refused; 2 usage error; "
-    "3 configuration error; 4 Redis unreachable; 5 --timeout passed (the job goes on); 130 interrupted."
+    "3 configuration error; 4 Redis unreachable or a transient error (try again); "
+    "5 --timeout passed (the job goes on); 130 interrupted."
 )
 
 
@@ -69,6 +71,8 @@ def describe_failure(exc: BaseException, *, redis_url: str | None = None) -> tup
     text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, SettingsError):
         return EXIT_CONFIG, f"configuration error: {text}"
+    if isinstance(exc, Transient):  # before Redis's errors: an IndexUnavailable is one too, and says more
+        return EXIT_UNAVAILABLE, f"unavailable for now, try again: {type(exc).__name__}: {text}"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         where = f" at {redact_url(redis_url)}" if redis_url else ""
         return EXIT_UNAVAILABLE, f"cannot reach Redis{where}: {type(exc).__name__}: {text}"

@@ -14,8 +14,8 @@ host and port, and under its path), checked before any request; redirects are ne
 followed. Each request carries the per-host key of ``settings.host_key(url)``.
 
 Errors: a 4xx answer is a permanent :class:`RemoteError` carrying the remote's error class
-and message; a 5xx, 408 or 429 answer is :class:`RemoteUnavailable`, and connection errors
-and timeouts are ``httpx.TransportError``: both are transient, so a job retries them with
+and message; a 5xx, 408 or 429 answer is :class:`RemoteUnavailable` (a ``Transient``), and
+connection errors and timeouts are ``httpx.TransportError``: a job retries both with
 backoff (``workers.broker.is_transient``).
 """
 
@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch
+from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch, Transient
 from .redaction import redact_url
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
 from .settings import Settings
@@ -52,10 +52,10 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _ARTIFACT_PATH = re.compile(r"/artifacts/([0-9a-fA-F]+)/?$")
 
 
-class RemoteUnavailable(ConnectionError):
+class RemoteUnavailable(Transient, ConnectionError):
     """A remote host answered 5xx, 408, 425 or 429: failing or overloaded, worth another try.
 
-    A ``ConnectionError``, so the workers' retry policy takes it for a transient error.
+    Also a ``ConnectionError``, as it always was, for callers that catch one.
     """
 
     def __init__(self, message: str, *, status: int = 0):
