@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, ReadOnly
 from typer.testing import CliRunner
 
-from paglets_artifacts import ArtifactJobs, Settings, cli
+from paglets_artifacts import ArtifactJobs, Settings, cli, worker_process
 from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 
 runner = CliRunner()
@@ -287,7 +287,7 @@ def test_worker_execs_dramatiq_with_its_options_passed_through(settings, execs):
     result = invoke(settings, "worker", "-p", "3", "-t", "4", "-Q", "artifact-transfers", "--verbose")
     assert result.exit_code == 0, result.stderr
     [(args, env)] = execs
-    assert args == [sys.executable, "-m", "dramatiq", "workers", "--processes", "3", "--threads", "4",
+    assert args == [sys.executable, "-m", "dramatiq", "workers.registry", "--processes", "3", "--threads", "4",
                     "--queues", "artifact-transfers", "--verbose"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in env or env["PROMETHEUS_MULTIPROC_DIR"] == os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR")
@@ -297,25 +297,25 @@ def test_worker_polls_redis_every_100_ms_unless_told_otherwise(settings, execs):
     invoke(settings, "worker", dramatiq_worker_timeout=None)  # None: unset while the command runs
     invoke(settings, "worker", dramatiq_worker_timeout="250")
     [(_, default), (_, chosen)] = execs
-    assert default[cli.WORKER_TIMEOUT_VARIABLE] == "100"
-    assert chosen[cli.WORKER_TIMEOUT_VARIABLE] == "250"
+    assert default[worker_process.WORKER_TIMEOUT_VARIABLE] == "100"
+    assert chosen[worker_process.WORKER_TIMEOUT_VARIABLE] == "250"
 
 
 def test_worker_with_metrics_gets_a_fresh_multiprocess_directory(settings, execs):
     invoke(settings, "worker", PAGLETS_ARTIFACTS_METRICS_PORT="9999", PROMETHEUS_MULTIPROC_DIR="")
     [(_args, env)] = execs
     directory = Path(env["PROMETHEUS_MULTIPROC_DIR"])
-    assert directory.name == f"{cli.METRICS_DIR_PREFIX}{os.getpid()}"  # the pid dramatiq's main process gets by exec
+    assert directory.name == f"{worker_process.METRICS_DIR_PREFIX}{os.getpid()}"  # the pid dramatiq's main process gets by exec
     assert directory.is_dir() and not any(directory.iterdir())
     directory.rmdir()
 
 
 def test_worker_removes_metrics_directories_of_runs_that_ended(settings, execs, tmp_path):
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = Path(tempfile.gettempdir()) / f"{cli.METRICS_DIR_PREFIX}{int(ended.stdout)}"
+    stale = Path(tempfile.gettempdir()) / f"{worker_process.METRICS_DIR_PREFIX}{int(ended.stdout)}"
     stale.mkdir(exist_ok=True)
     (stale / "counter_1.db").write_bytes(b"")
-    live = Path(tempfile.gettempdir()) / f"{cli.METRICS_DIR_PREFIX}{os.getppid()}"
+    live = Path(tempfile.gettempdir()) / f"{worker_process.METRICS_DIR_PREFIX}{os.getppid()}"
     live_existed = live.exists()
     live.mkdir(exist_ok=True)
     try:

@@ -1,4 +1,8 @@
-"""The actors: each runs one kind of job of the contract against the shared store."""
+"""The actors: each runs one kind of job of the contract against the shared store.
+
+Importing this module registers nothing: each job function is a :class:`JobActor`, which
+:mod:`workers.registry` registers on the worker's broker.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +22,40 @@ import dramatiq
 from paglets_artifacts import contract
 from paglets_artifacts.errors import ArtifactNotFound, InvalidInput, OwnerDeleted, TransferError
 from paglets_artifacts.paths import resolve_allowed
+from paglets_artifacts.settings import Settings
 from paglets_artifacts.streams import file_sha256, hashed_read, open_source
 
-from .broker import settings
 from .context import context
 from .middleware import current_job
 
 
-def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[[Callable[..., Any]], Any]:
-    """Register ``fn`` as the actor of ``kind``: arguments are checked against the
-    contract, and what ``fn`` returns becomes the job's result."""
+def transfer_time_limit(settings: Settings) -> float:
+    return settings.transfer_time_limit_seconds
 
-    def register(fn: Callable[..., Any]) -> Any:
+
+def maintenance_time_limit(settings: Settings) -> float:
+    return settings.maintenance_time_limit_seconds
+
+
+@dataclass(frozen=True)
+class JobActor:
+    """One kind of job and the function that runs it, not yet registered on a broker.
+
+    Parameters:
+      kind(contract.JobKind): the job kind (actor name, queue, argument schema).
+      fn(Callable[..., Any]): runs the job from its checked keyword arguments; what it
+        returns becomes the job's result.
+      time_limit(Callable[[Settings], float]): the kind's time limit in seconds, from the settings.
+    """
+
+    kind: contract.JobKind
+    fn: Callable[..., Any]
+    time_limit: Callable[[Settings], float]
+
+    def register(self, broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor:
+        """Declare this job's actor on ``broker``."""
+        kind, fn = self.kind, self.fn
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> None:
             if args:
@@ -40,11 +67,22 @@ def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[
             run,
             actor_name=kind.actor_name,
             queue_name=kind.queue_name,
-            time_limit=int(time_limit_seconds * 1000),
+            time_limit=int(self.time_limit(settings) * 1000),
             throws=(TransferError,),
+            broker=broker,
         )
 
-    return register
+
+def job_actor(
+    kind: contract.JobKind, *, time_limit: Callable[[Settings], float]
+) -> Callable[[Callable[..., Any]], JobActor]:
+    """Make ``fn`` the job function of ``kind``: arguments are checked against the contract,
+    and what ``fn`` returns becomes the job's result (registered by :mod:`workers.registry`)."""
+
+    def wrap(fn: Callable[..., Any]) -> JobActor:
+        return JobActor(kind, fn, time_limit)
+
+    return wrap
 
 
 def artifact_id_for_job() -> str:
@@ -75,13 +113,13 @@ def keep_unless_owner_deleted(artifact_id: str, owner_agent_id: str) -> None:
         raise
 
 
-@job_actor(contract.IMPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.IMPORT, time_limit=transfer_time_limit)
 def import_file(
     *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
     expected_sha256: str | None, delete_source: bool,
 ) -> dict[str, Any]:
     ctx = context()
-    source = resolve_allowed(path, settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
+    source = resolve_allowed(path, ctx.settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
     check_owner_alive(owner_agent_id)
     artifact_id = artifact_id_for_job()
     result = ctx.store.committed(artifact_id)
@@ -108,10 +146,10 @@ def import_file(
     return result.ref.to_wire()
 
 
-@job_actor(contract.EXPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.EXPORT, time_limit=transfer_time_limit)
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
-    target_path = resolve_allowed(target, settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
+    target_path = resolve_allowed(target, ctx.settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
     checkpoint_key = f"{ctx.records.key(current_job().id)}"
     try:
         ref = ctx.store.export_to_path(
@@ -135,17 +173,17 @@ def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: 
     return {**ref.to_wire(), "target": str(target_path), "moved": move}
 
 
-@job_actor(contract.SWEEP, time_limit_seconds=settings.maintenance_time_limit_seconds)
+@job_actor(contract.SWEEP, time_limit=maintenance_time_limit)
 def sweep(*, now: float | None) -> dict[str, Any]:
     report = context().store.cleanup_temporary(now=now)
     return report.to_wire()
 
 
-@job_actor(contract.DELETE_OWNER, time_limit_seconds=settings.maintenance_time_limit_seconds)
+@job_actor(contract.DELETE_OWNER, time_limit=maintenance_time_limit)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
     # The tombstone first: an import of this owner that commits from now on removes itself.
-    ctx.client.set(ctx.tombstone_key(owner_agent_id), repr(time.time()), ex=int(settings.owner_tombstone_seconds))
+    ctx.client.set(ctx.tombstone_key(owner_agent_id), repr(time.time()), ex=int(ctx.settings.owner_tombstone_seconds))
     freed = 0
     deleted = 0
     for ref in ctx.store.list(owner_agent_id=owner_agent_id):
@@ -157,7 +195,7 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     return {"owner_agent_id": owner_agent_id, "deleted": deleted, "bytes_freed": freed}
 
 
-@job_actor(contract.REINDEX, time_limit_seconds=settings.maintenance_time_limit_seconds)
+@job_actor(contract.REINDEX, time_limit=maintenance_time_limit)
 def reindex() -> dict[str, Any]:
     store = context().store
     rebuild = getattr(store.index, "rebuild", None)
@@ -167,9 +205,9 @@ def reindex() -> dict[str, Any]:
     return {"artifacts": len(refs), "bytes": sum(ref.size_bytes for ref in refs)}
 
 
-@job_actor(contract.CHECKSUM, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)
 def checksum(*, path: str) -> dict[str, Any]:
-    source = resolve_allowed(path, settings.allowed_roots, what="checksum source")
+    source = resolve_allowed(path, context().settings.allowed_roots, what="checksum source")
     with open_source(source) as handle:
         size = os.fstat(handle.fileno()).st_size
         _, sha256 = hashed_read(handle, on_chunk=lambda done: current_job().progress(done, size))

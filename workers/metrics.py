@@ -268,8 +268,9 @@ def serve_metrics() -> int:
     """The exposition server (a ``dramatiq`` fork process): serve until stopped."""
     from prometheus_client import start_http_server
 
-    from .broker import settings
+    from .context import worker_settings
 
+    settings = worker_settings()
     path = multiprocess_dir()
     path.mkdir(parents=True, exist_ok=True)
     try:
