@@ -40,6 +40,7 @@ from dramatiq.common import dq_name
 
 from paglets_artifacts import contract
 from paglets_artifacts.jobs import ArtifactJobs, Job
+from paglets_artifacts.logging_setup import configure_logging
 from paglets_artifacts.schedule import Schedule, parse_schedule
 from paglets_artifacts.settings import Settings, SettingsError
 
@@ -406,31 +407,6 @@ def _number(text: str | None) -> float:
     return -math.inf if text in (None, "") else float(text)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a scheduler until SIGTERM or SIGINT; configuration from the environment."""
     try:
@@ -439,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_format)
+    configure_logging(settings)
     stop = threading.Event()
     received: list[str] = []
 
