@@ -255,7 +255,7 @@ class PeriodicScheduler:
             while True:
                 try:
                     pipe.watch(key)
-                    state = {_text(name): _text(value) for name, value in pipe.hgetall(key).items()}
+                    state = {_decoded(name): _decoded(value) for name, value in pipe.hgetall(key).items()}
                     if _number(state.get("tick")) >= tick:
                         pipe.reset()
                         decision = Decision(periodic.name, tick, SKIPPED_CLAIMED, detail=state.get("scheduler", "?"),
@@ -335,7 +335,8 @@ class PeriodicScheduler:
                 pipe.watch(key)
                 current = pipe.hget(key, "tick")
                 owner = pipe.hget(key, "scheduler")
-                if _number(_text(current) if current else None) != tick or _text(owner or b"") != self.scheduler_id:
+                claimed_tick = _number(_decoded(current) if current else None)
+                if claimed_tick != tick or _decoded(owner or b"") != self.scheduler_id:
                     return  # a later tick was claimed meanwhile: nothing to give back
                 pipe.multi()
                 if math.isinf(previous_tick):
@@ -399,7 +400,8 @@ class PeriodicScheduler:
             stop.wait(min(MAX_SLEEP_SECONDS, max(0.0, delay)))
 
 
-def _text(value: bytes | str) -> str:
+def _decoded(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
