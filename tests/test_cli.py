@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ReadOnly
+from conftest import ROOT, ReadOnly, wait_until
 from typer.testing import CliRunner
 
 from paglets_artifacts import ArtifactJobs, Settings, cli, worker_process
@@ -556,6 +556,27 @@ def test_serve_without_a_key_when_told_so_warns_at_every_start(settings, uvicorn
     assert len(uvicorn_runs) == 2
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 2 and all("without an API key" in text and "0.0.0.0" in text for text in warnings)
+
+
+def test_serve_writes_the_projects_log_lines(settings, tmp_path):
+    """``serve`` uses the one logging setup (paglets_artifacts.logging_setup), as workers,
+    the scheduler and paglets-host do: here its start-up warning, as a JSON line."""
+    port = free_port()
+    env = {**os.environ, **settings.with_changes(log_format="json").to_env()}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paglets_artifacts.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
+             "--insecure"], env=env, cwd="/", stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "without an API key" in log_path.read_text(errors="replace"), timeout=30)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    [warning] = [json.loads(line) for line in log_path.read_text().splitlines()
+                 if line.startswith("{") and "without an API key" in line]
+    assert (warning["level"], warning["logger"], warning["process"]) == ("WARNING", "paglets_artifacts.http", process.pid)
 
 
 def test_the_python_serve_refuses_too(settings, uvicorn_runs):

@@ -40,6 +40,7 @@ from typer.core import TyperGroup
 from . import console as views
 from .errors import JobTimeout, TransferError, Transient
 from .jobs import ArtifactJobs, Job, connect
+from .logging_setup import configure_logging
 from .records import FAILED, STATES
 from .redaction import redact_text, redact_url
 from .settings import PREFIX, Settings, SettingsError
@@ -531,6 +532,7 @@ def serve(
     if port is None:
         parts = urlsplit(settings.host_url)
         port = parts.port or (443 if parts.scheme == "https" else 8470)
+    configure_logging(settings, keep_existing=True)  # uvicorn sets up its own loggers, not ours
     serve_http(settings, host, port)
 
 

@@ -86,15 +86,23 @@ def formatter_for(log_format: str) -> logging.Formatter:
 
 
 def configure_logging(
-    settings: Settings, *, level: int = logging.INFO, filters: Sequence[type[logging.Filter]] = ()
+    settings: Settings,
+    *,
+    level: int = logging.INFO,
+    filters: Sequence[type[logging.Filter]] = (),
+    keep_existing: bool = False,
 ) -> None:
     """Give every root handler ``filters`` (each one once), the redacting filter and the
     configured format, and ``paglets_artifacts`` loggers ``level``.
 
     Idempotent; adds a stderr handler when the process has none (a process that was not
-    started by ``dramatiq``, or ``--skip-logging``).
+    started by ``dramatiq``, or ``--skip-logging``). With ``keep_existing``, handlers a
+    program embedding ours set up (or pytest's) are left as they are.
     """
     root = logging.getLogger()
+    logging.getLogger("paglets_artifacts").setLevel(level)
+    if root.handlers and keep_existing:
+        return
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))
     formatter = formatter_for(settings.log_format)
@@ -103,4 +111,3 @@ def configure_logging(
             if not any(isinstance(item, kind) for item in handler.filters):
                 handler.addFilter(kind())
         handler.setFormatter(formatter)
-    logging.getLogger("paglets_artifacts").setLevel(level)

@@ -542,9 +542,7 @@ def run_host(
 
     from .http_api import is_loopback
 
-    if not logging.getLogger().handlers:  # a host operator reads which job moved which file
-        configure_logging(settings)
-    logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
+    configure_logging(settings, keep_existing=True)  # a host operator reads which job moved which file
     if not api_key and not is_loopback(bind):
         # paglets' API creates paglets, that is, runs code: beyond loopback only with a key
         if not settings.allow_insecure:
