@@ -30,6 +30,7 @@ from dramatiq import Middleware
 
 from paglets_artifacts.contract import KINDS_BY_ACTOR
 from paglets_artifacts.settings import Settings
+from paglets_artifacts.worker_process import METRICS_DIR_PREFIX
 
 from .middleware import current_job
 
@@ -51,7 +52,7 @@ def multiprocess_dir() -> Path:
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if configured:
         return Path(configured)
-    return Path(tempfile.gettempdir()) / f"paglets-artifacts-metrics-{os.getppid()}"
+    return Path(tempfile.gettempdir()) / f"{METRICS_DIR_PREFIX}{os.getppid()}"  # the name the worker command uses
 
 
 def _use_multiprocess_values(path: Path) -> None:
