@@ -2,7 +2,7 @@
 
 ``paglets-artifacts demo`` (the README's ``python3 scripts/dev.py demo``) uses
 ``REDIS_URL`` when it is set and otherwise starts an embedded Redis; starts a real worker
-(``paglets-artifacts worker``) and the scheduler as child processes, in a temporary
+(the process ``paglets-artifacts worker`` runs) and the scheduler as child processes, in a temporary
 directory with its own key namespace and allowed root; then
 
 1. generates a file of ``--size-mib`` MiB of random bytes,
