@@ -12,8 +12,8 @@ In one run, on one source file and one filesystem, times
   from a fresh copy on the store's filesystem, made before each run and not timed);
 - with ``fsync`` on, import, export and move-import beside ``cp`` followed by ``fsync``;
 - the same import and export through a worker job: enqueue to result, on one real
-  ``paglets-artifacts worker -p 1 -t 1`` (``dramatiq workers.registry``) process serving a store of its own on the same filesystem
-  (fsync off, like the in-process rows), over an embedded Redis (or ``REDIS_URL`` when set,
+  ``paglets-artifacts worker -p 1 -t 1`` (``dramatiq workers.registry``) process serving a store of its own on
+  the same filesystem (fsync off, like the in-process rows), over an embedded Redis (or ``REDIS_URL`` when set,
   under a namespace of its own whose keys are deleted afterwards);
 
 and prints medians beside the limit: the slower of the plain copy (the faster of ``cp``
