@@ -31,6 +31,7 @@ from benchmarks.noop_actor import NOOP  # noqa: E402
 from paglets_artifacts import ArtifactJobs, Settings  # noqa: E402
 from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
+from paglets_artifacts.worker_process import WorkerProcess  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,11 +75,9 @@ def wait_all(client: redis.Redis, jobs: ArtifactJobs, ids: list[str], timeout: f
 
 
 def throughput(settings: Settings, work: Path, count: int, threads: int, enqueue) -> float:
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "workers", "benchmarks.noop_actor", "-p", "1", "-t", str(threads)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    command = WorkerProcess(settings=settings, processes=1, threads=threads, modules=["benchmarks.noop_actor"],
+                            environ={**os.environ, "PYTHONPATH": ""}, pythonpath=[ROOT])
+    worker = command.start(stdout=subprocess.DEVNULL, cwd=ROOT)
     jobs = ArtifactJobs(settings=settings)
     try:
         warm = [enqueue(jobs, i).id for i in range(20)]  # worker boot and first connections

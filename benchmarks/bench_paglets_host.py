@@ -40,6 +40,7 @@ from paglets.serialization.codec import dataclass_to_wire, qualified_name
 from paglets_artifacts import PagletFileRef, Settings
 from paglets_artifacts.redis_server import free_port, redis_url_or_embedded
 from paglets_artifacts.settings import delete_namespace
+from paglets_artifacts.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -89,7 +90,7 @@ class HostRig:
     url: str
     persistence: Path
     host: psutil.Popen
-    worker: psutil.Popen | None = None
+    worker: subprocess.Popen | None = None
 
     def stop(self) -> None:
         for process in (self.host, self.worker):
@@ -121,8 +122,7 @@ def start_offloaded(work: Path, log: Path, redis_url: str, namespace: str) -> Ho
     args = [str(Path(sys.executable).parent / "paglets-artifacts"), "paglets-host", "--name", "offloaded",
             "--port", str(port), "--no-mesh", "--persistence-dir", str(persistence)]
     host = psutil.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    worker = psutil.Popen([str(Path(sys.executable).parent / "paglets-artifacts"), "worker", "-p", "1", "-t", "2"],
-                          env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    worker = WorkerProcess(processes=1, threads=2, environ=env).start(stdout=log.open("ab"))
     rig = HostRig("paglets-host (offloaded)", f"http://127.0.0.1:{port}", persistence, host, worker)
     _wait_http(rig.url + "/health", host)
     return rig

@@ -12,8 +12,8 @@ In one run, on one source file and one filesystem, times
   from a fresh copy on the store's filesystem, made before each run and not timed);
 - with ``fsync`` on, import, export and move-import beside ``cp`` followed by ``fsync``;
 - the same import and export through a worker job: enqueue to result, on one real
-  ``paglets-artifacts worker -p 1 -t 1`` (``dramatiq workers``) process serving a store of its own on the same filesystem
-  (fsync off, like the in-process rows), over an embedded Redis (or ``REDIS_URL`` when set,
+  ``paglets-artifacts worker -p 1 -t 1`` (``dramatiq workers.registry``) process serving a store of its own on
+  the same filesystem (fsync off, like the in-process rows), over an embedded Redis (or ``REDIS_URL`` when set,
   under a namespace of its own whose keys are deleted afterwards);
 
 and prints medians beside the limit: the slower of the plain copy (the faster of ``cp``
@@ -57,11 +57,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import redis  # noqa: E402
 
-from paglets_artifacts import cli  # noqa: E402
 from paglets_artifacts.jobs import ArtifactJobs  # noqa: E402
 from paglets_artifacts.redis_server import EmbeddedRedis  # noqa: E402
 from paglets_artifacts.settings import Settings, delete_namespace  # noqa: E402
 from paglets_artifacts.store import ArtifactStore  # noqa: E402
+from paglets_artifacts.worker_process import WORKER_TIMEOUT_MS, WORKER_TIMEOUT_VARIABLE, WorkerProcess  # noqa: E402
 
 MIB = 1024 * 1024
 HOST = "http://bench.invalid"
@@ -305,13 +305,9 @@ class WorkerRig:
         self.jobs = ArtifactJobs(client=self.client, settings=self.settings)
         # the worker's store seen from here, through the same Redis index, to remove what rows import
         self.store = ArtifactStore.from_settings(self.settings, redis=self.client)
-        env = {**os.environ, **self.settings.to_env()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]))
+        command = WorkerProcess(settings=self.settings, processes=1, threads=1, pythonpath=[ROOT, ROOT / "src"])
         with open(self.work / "worker.log", "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "paglets_artifacts.cli", "worker", "-p", "1", "-t", "1"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-            )
+            self.process = command.start(stdout=log, cwd=ROOT)
         warmup = self.work / "warmup.bin"
         warmup.write_bytes(b"warm up")
         try:  # imports and connections made once, before any timing
@@ -393,8 +389,8 @@ def worker_rig(bench: Bench) -> WorkerRig:
         rig = bench.scratch["worker"] = WorkerRig(bench.work, bench.size)
         bench.closers.append(rig.stop)
         # An idle Dramatiq consumer backs off up to its worker timeout before polling again.
-        timeout = os.environ.get(cli.WORKER_TIMEOUT_VARIABLE, f"{cli.WORKER_TIMEOUT_MS} (the worker command's default)")
-        print(f"starting Redis and a worker (paglets-artifacts worker -p 1 -t 1, {cli.WORKER_TIMEOUT_VARIABLE}"
+        timeout = os.environ.get(WORKER_TIMEOUT_VARIABLE, f"{WORKER_TIMEOUT_MS} (the worker command's default)")
+        print(f"starting Redis and a worker (paglets-artifacts worker -p 1 -t 1, {WORKER_TIMEOUT_VARIABLE}"
               f" {timeout} ms) ...", flush=True)
         rig.start()
     return rig

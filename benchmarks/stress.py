@@ -23,7 +23,7 @@ SHA-256 matches its metadata); no ``.part`` file or orphan is left; the quota fi
 bytes. The table lists each run, what was injected and what was lost: it must be nothing.
 
 Uses ``REDIS_URL`` when set (in its own namespaces), else an embedded Redis. A worker
-started by this suite imports this module (``dramatiq workers benchmarks.stress``), which is
+started by this suite imports this module (``dramatiq workers.registry benchmarks.stress``), which is
 how the ``step`` crash point gets into the worker process.
 """
 
@@ -58,6 +58,7 @@ import redis  # noqa: E402
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
 from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.records import FINAL_STATES  # noqa: E402
+from paglets_artifacts.worker_process import WorkerProcess  # noqa: E402
 
 #: The job kinds a crash can target.
 KINDS = ("import", "export", "sweep", "delete_owner")
@@ -166,17 +167,12 @@ if __name__ != "__main__" and os.environ.get(CRASH_KIND_ENV):
 
 def start_worker(settings: Settings, log_path: Path, *, env: dict[str, str] | None = None,
                  threads: int = 2, queues: tuple[str, ...] = ()) -> subprocess.Popen:
-    """A real ``dramatiq workers`` process (in its own session, so one signal kills it all);
+    """A real worker process loading this module (in its own session, so one signal kills it all);
     ``queues`` limits it to those queues."""
-    full_env = {**os.environ, **settings.to_env(), **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
-    only = ["--queues", *queues] if queues else []
+    command = WorkerProcess(settings=settings, processes=1, threads=threads, queues=queues,
+                            modules=["benchmarks.stress"], pythonpath=[ROOT], extra_env=env)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "workers", "benchmarks.stress", "--processes", "1",
-             "--threads", str(threads), *only],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-        )
+        return command.start(stdout=log, cwd=ROOT)
 
 
 def kill_worker(process: subprocess.Popen) -> None:

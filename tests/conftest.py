@@ -11,7 +11,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,9 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from paglets_artifacts import ArtifactJobs, Settings, cli
+from paglets_artifacts import ArtifactJobs, Settings
 from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.redis_server import EmbeddedRedis
+from paglets_artifacts.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def jobs(settings: Settings) -> Iterator[ArtifactJobs]:
 
 
 class Workers:
-    """Starts real ``dramatiq workers`` processes for a test and stops them after it."""
+    """Starts real worker processes (:class:`WorkerProcess`) for a test and stops them after it."""
 
     def __init__(self, settings: Settings, log_dir: Path):
         self.settings = settings
@@ -98,16 +98,10 @@ class Workers:
 
     def start(self, *, processes: int = 1, threads: int = 2, settings: Settings | None = None,
               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        # polling Redis as often as ``paglets-artifacts worker`` has Dramatiq do by default
-        env = {cli.WORKER_TIMEOUT_VARIABLE: str(cli.WORKER_TIMEOUT_MS), **os.environ}
-        env.update((settings or self.settings).to_env(), **(extra_env or {}))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-        log = open(self.log_dir / f"worker-{len(self.processes)}.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "workers", "--processes", str(processes), "--threads", str(threads)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-        )
-        log.close()
+        command = WorkerProcess(settings=settings or self.settings, processes=processes, threads=threads,
+                                pythonpath=[ROOT], extra_env=extra_env)
+        with open(self.log_dir / f"worker-{len(self.processes)}.log", "wb") as log:
+            process = command.start(stdout=log, cwd=ROOT)
         self.processes.append(process)
         return process
 

@@ -18,10 +18,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ReadOnly
+from conftest import ROOT, ReadOnly, wait_until
 from typer.testing import CliRunner
 
-from paglets_artifacts import ArtifactJobs, Settings, cli
+from paglets_artifacts import ArtifactJobs, Settings, cli, worker_process
 from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 
 runner = CliRunner()
@@ -193,6 +193,34 @@ def test_an_unreachable_redis_exits_4_without_showing_the_password(settings):
     assert as_json(result)["error"]["exit_code"] == cli.EXIT_UNAVAILABLE
 
 
+def test_a_transient_error_exits_4_and_is_named_not_taken_for_an_unreachable_redis(settings, tmp_path):
+    import redis
+
+    from paglets_artifacts.redis_index import IndexKeys, IndexUnavailable
+    from paglets_artifacts.remote import RemoteUnavailable
+    from paglets_artifacts.store import ArtifactStore
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        client.set(IndexKeys(settings.namespace).build_lock, "another process building", px=10_000)
+        store = ArtifactStore.from_settings(settings.with_changes(maintenance_time_limit_seconds=0.2), redis=client)
+        with pytest.raises(IndexUnavailable) as raised:
+            store.index.used_bytes()  # the index is missing and another process builds it
+    finally:
+        client.delete(IndexKeys(settings.namespace).build_lock)
+        client.close()
+    code, line = cli.describe_failure(raised.value, redis_url=settings.redis_url)
+    assert code == cli.EXIT_UNAVAILABLE
+    assert line.startswith("unavailable for now, try again: IndexUnavailable: the index ")
+    assert "was not ready within 0.2 s" in line and "cannot reach Redis" not in line
+    code, line = cli.describe_failure(RemoteUnavailable("http://peer/artifacts answered 503"))
+    assert (code, line) == (cli.EXIT_UNAVAILABLE,
+                            "unavailable for now, try again: RemoteUnavailable: http://peer/artifacts answered 503")
+    code, line = cli.describe_failure(redis.ConnectionError("refused"), redis_url="redis://127.0.0.1:1/0")
+    assert (code, line) == (cli.EXIT_UNAVAILABLE,
+                            "cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError: refused")
+
+
 def test_a_redis_with_a_password(settings):
     with EmbeddedRedis(password="s3cret") as server:
         good = invoke(settings, "jobs", "--json", REDIS_URL=server.url)
@@ -260,7 +288,7 @@ def test_worker_execs_dramatiq_with_its_options_passed_through(settings, execs):
     result = invoke(settings, "worker", "-p", "3", "-t", "4", "-Q", "artifact-transfers", "--verbose")
     assert result.exit_code == 0, result.stderr
     [(args, env)] = execs
-    assert args == [sys.executable, "-m", "dramatiq", "workers", "--processes", "3", "--threads", "4",
+    assert args == [sys.executable, "-m", "dramatiq", "workers.registry", "--processes", "3", "--threads", "4",
                     "--queues", "artifact-transfers", "--verbose"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in env or env["PROMETHEUS_MULTIPROC_DIR"] == os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR")
@@ -270,25 +298,26 @@ def test_worker_polls_redis_every_100_ms_unless_told_otherwise(settings, execs):
     invoke(settings, "worker", dramatiq_worker_timeout=None)  # None: unset while the command runs
     invoke(settings, "worker", dramatiq_worker_timeout="250")
     [(_, default), (_, chosen)] = execs
-    assert default[cli.WORKER_TIMEOUT_VARIABLE] == "100"
-    assert chosen[cli.WORKER_TIMEOUT_VARIABLE] == "250"
+    assert default[worker_process.WORKER_TIMEOUT_VARIABLE] == "100"
+    assert chosen[worker_process.WORKER_TIMEOUT_VARIABLE] == "250"
 
 
 def test_worker_with_metrics_gets_a_fresh_multiprocess_directory(settings, execs):
     invoke(settings, "worker", PAGLETS_ARTIFACTS_METRICS_PORT="9999", PROMETHEUS_MULTIPROC_DIR="")
     [(_args, env)] = execs
     directory = Path(env["PROMETHEUS_MULTIPROC_DIR"])
-    assert directory.name == f"{cli.METRICS_DIR_PREFIX}{os.getpid()}"  # the pid dramatiq's main process gets by exec
+    # the pid dramatiq's main process gets by exec
+    assert directory.name == f"{worker_process.METRICS_DIR_PREFIX}{os.getpid()}"
     assert directory.is_dir() and not any(directory.iterdir())
     directory.rmdir()
 
 
 def test_worker_removes_metrics_directories_of_runs_that_ended(settings, execs, tmp_path):
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = Path(tempfile.gettempdir()) / f"{cli.METRICS_DIR_PREFIX}{int(ended.stdout)}"
+    stale = Path(tempfile.gettempdir()) / f"{worker_process.METRICS_DIR_PREFIX}{int(ended.stdout)}"
     stale.mkdir(exist_ok=True)
     (stale / "counter_1.db").write_bytes(b"")
-    live = Path(tempfile.gettempdir()) / f"{cli.METRICS_DIR_PREFIX}{os.getppid()}"
+    live = Path(tempfile.gettempdir()) / f"{worker_process.METRICS_DIR_PREFIX}{os.getppid()}"
     live_existed = live.exists()
     live.mkdir(exist_ok=True)
     try:
@@ -529,6 +558,28 @@ def test_serve_without_a_key_when_told_so_warns_at_every_start(settings, uvicorn
     assert len(uvicorn_runs) == 2
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 2 and all("without an API key" in text and "0.0.0.0" in text for text in warnings)
+
+
+def test_serve_writes_the_projects_log_lines(settings, tmp_path):
+    """``serve`` uses the one logging setup (paglets_artifacts.logging_setup), as workers,
+    the scheduler and paglets-host do: here its start-up warning, as a JSON line."""
+    port = free_port()
+    env = {**os.environ, **settings.with_changes(log_format="json").to_env()}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paglets_artifacts.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
+             "--insecure"], env=env, cwd="/", stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "without an API key" in log_path.read_text(errors="replace"), timeout=30)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    [warning] = [json.loads(line) for line in log_path.read_text().splitlines()
+                 if line.startswith("{") and "without an API key" in line]
+    assert (warning["level"], warning["logger"]) == ("WARNING", "paglets_artifacts.http")
+    assert warning["process"] == process.pid
 
 
 def test_the_python_serve_refuses_too(settings, uvicorn_runs):

@@ -30,6 +30,7 @@ from paglets_artifacts import (
     RemoteError,
     Settings,
     SizeMismatch,
+    Transient,
 )
 from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.http_api import ServerThread, create_app
@@ -313,6 +314,7 @@ def test_network_failures_and_5xx_are_transient(settings, local, odd):
             with pytest.raises(RemoteUnavailable, match="503") as caught:
                 remote.pull(f"{server.url}/flaky/data.bin", local)
     assert isinstance(caught.value, ConnectionError) and caught.value.status == 503
+    assert isinstance(caught.value, Transient)
     assert _leftovers(local) == []
 
 

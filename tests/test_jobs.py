@@ -349,6 +349,31 @@ def test_record_scripts_spell_the_states_of_records_py():
     assert f"'state', \"{records.RUNNING}\"" in records._START
 
 
+def test_what_is_retried_is_said_by_the_transient_base_or_is_a_redis_network_or_os_hiccup():
+    import errno
+
+    import httpx
+    import redis
+
+    from paglets_artifacts import errors
+    from paglets_artifacts.redis_index import IndexUnavailable
+    from paglets_artifacts.remote import RemoteUnavailable
+    from workers.broker import is_transient
+    from workers.middleware import RecordUnavailable
+
+    explicit = [errors.Superseded("x"), IndexUnavailable("x"), RemoteUnavailable("x", status=503),
+                RecordUnavailable("x")]
+    assert all(isinstance(error, errors.Transient) and is_transient(error) for error in explicit)
+    assert isinstance(IndexUnavailable("x"), redis.TimeoutError)  # what hosts catch as a Redis failure
+    hiccups = [redis.ConnectionError("x"), redis.TimeoutError("x"), ConnectionResetError("x"),
+               httpx.ConnectError("x"), OSError(errno.ESTALE, "stale NFS handle")]
+    assert all(is_transient(error) and not isinstance(error, errors.Transient) for error in hiccups)
+    permanent = [errors.QuotaExceeded("x"), errors.ChecksumMismatch("x"), ValueError("x"),
+                 OSError(errno.ENOENT, "gone")]
+    assert not any(is_transient(error) for error in permanent)
+    assert not any(issubclass(errors.error_class(name), errors.Transient) for name in errors._KNOWN)
+
+
 def test_a_job_whose_start_cannot_be_recorded_is_retried_not_run(monkeypatch):
     from types import SimpleNamespace
 

@@ -52,7 +52,8 @@ def test_text_lines_carry_the_job_context(settings, workers, files, jobs):
 
 
 def test_lines_outside_a_job_have_no_job_fields(capsys):
-    from workers.logs import JobContextFilter, JsonFormatter
+    from paglets_artifacts.logging_setup import JsonFormatter
+    from workers.logs import JobContextFilter
 
     record = logging.LogRecord("paglets_artifacts.test", logging.INFO, __file__, 1, "hello %s", ("there",), None)
     assert JobContextFilter().filter(record)
@@ -62,7 +63,8 @@ def test_lines_outside_a_job_have_no_job_fields(capsys):
 
 
 def test_an_explicit_artifact_id_wins_and_exceptions_are_kept():
-    from workers.logs import JobContextFilter, JsonFormatter
+    from paglets_artifacts.logging_setup import JsonFormatter
+    from workers.logs import JobContextFilter
 
     try:
         raise ValueError("boom")
@@ -78,7 +80,8 @@ def test_an_explicit_artifact_id_wins_and_exceptions_are_kept():
 
 
 def test_configure_logging_is_idempotent(settings):
-    from workers.logs import JobContextFilter, JsonFormatter, configure_logging
+    from paglets_artifacts.logging_setup import JsonFormatter
+    from workers.logs import JobContextFilter, configure_logging
 
     handler = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
@@ -98,7 +101,7 @@ def _record(msg: str, *args: object, exc_info: object = None) -> logging.LogReco
 
 
 def test_the_redacting_filter_masks_urls_in_messages_and_tracebacks():
-    from workers.logs import JsonFormatter, RedactingFilter
+    from paglets_artifacts.logging_setup import JsonFormatter, RedactingFilter
 
     record = _record('HTTP Request: %s %s "%s"', "GET", "http://peer/a?token=t0k3n&name=x", "HTTP/1.1 200 OK")
     assert RedactingFilter().filter(record)
@@ -113,7 +116,7 @@ def test_the_redacting_filter_masks_urls_in_messages_and_tracebacks():
 
 
 def test_the_redacting_filter_never_raises_for_arguments_that_cannot_be_formatted():
-    from workers.logs import RedactingFilter
+    from paglets_artifacts.logging_setup import RedactingFilter
 
     class Garbage:
         def __str__(self) -> str:
@@ -123,3 +126,38 @@ def test_the_redacting_filter_never_raises_for_arguments_that_cannot_be_formatte
     assert RedactingFilter().filter(record)
     assert record.getMessage() == (
         "Failed to process message %s with unhandled exception. [its arguments could not be formatted: TypeError]")
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_the_scheduler_writes_the_workers_line_format(settings, tmp_path, log_format):
+    """One logging setup (paglets_artifacts.logging_setup): the scheduler's lines are the workers'."""
+    import re
+    import signal
+    import subprocess
+
+    from conftest import ROOT
+
+    env = {**os.environ, **settings.with_changes(log_format=log_format, sweep_schedule="3600").to_env()}
+    log_path = tmp_path / "scheduler.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "workers.scheduler"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_until(lambda: "next fire times" in log_path.read_text(errors="replace"), timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    text = log_path.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if log_format == "json":
+        parsed = json_lines(text)
+        assert len(parsed) == len(lines)
+        started = next(line for line in parsed if " started (namespace " in line["message"])
+        assert set(started) == {"time", "level", "logger", "message", "process", "thread"}
+        assert started["time"].endswith("Z") and started["logger"] == "paglets_artifacts.scheduler"
+        assert started["process"] == process.pid and started["thread"] == "MainThread"
+    else:
+        layout = re.compile(rf"^\[[\d\- :,]+\] \[PID {process.pid}\] \[MainThread\] \[paglets_artifacts\.scheduler\] "
+                            r"\[(INFO|WARNING)\] \S")
+        assert all(layout.match(line) for line in lines), lines
+        assert any("] [INFO] sweep: every 3600 s; next fire times " in line for line in lines)

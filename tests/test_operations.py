@@ -17,7 +17,7 @@ import redis
 from conftest import ROOT
 from typer.testing import CliRunner
 
-from paglets_artifacts import ArtifactJobs, Settings, cli
+from paglets_artifacts import ArtifactJobs, Settings, cli, contract
 from paglets_artifacts.redis_server import free_port
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -115,7 +115,7 @@ def test_compose_service_commands_are_valid_cli_invocations(monkeypatch, setting
         args = json.loads(interpolate(line))
         result = runner.invoke(cli.app, args, env=settings.to_env())
         assert result.exit_code == 0, (name, result.stderr)
-    assert calls[0][3:] == ["workers", "--processes", "2", "--threads", "4"]
+    assert calls[0][3:] == ["workers.registry", "--processes", "2", "--threads", "4"]
     assert calls[1][1:] == ["-m", "workers.scheduler"]
     assert calls[2] == ["0.0.0.0", 8470]
 
@@ -213,6 +213,30 @@ def test_jobs_run_over_redis_with_tls(tls_redis, settings, workers, files):
     refused = CliRunner().invoke(cli.app, ["jobs"], env={**tls.to_env(), "REDIS_URL": untrusted})
     assert refused.exit_code == cli.EXIT_UNAVAILABLE
     assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+
+
+def test_importing_workers_or_the_scheduler_builds_no_broker_and_registers_no_actor():
+    code = ("import sys, dramatiq.broker, workers, workers.scheduler, workers.logs, workers.broker, workers.actors; "
+            "print(dramatiq.broker.global_broker, 'httpx' in sys.modules, 'workers.remote_actors' in sys.modules, "
+            "'workers.registry' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/",
+                         env={**os.environ, "PAGLETS_ARTIFACTS_QUOTA_BYTES": "lots"})  # read by no import
+    assert out.stdout.split() == ["None", "False", "False", "False"]
+    scheduler = subprocess.run(
+        [sys.executable, "-c", "import sys, workers.scheduler; print(sorted(name for name in sys.modules "
+         "if name.startswith('workers') or name in ('httpx', 'prometheus_client')))"],
+        capture_output=True, text=True, check=True, cwd="/")
+    assert scheduler.stdout.strip() == "['workers', 'workers.scheduler']"
+
+
+def test_the_registry_builds_the_broker_and_registers_every_job_kind_once(settings):
+    code = ("import dramatiq, workers.registry as registry; "
+            "print(dramatiq.get_broker() is registry.broker, ' '.join(sorted(registry.broker.get_declared_actors())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/",
+                         env={**os.environ, **settings.to_env()})
+    same, *actors = out.stdout.split()
+    assert same == "True"
+    assert actors == sorted(kind.actor_name for kind in contract.KINDS.values())
 
 
 def test_the_package_never_imports_the_worker_side():

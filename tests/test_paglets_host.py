@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -606,5 +607,8 @@ def test_paglets_host_beyond_loopback_with_insecure_runs_and_warns(settings, tmp
     try:
         peer.start(ready_path="/health")
         assert "without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE)" in peer.output()
+        # the project's one log line layout (paglets_artifacts.logging_setup), as workers and the scheduler write it
+        assert re.search(r"^\[[\d\- :,]+\] \[PID \d+\] \[MainThread\] \[paglets_artifacts\.paglets_host\] \[WARNING\] "
+                         r"paglets host insecure on 0\.0\.0\.0 without an API key", peer.output(), re.MULTILINE)
     finally:
         peer.stop()

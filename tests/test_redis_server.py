@@ -144,6 +144,36 @@ def test_a_taken_port_moves_the_server_to_a_free_one():
             client.close()
 
 
+def test_each_failed_start_tries_a_port_of_its_own(monkeypatch):
+    """A free port can be taken before the server binds it: the next attempt picks another,
+    not the one that failed again."""
+    from paglets_artifacts import redis_server
+
+    blockers = [socket.socket() for _ in range(3)]
+    try:
+        for blocker in blockers:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+        taken = [blocker.getsockname()[1] for blocker in blockers]
+        handed_out: list[int] = []
+        real_free_port = redis_server.free_port
+        queue = iter(taken[1:])  # what "free" ports turn out to be, taken by someone else meanwhile
+
+        def racy_free_port() -> int:
+            handed_out.append(next(queue, None) or real_free_port())
+            return handed_out[-1]
+
+        monkeypatch.setattr(redis_server, "free_port", racy_free_port)
+        with EmbeddedRedis(port=taken[0]) as server:
+            assert server.port not in taken and handed_out[:2] == taken[1:] and len(handed_out) == 3
+            client = redis.Redis.from_url(server.url)
+            assert client.ping()
+            client.close()
+    finally:
+        for blocker in blockers:
+            blocker.close()
+
+
 def test_a_port_held_by_another_redis_never_hands_back_that_server():
     with EmbeddedRedis() as other:
         owner = redis.Redis.from_url(other.url)

@@ -215,6 +215,36 @@ def test_host_key_matches_by_origin():
     assert settings.host_key("http://peer.example:8080") == ""
 
 
+@pytest.mark.parametrize("url", [
+    "http://peer.example:99999/artifacts/ab",  # a port out of range
+    "http://peer.example:notaport/artifacts/ab",
+    "http://[::1/artifacts/ab",  # no URL at all
+])
+def test_a_url_without_a_valid_origin_gets_no_key_and_is_not_allowed(url):
+    """One origin rule (paglets_artifacts.origins) for a host's key and the allow-list: a URL
+    whose port cannot be parsed matches no configured host in either, even one spelled alike."""
+    from paglets_artifacts.origins import url_origin
+    from paglets_artifacts.remote import host_allowed
+
+    hosts = ("http://peer.example", "http://peer.example:99999", "http://peer.example:notaport", "http://[::1")
+    settings = Settings(host_api_keys=tuple((host, "k") for host in hosts))
+    assert url_origin(url) is None
+    assert settings.host_key(url) == ""  # before, a ValueError here while the allow-list said no
+    assert not host_allowed(url, hosts)
+
+
+def test_host_key_and_the_allow_list_agree_on_every_origin():
+    from paglets_artifacts.remote import host_allowed
+
+    hosts = ("http://peer.example", "https://peer.example:8443", "http://other.example:8470")
+    settings = Settings(host_api_keys=tuple((host, f"key-{i}") for i, host in enumerate(hosts)))
+    urls = ["http://PEER.example:80/a", "http://peer.example:8080/a", "https://peer.example/a",
+            "https://peer.example:8443/a", "http://other.example:8470/a", "http://other.example/a",
+            "http://peer.example:65536/a", "http://peer.example:-1/a"]
+    for url in urls:
+        assert bool(settings.host_key(url)) == host_allowed(url, hosts), url
+
+
 def test_documented_lists_every_setting_with_its_variable():
     rows = Settings.documented()
     assert len(rows) == len(dataclasses.fields(Settings))

@@ -1,15 +1,20 @@
-"""The actors: each runs one kind of job of the contract against the shared store."""
+"""The actors: each runs one kind of job of the contract against the shared store.
+
+Importing this module registers nothing: each job function is a :class:`JobActor`, which
+:mod:`workers.registry` registers on the worker's broker.
+"""
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 import logging
 import os
 import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +30,42 @@ from paglets_artifacts.errors import (
     TransferError,
 )
 from paglets_artifacts.paths import AllowedPath, resolve_beneath
+from paglets_artifacts.settings import Settings
 from paglets_artifacts.streams import hashed_read
 
-from .broker import settings
 from .context import context
 from .middleware import current_job
 
 logger = logging.getLogger("paglets_artifacts.jobs")
 
 
-def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[[Callable[..., Any]], Any]:
-    """Register ``fn`` as the actor of ``kind``: arguments are checked against the
-    contract, and what ``fn`` returns becomes the job's result."""
+def transfer_time_limit(settings: Settings) -> float:
+    return settings.transfer_time_limit_seconds
 
-    def register(fn: Callable[..., Any]) -> Any:
+
+def maintenance_time_limit(settings: Settings) -> float:
+    return settings.maintenance_time_limit_seconds
+
+
+@dataclass(frozen=True)
+class JobActor:
+    """One kind of job and the function that runs it, not yet registered on a broker.
+
+    Parameters:
+      kind(contract.JobKind): the job kind (actor name, queue, argument schema).
+      fn(Callable[..., Any]): runs the job from its checked keyword arguments; what it
+        returns becomes the job's result.
+      time_limit(Callable[[Settings], float]): the kind's time limit in seconds, from the settings.
+    """
+
+    kind: contract.JobKind
+    fn: Callable[..., Any]
+    time_limit: Callable[[Settings], float]
+
+    def register(self, broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor:
+        """Declare this job's actor on ``broker``."""
+        kind, fn = self.kind, self.fn
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> None:
             if args:
@@ -50,11 +77,22 @@ def job_actor(kind: contract.JobKind, *, time_limit_seconds: float) -> Callable[
             run,
             actor_name=kind.actor_name,
             queue_name=kind.queue_name,
-            time_limit=int(time_limit_seconds * 1000),
+            time_limit=int(self.time_limit(settings) * 1000),
             throws=(TransferError,),
+            broker=broker,
         )
 
-    return register
+
+def job_actor(
+    kind: contract.JobKind, *, time_limit: Callable[[Settings], float]
+) -> Callable[[Callable[..., Any]], JobActor]:
+    """Make ``fn`` the job function of ``kind``: arguments are checked against the contract,
+    and what ``fn`` returns becomes the job's result (registered by :mod:`workers.registry`)."""
+
+    def wrap(fn: Callable[..., Any]) -> JobActor:
+        return JobActor(kind, fn, time_limit)
+
+    return wrap
 
 
 def artifact_id_for_job() -> str:
@@ -113,7 +151,7 @@ def reclaimed_on_failure(artifact_id: str) -> Iterator[None]:
         raise
 
 
-@job_actor(contract.IMPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.IMPORT, time_limit=transfer_time_limit)
 def import_file(
     *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
     expected_sha256: str | None, delete_source: bool,
@@ -133,7 +171,7 @@ def _import_file(
     ctx = context()
     # Opened beneath its allowed root later, no link followed: a directory of the path
     # swapped for a symlink after this check is refused, not followed out of the root.
-    source = resolve_beneath(path, settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
+    source = resolve_beneath(path, context().settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
     check_owner_alive(owner_agent_id)
     result = ctx.store.committed(artifact_id)
     if result is None:
@@ -158,10 +196,10 @@ def _import_file(
     return result.ref.to_wire()
 
 
-@job_actor(contract.EXPORT, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.EXPORT, time_limit=transfer_time_limit)
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
-    target_path = resolve_beneath(target, settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
+    target_path = resolve_beneath(target, context().settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
     try:
         ref = ctx.store.export_to_path(
             artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress,
@@ -195,7 +233,7 @@ def _target_sha256(target: AllowedPath) -> str | None:
         return hashed_read(handle)[1]
 
 
-@job_actor(contract.SWEEP, time_limit_seconds=settings.maintenance_time_limit_seconds)
+@job_actor(contract.SWEEP, time_limit=maintenance_time_limit)
 def sweep(*, now: float | None) -> dict[str, Any]:
     report = context().store.cleanup_temporary(now=now)
     return report.to_wire()
@@ -211,11 +249,11 @@ return 1
 """
 
 
-@job_actor(contract.DELETE_OWNER, time_limit_seconds=settings.maintenance_time_limit_seconds)
+@job_actor(contract.DELETE_OWNER, time_limit=maintenance_time_limit)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
     key = ctx.tombstone_key(owner_agent_id)
-    ttl = int(settings.owner_tombstone_seconds)
+    ttl = int(context().settings.owner_tombstone_seconds)
     # The tombstone first: an import of this owner enqueued before now is refused when it
     # starts, and removes its artifact itself when it commits from now on.
     ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
@@ -243,7 +281,7 @@ def _remove_owner_artifacts(owner_agent_id: str) -> tuple[int, int]:
 
 
 
-@job_actor(contract.REINDEX, time_limit_seconds=settings.maintenance_time_limit_seconds)
+@job_actor(contract.REINDEX, time_limit=maintenance_time_limit)
 def reindex() -> dict[str, Any]:
     store = context().store
     rebuild = getattr(store.index, "rebuild", None)
@@ -253,9 +291,9 @@ def reindex() -> dict[str, Any]:
     return {"artifacts": len(refs), "bytes": sum(ref.size_bytes for ref in refs)}
 
 
-@job_actor(contract.CHECKSUM, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)
 def checksum(*, path: str) -> dict[str, Any]:
-    source = resolve_beneath(path, settings.allowed_roots, what="checksum source", forbidden=[context().store.root])
+    source = resolve_beneath(path, context().settings.allowed_roots, what="checksum source", forbidden=[context().store.root])
     with open_regular(source) as handle:
         size = os.fstat(handle.fileno()).st_size
         _, sha256 = hashed_read(handle, on_chunk=lambda done: current_job().progress(done, size))

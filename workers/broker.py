@@ -1,6 +1,7 @@
-"""The Redis broker and its middleware, set up from the environment.
+"""The Redis broker and its middleware, and which errors are retried.
 
-Importing this module sets the global Dramatiq broker, as ``dramatiq workers`` expects.
+Importing this module builds nothing: :mod:`workers.registry` builds the broker of a
+worker process with :func:`make_broker` and makes it Dramatiq's.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import errno
 import logging
 from typing import Any
 
-import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from paglets_artifacts.errors import Superseded, TransferError
-from paglets_artifacts.settings import Settings, SettingsError
+from paglets_artifacts.errors import TransferError, Transient
+from paglets_artifacts.settings import Settings
 
 from .logs import StructuredLogs
 from .metrics import Metrics
@@ -29,10 +29,13 @@ TRANSIENT_ERRNOS = frozenset(
 
 
 def is_transient(exception: BaseException) -> bool:
-    """Broker and network hiccups and EAGAIN-like OS errors retry; everything else fails at once."""
+    """Whether a job that raised ``exception`` is retried with backoff: a :class:`Transient`,
+    or a Redis, network or OS hiccup (EAGAIN-like errnos). Everything else fails at once."""
+    if isinstance(exception, Transient):
+        return True
     if isinstance(exception, TransferError):
         return False
-    if isinstance(exception, (redis.ConnectionError, redis.TimeoutError, ConnectionError, Superseded)):
+    if isinstance(exception, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
         return True
     try:
         import httpx
@@ -135,12 +138,3 @@ def make_broker(settings: Settings) -> RedisBroker:
         maintenance_chance=settings.maintenance_chance,
         middleware=middleware,
     )
-
-
-try:
-    settings = Settings.from_env()
-except SettingsError as exc:  # a configuration mistake is one line, not a traceback
-    raise SystemExit(f"paglets-artifacts: configuration error: {exc}") from None
-logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
-broker = make_broker(settings)
-dramatiq.set_broker(broker)

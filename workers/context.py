@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import redis
 
 from paglets_artifacts.records import JobRecords
-from paglets_artifacts.settings import Settings
+from paglets_artifacts.settings import Settings, SettingsError
 from paglets_artifacts.store import ArtifactStore
 
 
@@ -46,8 +46,15 @@ def build_context(settings: Settings) -> WorkerContext:
 
 
 @functools.cache
+def worker_settings() -> Settings:
+    """The worker process's settings, read once from the environment."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:  # a configuration mistake is one line, not a traceback
+        raise SystemExit(f"paglets-artifacts: configuration error: {exc}") from None
+
+
+@functools.cache
 def context() -> WorkerContext:
     """The process's context (built lazily, after a fork)."""
-    from .broker import settings
-
-    return build_context(settings)
+    return build_context(worker_settings())

@@ -32,6 +32,7 @@ from paglets_artifacts import contract
 from paglets_artifacts.contract import KINDS_BY_ACTOR
 from paglets_artifacts.records import FAILED, SUCCEEDED
 from paglets_artifacts.settings import Settings
+from paglets_artifacts.worker_process import METRICS_DIR_PREFIX
 
 from .middleware import current_job
 
@@ -53,7 +54,7 @@ def multiprocess_dir() -> Path:
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if configured:
         return Path(configured)
-    return Path(tempfile.gettempdir()) / f"paglets-artifacts-metrics-{os.getppid()}"
+    return Path(tempfile.gettempdir()) / f"{METRICS_DIR_PREFIX}{os.getppid()}"  # the name the worker command uses
 
 
 def _use_multiprocess_values(path: Path) -> None:
@@ -270,8 +271,9 @@ def serve_metrics() -> int:
     """The exposition server (a ``dramatiq`` fork process): serve until stopped."""
     from prometheus_client import start_http_server
 
-    from .broker import settings
+    from .context import worker_settings
 
+    settings = worker_settings()
     path = multiprocess_dir()
     path.mkdir(parents=True, exist_ok=True)
     try:

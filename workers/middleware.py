@@ -15,6 +15,7 @@ from dramatiq import Middleware
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from paglets_artifacts.contract import KINDS_BY_ACTOR
+from paglets_artifacts.errors import Transient
 from paglets_artifacts.records import FAILED, SUCCEEDED
 from paglets_artifacts.redaction import redact_text
 
@@ -81,9 +82,9 @@ class ProgressReporter:
                 logger.warning("job %s: progress not recorded: %s", self.job_id, exc)
 
 
-class RecordUnavailable(MiddlewareError, ConnectionError):
+class RecordUnavailable(MiddlewareError, Transient):
     """A job's start could not be recorded. A ``MiddlewareError`` so that Dramatiq does not
-    swallow it and run the actor anyway; a ``ConnectionError`` so that it is retried."""
+    swallow it and run the actor anyway; ``Transient``, so that the job is retried."""
 
 
 _CURRENT: contextvars.ContextVar[RunningJob | None] = contextvars.ContextVar("paglets_artifacts_job", default=None)

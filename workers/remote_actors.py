@@ -19,13 +19,13 @@ from .actors import (
     keep_unless_owner_deleted,
     open_regular,
     reclaimed_on_failure,
+    transfer_time_limit,
 )
-from .broker import settings
 from .context import context
 from .middleware import current_job
 
 
-@job_actor(contract.IMPORT_URL, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.IMPORT_URL, time_limit=transfer_time_limit)
 def import_url(
     *, url: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
     expected_sha256: str | None, expected_size: int | None,
@@ -33,7 +33,7 @@ def import_url(
     ctx = context()
     # The job's own artifact id: a redelivered pull finds what its first attempt committed.
     artifact_id = artifact_id_for_job()
-    with RemoteTransfers(settings) as remote, reclaimed_on_failure(artifact_id):
+    with RemoteTransfers(context().settings) as remote, reclaimed_on_failure(artifact_id):
         remote.check_allowed(url)  # before anything else: no request to a host not allowed
         check_owner_alive(owner_agent_id)
         result = remote.pull(
@@ -52,14 +52,14 @@ def import_url(
     return result.ref.to_wire()
 
 
-@job_actor(contract.EXPORT_TO_HOST, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.EXPORT_TO_HOST, time_limit=transfer_time_limit)
 def export_to_host(
     *, artifact_id: str, host_url: str, owner_agent_id: str | None, name: str | None,
     expires_at: float | None, move: bool,
 ) -> dict[str, Any]:
     ctx = context()
     job_id = current_job().id
-    with RemoteTransfers(settings) as remote:
+    with RemoteTransfers(context().settings) as remote:
         remote.check_allowed(f"{host_url}/artifacts")
         # An attempt that got the remote's confirmation left it here: a redelivered job
         # neither uploads a second copy nor loses the confirmation before a move's delete.
@@ -82,15 +82,15 @@ def export_to_host(
     return {**remote_ref.to_wire(), "moved": move, "source_artifact_id": artifact_id}
 
 
-@job_actor(contract.UPLOAD, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.UPLOAD, time_limit=transfer_time_limit)
 def upload(
     *, path: str, host_url: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
     expected_sha256: str | None,
 ) -> dict[str, Any]:
     ctx = context()
     job_id = current_job().id
-    source = resolve_beneath(path, settings.allowed_roots, what="upload source", forbidden=[ctx.store.root])
-    with RemoteTransfers(settings) as remote:
+    source = resolve_beneath(path, context().settings.allowed_roots, what="upload source", forbidden=[ctx.store.root])
+    with RemoteTransfers(context().settings) as remote:
         remote.check_allowed(f"{host_url}/artifacts")
         saved = ctx.records.checkpoint(job_id)  # a redelivered upload the remote confirmed
         if saved:
@@ -109,14 +109,14 @@ def upload(
     return remote_ref.to_wire()
 
 
-@job_actor(contract.DOWNLOAD, time_limit_seconds=settings.transfer_time_limit_seconds)
+@job_actor(contract.DOWNLOAD, time_limit=transfer_time_limit)
 def download(*, url: str, target: str, expected_sha256: str | None, expected_size: int | None, move: bool) -> dict[str, Any]:
-    target_path = resolve_beneath(target, settings.allowed_roots, what="download target",
+    target_path = resolve_beneath(target, context().settings.allowed_roots, what="download target",
                                   forbidden=[context().store.root])
-    with RemoteTransfers(settings) as remote:
+    with RemoteTransfers(context().settings) as remote:
         size, sha256 = remote.download(
             url, target_path, expected_sha256=expected_sha256, expected_size=expected_size,
-            part_token=artifact_id_for_job(), fsync=settings.fsync, progress=current_job().progress,
+            part_token=artifact_id_for_job(), fsync=context().settings.fsync, progress=current_job().progress,
         )
         if move:
             remote.delete(url)  # only now: the target holds the verified bytes

@@ -40,6 +40,7 @@ from dramatiq.common import dq_name
 
 from paglets_artifacts import contract
 from paglets_artifacts.jobs import ArtifactJobs, Job
+from paglets_artifacts.logging_setup import configure_logging
 from paglets_artifacts.records import FINAL_STATES, STATES
 from paglets_artifacts.schedule import Schedule, parse_schedule
 from paglets_artifacts.settings import Settings, SettingsError
@@ -255,7 +256,7 @@ class PeriodicScheduler:
             while True:
                 try:
                     pipe.watch(key)
-                    state = {_text(name): _text(value) for name, value in pipe.hgetall(key).items()}
+                    state = {_decoded(name): _decoded(value) for name, value in pipe.hgetall(key).items()}
                     if _number(state.get("tick")) >= tick:
                         pipe.reset()
                         decision = Decision(periodic.name, tick, SKIPPED_CLAIMED, detail=state.get("scheduler", "?"),
@@ -335,7 +336,8 @@ class PeriodicScheduler:
                 pipe.watch(key)
                 current = pipe.hget(key, "tick")
                 owner = pipe.hget(key, "scheduler")
-                if _number(_text(current) if current else None) != tick or _text(owner or b"") != self.scheduler_id:
+                claimed_tick = _number(_decoded(current) if current else None)
+                if claimed_tick != tick or _decoded(owner or b"") != self.scheduler_id:
                     return  # a later tick was claimed meanwhile: nothing to give back
                 pipe.multi()
                 if math.isinf(previous_tick):
@@ -399,37 +401,13 @@ class PeriodicScheduler:
             stop.wait(min(MAX_SLEEP_SECONDS, max(0.0, delay)))
 
 
-def _text(value: bytes | str) -> str:
+def _decoded(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _number(text: str | None) -> float:
     return -math.inf if text in (None, "") else float(text)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -440,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_format)
+    configure_logging(settings)
     stop = threading.Event()
     received: list[str] = []
 

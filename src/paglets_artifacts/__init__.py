@@ -24,6 +24,7 @@ from .errors import (
     StorageFull,
     TransferError,
     UploadTooSlow,
+    Transient,
 )
 from .jobs import ArtifactJobs, Job
 from .records import JobRecord
@@ -85,6 +86,7 @@ __all__ = [
     "StorageFull",
     "SweepReport",
     "TransferError",
+    "Transient",
     "UploadTooSlow",
     "copy_path",
     "copy_stream",

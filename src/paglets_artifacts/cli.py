@@ -8,7 +8,8 @@ Exit codes (also in ``--help``):
 1     the job failed, or the operation was refused (unknown id, not allowed...)
 2     usage error (unknown option, bad argument)
 3     configuration error (a ``REDIS_URL`` / ``PAGLETS_ARTIFACTS_*`` value)
-4     Redis cannot be reached (down, wrong address, wrong password, TLS)
+4     Redis cannot be reached (down, wrong address, wrong password, TLS), or a transient
+      error (the index being rebuilt elsewhere): try again
 5     ``--timeout`` passed before the job ended (the job goes on)
 130   interrupted (Ctrl-C); a job already enqueued goes on
 ====  =====================================================================
@@ -22,9 +23,7 @@ import enum
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -40,11 +39,13 @@ from typer.core import TyperGroup
 
 from . import console as views
 from . import contract
-from .errors import JobTimeout, TransferError
+from .errors import JobTimeout, TransferError, Transient
 from .jobs import ArtifactJobs, Job, connect
+from .logging_setup import configure_logging
 from .records import FAILED, STATES
 from .redaction import redact_text, redact_url
 from .settings import PREFIX, Settings, SettingsError
+from .worker_process import WorkerProcess
 
 #: How many recent jobs a job id prefix is looked for in.
 RECENT_JOBS_SEARCHED = 1000
@@ -61,7 +62,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the job failed or the operation was refused; 2 usage error; "
-    "3 configuration error; 4 Redis unreachable; 5 --timeout passed (the job goes on); 130 interrupted."
+    "3 configuration error; 4 Redis unreachable or a transient error (try again); "
+    "5 --timeout passed (the job goes on); 130 interrupted."
 )
 
 
@@ -70,6 +72,8 @@ def describe_failure(exc: BaseException, *, redis_url: str | None = None) -> tup
     text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, SettingsError):
         return EXIT_CONFIG, f"configuration error: {text}"
+    if isinstance(exc, Transient):  # before Redis's errors: an IndexUnavailable is one too, and says more
+        return EXIT_UNAVAILABLE, f"unavailable for now, try again: {type(exc).__name__}: {text}"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         where = f" at {redact_url(redis_url)}" if redis_url else ""
         return EXIT_UNAVAILABLE, f"cannot reach Redis{where}: {type(exc).__name__}: {text}"
@@ -470,47 +474,10 @@ def rm(
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-METRICS_DIR_PREFIX = "paglets-artifacts-metrics-"
-
-
-def _fresh_metrics_dir() -> str:
-    """An empty directory for prometheus_client's multiprocess files (one per worker run,
-    named by the pid the worker's main process will have); those of runs whose main
-    process is gone are removed."""
-    base = Path(tempfile.gettempdir())
-    for stale in base.glob(f"{METRICS_DIR_PREFIX}*"):
-        pid = stale.name[len(METRICS_DIR_PREFIX):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    path = base / f"{METRICS_DIR_PREFIX}{os.getpid()}"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return str(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _exec(args: list[str], env: dict[str, str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(args[0], args, env)
-
-
-#: Dramatiq's variable for how long (ms) an idle worker's consumer sleeps between polls of
-#: Redis at most; its default, 1000, adds up to a second to a job enqueued to idle workers.
-WORKER_TIMEOUT_VARIABLE = "dramatiq_worker_timeout"
-#: What ``worker`` sets it to unless it is set. An idle process then polls each of its
-#: queues and their delay queues every 50 to 100 ms (Dramatiq's jitter): about 50 Redis
-#: calls a second per idle process with this project's two queues.
-WORKER_TIMEOUT_MS = 100
 
 
 @app.command("worker", context_settings=_PASSTHROUGH)
@@ -523,25 +490,14 @@ def worker(
         typer.Option("--queues", "-Q", help="Only these queues (artifact-transfers, artifact-maintenance); repeatable."),
     ] = None,
 ) -> None:
-    """Start Dramatiq workers (python -m dramatiq workers); other options pass through.
+    """Start Dramatiq workers (python -m dramatiq workers.registry); other options pass through.
 
     An idle worker process polls each queue every 100 ms at most, about 50 Redis calls a
     second in all (``dramatiq_worker_timeout``, in ms, when set, chooses another interval).
     """
-    settings = _begin(ctx)
-    args = [sys.executable, "-m", "dramatiq", "workers"]
-    if processes:
-        args += ["--processes", str(processes)]
-    if threads:
-        args += ["--threads", str(threads)]
-    if queues:
-        args += ["--queues", *queues]
-    args += list(ctx.args)
-    env = dict(os.environ)
-    env.setdefault(WORKER_TIMEOUT_VARIABLE, str(WORKER_TIMEOUT_MS))
-    if settings.metrics_port > 0 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        env["PROMETHEUS_MULTIPROC_DIR"] = _fresh_metrics_dir()
-    _exec(args, env)
+    _begin(ctx)
+    command = WorkerProcess(processes=processes, threads=threads, queues=queues or (), options=ctx.args)
+    _exec(command.argv(), command.exec_env())
 
 
 def scheduler_available() -> bool:
@@ -586,6 +542,7 @@ def serve(
     if port is None:
         parts = urlsplit(settings.host_url)
         port = parts.port or (443 if parts.scheme == "https" else 8470)
+    configure_logging(settings, keep_existing=True)  # uvicorn sets up its own loggers, not ours
     serve_http(settings, host, port)
 
 

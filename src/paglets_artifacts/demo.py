@@ -2,7 +2,7 @@
 
 ``paglets-artifacts demo`` (the README's ``python3 scripts/dev.py demo``) uses
 ``REDIS_URL`` when it is set and otherwise starts an embedded Redis; starts a real worker
-(``paglets-artifacts worker``) and the scheduler as child processes, in a temporary
+(the process ``paglets-artifacts worker`` runs) and the scheduler as child processes, in a temporary
 directory with its own key namespace and allowed root; then
 
 1. generates a file of ``--size-mib`` MiB of random bytes,
@@ -28,8 +28,9 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import redis
 from rich.console import Console
@@ -45,6 +46,7 @@ from .redaction import redact_url
 from .redis_server import EmbeddedRedis, _die_with_parent, free_port
 from .settings import Settings, delete_namespace
 from .streams import file_sha256
+from .worker_process import WorkerProcess
 
 MIB = 1024 * 1024
 #: The owner whose artifacts the demo imports and then deletes.
@@ -66,19 +68,15 @@ class Child:
 
     Parameters:
       name(str): what it is, for messages.
-      args(list[str]): the command.
-      env(dict[str, str]): its environment.
+      start(Callable[[IO[bytes]], subprocess.Popen]): starts it, its output into the log given.
       log_path(Path): where its output goes.
     """
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, name: str, start: Callable[[IO[bytes]], subprocess.Popen], log_path: Path):
         self.name = name
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
+            self.process = start(log)
         self.pid = self.process.pid
 
     def check_alive(self) -> None:
@@ -263,18 +261,23 @@ class Demo:
         metrics_dir = self.directory / "metrics"  # removed with the demo's directory
         metrics_dir.mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        cli = [sys.executable, "-m", "paglets_artifacts.cli"]
+        command = WorkerProcess(processes=1, threads=2, options=["--worker-shutdown-timeout", "5000"], environ=env)
         worker = Child(
-            "worker",
-            [*cli, "worker", "--processes", "1", "--threads", "2", "--worker-shutdown-timeout", "5000"],
-            env, self.directory / "worker.log",
+            "worker", lambda log: command.start(stdout=log, preexec_fn=_die_with_parent), self.directory / "worker.log"
         )
         self.children.append(worker)
         self._check_interrupted()
         self._say(f"worker: paglets-artifacts worker started (pid {worker.pid})")
         processes: dict[str, Any] = {"worker": worker.pid, "scheduler": None}
         if scheduler_available():  # robust to a checkout without the scheduler
-            scheduler = Child("scheduler", [*cli, "scheduler"], env, self.directory / "scheduler.log")
+            def start_scheduler(log: IO[bytes]) -> subprocess.Popen:
+                return subprocess.Popen(
+                    [sys.executable, "-m", "paglets_artifacts.cli", "scheduler"], env=env, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+
+            scheduler = Child("scheduler", start_scheduler, self.directory / "scheduler.log")
             self.children.append(scheduler)
             self._check_interrupted()
             processes["scheduler"] = scheduler.pid

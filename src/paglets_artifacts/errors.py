@@ -3,9 +3,20 @@
 Every error a caller can act on is a :class:`TransferError` subclass (the class paglets'
 own client knows), so ``except TransferError`` keeps working for code written against
 the reference store. Job records carry the class *name*; :func:`error_class` maps it back.
+
+An error worth another try says so by being a :class:`Transient` (Dramatiq's ``Retry`` is
+the model): the workers retry it with backoff, and the command line names it as such.
 """
 
 from __future__ import annotations
+
+
+class Transient(Exception):
+    """Retry with backoff: what failed may work in a moment (a remote host overloaded, an index
+    being rebuilt, a record Redis could not take, another attempt's files in the way).
+
+    Never a ``TransferError``: those are permanent and fail a job at once.
+    """
 
 
 class TransferError(Exception):
@@ -77,11 +88,11 @@ class ForbiddenError(TransferError):
     """A request was authenticated but is not allowed."""
 
 
-class Superseded(Exception):
+class Superseded(Transient):
     """Another attempt of the same job replaced this attempt's files; this one gives way.
 
-    Not a ``TransferError``: the job is retried, and the retry finds the other attempt's
-    artifact (or makes it)."""
+    Transient: the job is retried, and the retry finds the other attempt's artifact (or
+    makes it)."""
 
 
 class JobTimeout(TimeoutError):

@@ -58,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 from . import contract
 from .errors import InvalidInput, JobTimeout, PathNotAllowed, QuotaExceeded, TransferError
 from .jobs import ArtifactJobs, Job
+from .logging_setup import configure_logging
 from .paths import AllowedPath, resolve_allowed
 from .records import QUEUED
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult
@@ -545,6 +546,7 @@ def run_host(
 
     from .http_api import is_loopback
 
+    configure_logging(settings, keep_existing=True)  # a host operator reads which job moved which file
     if not api_key and not is_loopback(bind):
         # paglets' API creates paglets, that is, runs code: beyond loopback only with a key
         if not settings.allow_insecure:
@@ -556,9 +558,6 @@ def run_host(
         logger.warning("paglets host %s on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who "
                        "reaches this address can create paglets", name, bind)
 
-    if not logging.getLogger().handlers:  # a host operator reads which job moved which file
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
     host = Host(
         name, bind, port, api_key=api_key, persistence_dir=persistence_dir, mesh=mesh, peers=peers,
         public_url=public_url, artifact_max_bytes=settings.max_artifact_bytes,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .errors import ArtifactNotFound, InvalidInput, QuotaExceeded, TransferError
+from .errors import ArtifactNotFound, InvalidInput, QuotaExceeded, TransferError, Transient
 from .refs import ArtifactRef, validate_artifact_id
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ return 0
 """
 
 
-class IndexUnavailable(redis.exceptions.TimeoutError):
+class IndexUnavailable(Transient, redis.exceptions.TimeoutError):
     """The index is missing and another process did not finish building it in time, or
     this process lost the build lock while it worked. Transient: a job that meets it is
     retried with backoff."""

@@ -82,7 +82,7 @@ class EmbeddedRedis:
             return self.url
         binary = redis_server_binary()
         self._dir = self._dir or tempfile.TemporaryDirectory(prefix="paglets-redis-")
-        for attempt in range(5):
+        for _attempt in range(5):
             port = self.port or free_port()
             args = [
                 str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -98,8 +98,8 @@ class EmbeddedRedis:
                 atexit.register(self.stop)
                 return self.url
             self.stop()
-            if self.port == port and attempt == 0 and port is not None and self.port is not None:
-                self.port = None  # the port was taken: pick another
+            # Taken (asked for, or a free one taken since): every next attempt picks a free port anew.
+            self.port = None
         raise RedisUnavailable(f"embedded redis-server did not start ({binary})")
 
     def _wait_ready(self, timeout: float) -> bool:

@@ -50,7 +50,7 @@ def validate_expires_at(value: object) -> float:
     return number
 
 
-def _text(payload: dict[str, Any], key: str, *, required: bool = False) -> str:
+def _wire_string(payload: dict[str, Any], key: str, *, required: bool = False) -> str:
     value = payload.get(key)
     if value is None:
         if required:
@@ -118,17 +118,17 @@ class ArtifactRef:
     def from_wire(cls, payload: dict[str, Any]) -> ArtifactRef:
         """Parse the wire form; any missing id or mistyped field is an ``InvalidInput``."""
         payload = _mapping(payload, "ArtifactRef")
-        sha = _text(payload, "sha256")
+        sha = _wire_string(payload, "sha256")
         return cls(
-            host_url=_text(payload, "host_url"),
-            artifact_id=validate_artifact_id(_text(payload, "artifact_id", required=True)),
-            name=_text(payload, "name"),
+            host_url=_wire_string(payload, "host_url"),
+            artifact_id=validate_artifact_id(_wire_string(payload, "artifact_id", required=True)),
+            name=_wire_string(payload, "name"),
             size_bytes=_int(payload, "size_bytes"),
             sha256=validate_sha256(sha) if sha else "",
-            compression=_text(payload, "compression"),
+            compression=_wire_string(payload, "compression"),
             created_at=_float(payload, "created_at"),
             expires_at=validate_expires_at(_float(payload, "expires_at")),
-            owner_agent_id=_text(payload, "owner_agent_id"),
+            owner_agent_id=_wire_string(payload, "owner_agent_id"),
         )
 
 
@@ -183,28 +183,28 @@ class PagletFileRef:
     def from_wire(cls, payload: dict[str, Any]) -> PagletFileRef:
         """Parse the wire form; a missing name or mistyped field is an ``InvalidInput``."""
         payload = _mapping(payload, "PagletFileRef")
-        name = _text(payload, "name", required=True).strip()
+        name = _wire_string(payload, "name", required=True).strip()
         if not name:
             raise InvalidInput("registered file name cannot be empty")
-        status = _text(payload, "status") or ARTIFACT_STATUS_REGISTERED
+        status = _wire_string(payload, "status") or ARTIFACT_STATUS_REGISTERED
         if status not in _STATUSES:
             raise InvalidInput(f"registered file status must be one of {sorted(_STATUSES)}, got {status!r}")
-        sha = _text(payload, "sha256")
+        sha = _wire_string(payload, "sha256")
         return cls(
             name=name,
-            mode=normalize_file_mode(_text(payload, "mode")),
-            source_host_name=_text(payload, "source_host_name"),
-            source_host_url=_text(payload, "source_host_url"),
-            source_path=_text(payload, "source_path"),
+            mode=normalize_file_mode(_wire_string(payload, "mode")),
+            source_host_name=_wire_string(payload, "source_host_name"),
+            source_host_url=_wire_string(payload, "source_host_url"),
+            source_path=_wire_string(payload, "source_path"),
             source_created_at=_float(payload, "source_created_at"),
             source_modified_at=_float(payload, "source_modified_at"),
             size_bytes=_int(payload, "size_bytes"),
             sha256=validate_sha256(sha) if sha else "",
-            current_host_name=_text(payload, "current_host_name"),
-            current_host_url=_text(payload, "current_host_url"),
-            current_path=_text(payload, "current_path"),
+            current_host_name=_wire_string(payload, "current_host_name"),
+            current_host_url=_wire_string(payload, "current_host_url"),
+            current_path=_wire_string(payload, "current_path"),
             status=status,
-            last_error=_text(payload, "last_error"),
+            last_error=_wire_string(payload, "last_error"),
         )
 
 

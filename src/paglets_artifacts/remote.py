@@ -14,8 +14,8 @@ host and port, and under its path), checked before any request; redirects are ne
 followed. Each request carries the per-host key of ``settings.host_key(url)``.
 
 Errors: a 4xx answer is a permanent :class:`RemoteError` carrying the remote's error class
-and message; a 5xx, 408 or 429 answer is :class:`RemoteUnavailable`, and connection errors
-and timeouts are ``httpx.TransportError``: both are transient, so a job retries them with
+and message; a 5xx, 408 or 429 answer is :class:`RemoteUnavailable` (a ``Transient``), and
+connection errors and timeouts are ``httpx.TransportError``: a job retries both with
 backoff (``workers.broker.is_transient``).
 """
 
@@ -34,7 +34,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch
+from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch, Transient
+from .origins import url_origin
 from .paths import AllowedPath
 from .redaction import redact_url
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
@@ -54,10 +55,10 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _ARTIFACT_PATH = re.compile(r"/artifacts/([0-9a-fA-F]+)/?$")
 
 
-class RemoteUnavailable(ConnectionError):
+class RemoteUnavailable(Transient, ConnectionError):
     """A remote host answered 5xx, 408, 425 or 429: failing or overloaded, worth another try.
 
-    A ``ConnectionError``, so the workers' retry policy takes it for a transient error.
+    Also a ``ConnectionError``, as it always was, for callers that catch one.
     """
 
     def __init__(self, message: str, *, status: int = 0):
@@ -65,35 +66,29 @@ class RemoteUnavailable(ConnectionError):
         self.status = status
 
 
-def _origin(url: str) -> tuple[str, str, int | None, str]:
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # "http://[::1": an unparseable URL matches nothing
-        return "", "", -1, ""
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        port = -1  # an unparseable port matches nothing
-    return scheme, (parts.hostname or "").lower(), port, parts.path
-
-
 def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
-    """Whether ``url`` lies under one of ``allowed_hosts`` (scheme, host, port and path prefix)."""
-    scheme, host, port, path = _origin(url)
+    """Whether ``url`` lies under one of ``allowed_hosts`` (same origin, and under its path)."""
+    origin = url_origin(url)
+    if origin is None:
+        return False
+    scheme, host, _port = origin
     if scheme not in ("http", "https") or not host:
         return False
-    segments = [part for part in path.split("/") if part]
+    segments = _path_segments(url)
     if any(unquote(part) in (".", "..") for part in segments):
         return False  # a client or server resolves them: the path would leave its prefix
     for allowed in allowed_hosts:
-        a_scheme, a_host, a_port, a_path = _origin(allowed)
-        if (a_scheme, a_host, a_port) != (scheme, host, port):
+        if url_origin(allowed) != origin:
             continue
-        prefix = [part for part in a_path.split("/") if part]
+        prefix = _path_segments(allowed)
         if segments[: len(prefix)] == prefix:
             return True
     return False
+
+
+def _path_segments(url: str) -> list[str]:
+    """The non-empty segments of a URL's path (one ``url_origin`` could parse)."""
+    return [part for part in urlsplit(url).path.split("/") if part]
 
 
 def check_allowed(url: str, allowed_hosts: Iterable[str]) -> None:
@@ -104,7 +99,7 @@ def check_allowed(url: str, allowed_hosts: Iterable[str]) -> None:
         raise HostNotAllowed(f"remote host of {redact_url(url)} is not allowed; allowed hosts: {listed}")
 
 
-class _ChunkReader:
+class _ChunkIteratorStream:
     """A ``read(n)`` over an iterator of byte chunks (returns one chunk per call)."""
 
     def __init__(self, chunks: Iterator[bytes]):
@@ -216,7 +211,7 @@ class RemoteTransfers:
                 ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None), ("Content-Length", length),
             )
             return store.create_from_stream(
-                _ChunkReader(response.iter_bytes(STREAM_CHUNK_BYTES)),
+                _ChunkIteratorStream(response.iter_bytes(STREAM_CHUNK_BYTES)),
                 size_bytes=-1 if size is None else size,
                 owner_agent_id=owner_agent_id,
                 name=name or (remote_ref.name if remote_ref else "") or _url_file_name(url),

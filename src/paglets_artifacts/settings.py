@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .origins import url_origin
 from .redaction import MASK, redact_url
 from .refs import (
     DEFAULT_ARTIFACT_MAX_BYTES,
@@ -174,9 +175,11 @@ class Settings:
 
     def host_key(self, url: str) -> str:
         """The API key configured for a remote host URL (empty when none)."""
-        origin = _origin(url)
+        origin = url_origin(url)
+        if origin is None:
+            return ""  # matches no host, as the allow-list refuses it
         for host, key in self.host_api_keys:
-            if _origin(host) == origin:
+            if url_origin(host) == origin:
                 return key
         return ""
 
@@ -190,12 +193,6 @@ class Settings:
             default = spec.default
             rows.append((var, "" if default in ((), "") else str(default), spec.metadata["doc"]))
         return rows
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return (parts.scheme, (parts.hostname or "").lower(), port)
 
 
 def _parse(var: str, kind: str, raw: str) -> Any:

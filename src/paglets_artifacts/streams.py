@@ -271,7 +271,7 @@ class _BufferPool:
 _POOL = _BufferPool()
 
 
-class _ChunkReader:
+class _SourceChunks:
     """Reads ``source`` chunk by chunk, gathering short reads.
 
     A source with ``readinto`` reads straight into the buffer it is handed. A
@@ -492,7 +492,7 @@ class _Pipeline:
     """Reads on the calling thread while one helper thread hashes and another writes.
 
     Parameters:
-      chunks: where the chunks come from (a ``_ChunkReader``'s buffers, or the ranges a
+      chunks: where the chunks come from (a ``_SourceChunks``'s buffers, or the ranges a
         ``_KernelCopy`` copied); it fills the ring buffers it is handed, if any.
       stages: (name, callable) pairs; each callable consumes every chunk in order on a
         thread of its own named ``paglets-artifacts-copy-<name>``.
@@ -507,7 +507,7 @@ class _Pipeline:
 
     def __init__(
         self,
-        chunks: _ChunkReader | _KernelCopy,
+        chunks: _SourceChunks | _KernelCopy,
         stages: list[tuple[str, Callable[[Any], Any]]],
         *,
         on_chunk: Callable[[int], None] | None,
@@ -638,7 +638,7 @@ def _hashed_stream(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidInput(f"invalid chunk_size {chunk_size!r}: expected a whole number >= 1")
     digest = hashlib.sha256()
-    chunks = _ChunkReader(source, min(MIN_HANDOFF_BYTES, chunk_size))
+    chunks = _SourceChunks(source, min(MIN_HANDOFF_BYTES, chunk_size))
     remaining = _remaining_bytes(source)
     total = 0
     if fd is not None and remaining is not None and remaining > PIPELINE_MIN_BYTES:
