@@ -45,7 +45,7 @@ from .logging_setup import configure_logging
 from .records import FAILED, STATES
 from .redaction import redact_text, redact_url
 from .settings import PREFIX, Settings, SettingsError
-from .worker_process import WorkerProcess
+from .worker_process import WorkerProcess, scheduler_available
 
 #: How many recent jobs a job id prefix is looked for in.
 RECENT_JOBS_SEARCHED = 1000
@@ -498,14 +498,6 @@ def worker(
     _begin(ctx)
     command = WorkerProcess(processes=processes, threads=threads, queues=queues or (), options=ctx.args)
     _exec(command.argv(), command.exec_env())
-
-
-def scheduler_available() -> bool:
-    """Whether ``workers.scheduler`` is installed."""
-    # Found without importing ``workers``: this package never imports the worker side.
-    spec = importlib.util.find_spec("workers")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return any((Path(location) / "scheduler.py").is_file() for location in locations)
 
 
 @app.command("scheduler", context_settings=_PASSTHROUGH)

@@ -39,14 +39,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from . import console as views
-from .cli import scheduler_available
 from .jobs import ArtifactJobs, Job, connect
 from .records import FAILED, JobRecord
 from .redaction import redact_url
 from .redis_server import EmbeddedRedis, _die_with_parent, free_port
 from .settings import Settings, delete_namespace
 from .streams import file_sha256
-from .worker_process import WorkerProcess
+from .worker_process import WorkerProcess, scheduler_available
 
 MIB = 1024 * 1024
 #: The owner whose artifacts the demo imports and then deletes.

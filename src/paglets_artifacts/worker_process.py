@@ -8,6 +8,8 @@ process and its forks). The worker loads :data:`REGISTRY_MODULE`, which lives in
 
 from __future__ import annotations
 
+import importlib.util
+
 import os
 import shutil
 import subprocess
@@ -133,3 +135,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def scheduler_available() -> bool:
+    """Whether ``workers.scheduler`` is installed."""
+    # Found without importing ``workers``: this package never imports the worker side.
+    spec = importlib.util.find_spec("workers")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return any((Path(location) / "scheduler.py").is_file() for location in locations)
