@@ -37,7 +37,10 @@ from paglets_artifacts import Settings  # noqa: E402
 from paglets_artifacts.redis_server import free_port, redis_url_or_embedded  # noqa: E402
 
 MIB = 1024 * 1024
-SERVER = "from paglets_artifacts.http_api import serve; from paglets_artifacts import Settings; import sys; serve(Settings.from_env(), '127.0.0.1', int(sys.argv[1]), log_level='warning')"
+SERVER = (
+    "from paglets_artifacts.http_api import serve; from paglets_artifacts import Settings; import sys; "
+    "serve(Settings.from_env(), '127.0.0.1', int(sys.argv[1]), log_level='warning')"
+)
 
 
 def rss_bytes(pid: int) -> int:
@@ -168,14 +171,28 @@ def run(pid: int, url: str, size: int, fsync: bool) -> int:
         assert response.headers["x-paglets-artifact-sha256"] == digest.hexdigest()
 
     mib = size / MIB
-    print(f"HTTP API memory: {mib:.0f} MiB body, uvicorn (h11) + Starlette, loopback, fsync={'on' if fsync else 'off'}, "
-          f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(
+        f"HTTP API memory: {mib:.0f} MiB body, uvicorn (h11) + Starlette, loopback, fsync={'on' if fsync else 'off'}, "
+        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
     print(f"{'phase':<28}{'server RSS MiB':>16}{'vs idle':>10}{'above idle MiB':>16}{'MiB/s':>10}")
-    print(f"{'server started':<28}{started_rss / MIB:>16.1f}{started_rss / idle:>10.2f}{(started_rss - idle) / MIB:>16.1f}{'':>10}")
+    print(
+        f"{'server started':<28}{started_rss / MIB:>16.1f}{started_rss / idle:>10.2f}"
+        f"{(started_rss - idle) / MIB:>16.1f}{'':>10}"
+    )
     print(f"{'idle after warm-up (base)':<28}{idle / MIB:>16.1f}{1.0:>10.2f}{0.0:>16.1f}{'':>10}")
-    print(f"{'peak while uploading':<28}{up.peak / MIB:>16.1f}{up.peak / idle:>10.2f}{(up.peak - idle) / MIB:>16.1f}{mib / up_seconds:>10.0f}")
-    print(f"{'peak while downloading':<28}{down.peak / MIB:>16.1f}{down.peak / idle:>10.2f}{(down.peak - idle) / MIB:>16.1f}{mib / down_seconds:>10.0f}")
-    print(f"body / idle RSS: {size / idle:.1f}x; peak growth is {(max(up.peak, down.peak) - idle) / MIB:.1f} MiB for a {mib:.0f} MiB body")
+    print(
+        f"{'peak while uploading':<28}{up.peak / MIB:>16.1f}{up.peak / idle:>10.2f}"
+        f"{(up.peak - idle) / MIB:>16.1f}{mib / up_seconds:>10.0f}"
+    )
+    print(
+        f"{'peak while downloading':<28}{down.peak / MIB:>16.1f}{down.peak / idle:>10.2f}"
+        f"{(down.peak - idle) / MIB:>16.1f}{mib / down_seconds:>10.0f}"
+    )
+    print(
+        f"body / idle RSS: {size / idle:.1f}x; peak growth is {(max(up.peak, down.peak) - idle) / MIB:.1f} MiB for a "
+        f"{mib:.0f} MiB body"
+    )
     return 0
 
 

@@ -29,8 +29,8 @@ import redis  # noqa: E402
 
 from benchmarks.noop_actor import NOOP  # noqa: E402
 from paglets_artifacts import ArtifactJobs, Settings  # noqa: E402
-from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
+from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.worker_process import WorkerProcess  # noqa: E402
 
 
@@ -70,13 +70,19 @@ def wait_all(client: redis.Redis, jobs: ArtifactJobs, ids: list[str], timeout: f
         failed = [s for s in states if s == b"failed"]
         if failed:
             raise RuntimeError(f"{len(failed)} benchmark jobs failed")
-        pending = [job_id for job_id, state in zip(pending, states) if state != b"succeeded"]
+        pending = [job_id for job_id, state in zip(pending, states, strict=True) if state != b"succeeded"]
         time.sleep(0.01)
 
 
 def throughput(settings: Settings, work: Path, count: int, threads: int, enqueue) -> float:
-    command = WorkerProcess(settings=settings, processes=1, threads=threads, modules=["benchmarks.noop_actor"],
-                            environ={**os.environ, "PYTHONPATH": ""}, pythonpath=[ROOT])
+    command = WorkerProcess(
+        settings=settings,
+        processes=1,
+        threads=threads,
+        modules=["benchmarks.noop_actor"],
+        environ={**os.environ, "PYTHONPATH": ""},
+        pythonpath=[ROOT],
+    )
     worker = command.start(stdout=subprocess.DEVNULL, cwd=ROOT)
     jobs = ArtifactJobs(settings=settings)
     try:
@@ -104,8 +110,12 @@ def main() -> None:
         work.mkdir()
         namespace = f"bench-{uuid.uuid4().hex[:8]}"
         settings = Settings(
-            redis_url=url, namespace=namespace, store_root=Path(tmp) / "store", allowed_roots=(work,),
-            fsync=False, quota_bytes=None,
+            redis_url=url,
+            namespace=namespace,
+            store_root=Path(tmp) / "store",
+            allowed_roots=(work,),
+            fsync=False,
+            quota_bytes=None,
         )
         small, large = work / "small.bin", work / "large.bin"
         write_file(small, 1024)
@@ -136,11 +146,17 @@ def main() -> None:
             path.write_bytes(os.urandom(1024))
             files.append(path)
         imports = throughput(
-            settings.with_changes(namespace=namespace + "-imp"), work, args.jobs, args.threads,
+            settings.with_changes(namespace=namespace + "-imp"),
+            work,
+            args.jobs,
+            args.threads,
             lambda jobs, i: jobs.import_file(str(files[i % len(files)])),
         )
         noops = throughput(
-            settings.with_changes(namespace=namespace + "-noop"), work, args.jobs, args.threads,
+            settings.with_changes(namespace=namespace + "-noop"),
+            work,
+            args.jobs,
+            args.threads,
             lambda jobs, i: jobs.enqueue(NOOP),
         )
         print(f"\n2. Throughput, enqueue to result, 1 worker process x {args.threads} threads, {args.jobs} jobs")

@@ -102,9 +102,20 @@ class HostRig:
 def start_plain(work: Path, log: Path) -> HostRig:
     port = free_port()
     persistence = work / "plain"
-    args = [str(Path(sys.executable).parent / "paglets"), "host", "--name", "plain", "--port", str(port), "--no-mesh",
-            "--persistence-dir", str(persistence), "--no-sync-launch-config",
-            "--launch-config", str(persistence / "launch.toml")]
+    args = [
+        str(Path(sys.executable).parent / "paglets"),
+        "host",
+        "--name",
+        "plain",
+        "--port",
+        str(port),
+        "--no-mesh",
+        "--persistence-dir",
+        str(persistence),
+        "--no-sync-launch-config",
+        "--launch-config",
+        str(persistence / "launch.toml"),
+    ]
     process = psutil.Popen(args, env=_env({}), stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     rig = HostRig("paglets host (inline)", f"http://127.0.0.1:{port}", persistence, process)
     _wait_http(rig.url + "/health", process)
@@ -115,12 +126,25 @@ def start_offloaded(work: Path, log: Path, redis_url: str, namespace: str) -> Ho
     port = free_port()
     persistence = work / "offloaded"
     settings = Settings(
-        redis_url=redis_url, namespace=namespace, store_root=persistence / "artifacts",
-        allowed_roots=(persistence / "work",), host_url=f"http://127.0.0.1:{port}", fsync=False,
+        redis_url=redis_url,
+        namespace=namespace,
+        store_root=persistence / "artifacts",
+        allowed_roots=(persistence / "work",),
+        host_url=f"http://127.0.0.1:{port}",
+        fsync=False,
     )
     env = _env(settings.to_env())
-    args = [str(Path(sys.executable).parent / "paglets-artifacts"), "paglets-host", "--name", "offloaded",
-            "--port", str(port), "--no-mesh", "--persistence-dir", str(persistence)]
+    args = [
+        str(Path(sys.executable).parent / "paglets-artifacts"),
+        "paglets-host",
+        "--name",
+        "offloaded",
+        "--port",
+        str(port),
+        "--no-mesh",
+        "--persistence-dir",
+        str(persistence),
+    ]
     host = psutil.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     worker = WorkerProcess(processes=1, threads=2, environ=env).start(stdout=log.open("ab"))
     rig = HostRig("paglets-host (offloaded)", f"http://127.0.0.1:{port}", persistence, host, worker)
@@ -145,23 +169,43 @@ def _probe(client: HostClient, url: str, artifact_id: str, stop: threading.Event
 
 def _envelope(rig: HostRig, staged, agent_id: str) -> PagletEnvelope:
     file_ref = PagletFileRef(
-        name="payload.bin", mode="copy", source_host_name="elsewhere", source_host_url="http://elsewhere:1",
-        source_path="/elsewhere/payload.bin", source_created_at=0.0, source_modified_at=0.0,
-        size_bytes=staged.size_bytes, sha256=staged.sha256, current_host_name="elsewhere",
-        current_host_url="http://elsewhere:1", current_path="/elsewhere/payload.bin", status="registered",
+        name="payload.bin",
+        mode="copy",
+        source_host_name="elsewhere",
+        source_host_url="http://elsewhere:1",
+        source_path="/elsewhere/payload.bin",
+        source_created_at=0.0,
+        source_modified_at=0.0,
+        size_bytes=staged.size_bytes,
+        sha256=staged.sha256,
+        current_host_name="elsewhere",
+        current_host_url="http://elsewhere:1",
+        current_path="/elsewhere/payload.bin",
+        status="registered",
         last_error="",
     )
     from benchmarks import bench_paglets_host as importable  # its classes by module name, not __main__
 
     return PagletEnvelope(
-        kind=EnvelopeKind.DISPATCH, agent_id=agent_id, agent_class_name=qualified_name(importable.Arriving),
-        state_class_name=qualified_name(importable.ArrivingState), state=dataclass_to_wire(ArrivingState()),
-        source_host_name="elsewhere", source_host_address="http://elsewhere:1", target_host_name=rig.label,
+        kind=EnvelopeKind.DISPATCH,
+        agent_id=agent_id,
+        agent_class_name=qualified_name(importable.Arriving),
+        state_class_name=qualified_name(importable.ArrivingState),
+        state=dataclass_to_wire(ArrivingState()),
+        source_host_name="elsewhere",
+        source_host_address="http://elsewhere:1",
+        target_host_name=rig.label,
         target_host_address=rig.url,
         metadata={
             "transfer_ticket": TransferTicket(destination=rig.url, timeout=600).to_wire(),
-            "registered_files": [{"file": file_ref.to_wire(), "artifact": staged.to_wire(), "transfer_mode": "copy",
-                                  "source_path": "/elsewhere/payload.bin"}],
+            "registered_files": [
+                {
+                    "file": file_ref.to_wire(),
+                    "artifact": staged.to_wire(),
+                    "transfer_mode": "copy",
+                    "source_path": "/elsewhere/payload.bin",
+                }
+            ],
         },
     )
 
@@ -232,14 +276,20 @@ def main(argv: list[str] | None = None) -> int:
         probe_file = work / "probe.bin"
         probe_file.write_bytes(b"probe")
         with redis_url_or_embedded() as redis_url:
-            rigs = [start_plain(work, work / "plain.log"), start_offloaded(work, work / "offloaded.log", redis_url, namespace)]
+            rigs = [
+                start_plain(work, work / "plain.log"),
+                start_offloaded(work, work / "offloaded.log", redis_url, namespace),
+            ]
             probes = {rig.label: HostClient().upload_artifact(rig.url, probe_file).artifact_id for rig in rigs}
             results: dict[str, list[dict[str, float]]] = {rig.label: [] for rig in rigs}
             for run in range(args.runs):
                 for rig in rigs:
                     results[rig.label].append(run_once(rig, source, work / "scratch.bin", probes[rig.label]))
-                    print(f"run {run + 1}/{args.runs} {rig.label}: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in results[rig.label][-1].items()), flush=True)
+                    print(
+                        f"run {run + 1}/{args.runs} {rig.label}: "
+                        + ", ".join(f"{k} {v:.3f}" for k, v in results[rig.label][-1].items()),
+                        flush=True,
+                    )
             for rig in rigs:
                 rig.stop()
             import redis
@@ -249,14 +299,19 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
         median = {label: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for label, rows in results.items()}
         plain, offloaded = (median[rig.label] for rig in rigs)
-        print(f"\n{args.size_mib} MiB registered file materialized on arrival, {args.runs} runs, medians; "
-              f"other requests: GET /artifacts/{{id}}/metadata at {PROBE_RATE:g}/s")
-        print(f"| host | host CPU s | arrival s | metadata p50 idle / busy ms | metadata p99 idle / busy ms |")
+        print(
+            f"\n{args.size_mib} MiB registered file materialized on arrival, {args.runs} runs, medians; "
+            f"other requests: GET /artifacts/{{id}}/metadata at {PROBE_RATE:g}/s"
+        )
+        print("| host | host CPU s | arrival s | metadata p50 idle / busy ms | metadata p99 idle / busy ms |")
         print("|---|---|---|---|---|")
         for rig in rigs:
             m = median[rig.label]
-            print(f"| {rig.label} | {m['cpu_s']:.3f} | {m['wall_s']:.2f} | {m['idle_p50_ms']:.2f} / {m['busy_p50_ms']:.2f} "
-                  f"| {m['idle_p99_ms']:.2f} / {m['busy_p99_ms']:.2f} |")
+            print(
+                f"| {rig.label} | {m['cpu_s']:.3f} | {m['wall_s']:.2f} | {m['idle_p50_ms']:.2f} / "
+                f"{m['busy_p50_ms']:.2f} "
+                f"| {m['idle_p99_ms']:.2f} / {m['busy_p99_ms']:.2f} |"
+            )
         ratio = plain["cpu_s"] / offloaded["cpu_s"] if offloaded["cpu_s"] > 0 else float("inf")
         print(f"\nhost CPU, inline / offloaded: {ratio:.1f}x")
         return 0

@@ -20,8 +20,9 @@ Steps 2-4 run ``--rounds`` times (default 3) on fresh targets: other owners, and
 cohorts of 1% each that the successive sweeps find expired; the median is shown.
 
 The files are flushed (``sync``) before every timed operation, so writeback left by the
-fill or by the previous operation is not billed to the next one. Both stores must give the same answers (checked); times are
-printed side by side with the ratio baseline / index. ``--sweep-only`` sizes measure only the sweep (and the index build).
+fill or by the previous operation is not billed to the next one. Both stores must give the
+same answers (checked); times are printed side by side with the ratio baseline / index.
+``--sweep-only`` sizes measure only the sweep (and the index build).
 The targets of the scale issue are printed at the end.
 
 Uses ``REDIS_URL`` when set (in its own namespace, whose keys are removed afterwards), else
@@ -82,13 +83,22 @@ def fill(roots: list[Path], count: int, now: float, cohorts: int) -> None:
         else:
             expires = now + 86400 if spread == 8 else 0.0
         ref = ArtifactRef(
-            host_url=HOST, artifact_id=artifact_id, name=f"a{number}.bin", size_bytes=len(BLOB),
-            sha256=BLOB_SHA256, compression="", created_at=now, expires_at=expires,
+            host_url=HOST,
+            artifact_id=artifact_id,
+            name=f"a{number}.bin",
+            size_bytes=len(BLOB),
+            sha256=BLOB_SHA256,
+            compression="",
+            created_at=now,
+            expires_at=expires,
             owner_agent_id=f"owner-{number % OWNERS:02d}",
         )
         meta = metadata_json(ref).encode()
         for root in roots:
-            for path, data in ((root / "blobs" / f"{artifact_id}.bin", BLOB), (root / "metadata" / f"{artifact_id}.json", meta)):
+            for path, data in (
+                (root / "blobs" / f"{artifact_id}.bin", BLOB),
+                (root / "metadata" / f"{artifact_id}.json", meta),
+            ):
                 fd = os.open(path, flags, 0o644)
                 os.write(fd, data)
                 os.close(fd)
@@ -124,8 +134,10 @@ def imports(store: ArtifactStore, *, count: int, budget_seconds: float | None) -
 def row(name: str, size: int, index_s: float, scan_s: float, unit: str = "s") -> dict:
     ratio = scan_s / index_s if index_s > 0 else float("inf")
     if unit == "imports/s":
-        print(f"  {name:<32} {size:>9,}  {1 / index_s:>10,.0f}/s  {1 / scan_s:>10,.1f}/s  {ratio:>9,.1f}x"
-              f"   ({index_s * 1000:.2f} ms vs {scan_s * 1000:.1f} ms per import, medians)")
+        print(
+            f"  {name:<32} {size:>9,}  {1 / index_s:>10,.0f}/s  {1 / scan_s:>10,.1f}/s  {ratio:>9,.1f}x"
+            f"   ({index_s * 1000:.2f} ms vs {scan_s * 1000:.1f} ms per import, medians)"
+        )
     else:
         print(f"  {name:<32} {size:>9,}  {index_s * 1000:>10,.1f}ms  {scan_s * 1000:>10,.1f}ms  {ratio:>9,.1f}x")
     return {"metric": name, "n": size, "index_seconds": index_s, "scan_seconds": scan_s, "ratio": ratio}
@@ -144,7 +156,9 @@ def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace
     build_s, built = timed(indexed.index.rebuild)
     assert built["artifacts"] == size, built
     os.sync()
-    print(f"\nN = {size:,}: filled 2 x {size:,} artifacts in {fill_s:.1f} s; index built by rebuild() in {build_s:.2f} s")
+    print(
+        f"\nN = {size:,}: filled 2 x {size:,} artifacts in {fill_s:.1f} s; index built by rebuild() in {build_s:.2f} s"
+    )
     print(f"  {'operation':<32} {'artifacts':>9}  {'redis index':>12}  {'scan':>12}  {'scan/index':>10}")
     rows = [{"metric": "index rebuild", "n": size, "index_seconds": build_s, "scan_seconds": None, "ratio": None}]
     try:
@@ -153,11 +167,15 @@ def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace
             scan_costs, scan_ids = imports(scanned, count=args.imports, budget_seconds=args.baseline_seconds)
             # Medians: this machine may be shared, and a median shrugs off another process's burst.
             index_median, scan_median = statistics.median(index_costs), statistics.median(scan_costs)
-            result = row(f"imports ({len(index_costs)} / {len(scan_costs)})", size, index_median, scan_median,
-                         unit="imports/s")
+            result = row(
+                f"imports ({len(index_costs)} / {len(scan_costs)})", size, index_median, scan_median, unit="imports/s"
+            )
             result.update(
-                metric="imports", index_imports=len(index_costs), scan_imports=len(scan_costs),
-                index_mean_seconds=statistics.fmean(index_costs), scan_mean_seconds=statistics.fmean(scan_costs),
+                metric="imports",
+                index_imports=len(index_costs),
+                scan_imports=len(scan_costs),
+                index_mean_seconds=statistics.fmean(index_costs),
+                scan_mean_seconds=statistics.fmean(scan_costs),
                 index_p99_seconds=sorted(index_costs)[max(0, int(len(index_costs) * 0.99) - 1)],
             )
             rows.append(result)
@@ -170,37 +188,58 @@ def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace
             index_times, scan_times = [], []
             for number in range(rounds):
                 owner = f"owner-{10 + number:02d}"
-                index_s, index_list = timed(lambda: indexed.list(owner_agent_id=owner))
-                scan_s, scan_list = timed(lambda: scanned.list(owner_agent_id=owner))
+                index_s, index_list = timed(lambda owner=owner: indexed.list(owner_agent_id=owner))
+                scan_s, scan_list = timed(lambda owner=owner: scanned.list(owner_agent_id=owner))
                 assert [r.artifact_id for r in index_list] == [r.artifact_id for r in scan_list]
                 assert len(index_list) == size // OWNERS
                 index_times.append(index_s)
                 scan_times.append(scan_s)
-            rows.append(row(f"list one owner ({len(index_list):,})", size, statistics.median(index_times),
-                            statistics.median(scan_times)))
+            rows.append(
+                row(
+                    f"list one owner ({len(index_list):,})",
+                    size,
+                    statistics.median(index_times),
+                    statistics.median(scan_times),
+                )
+            )
 
         index_times, scan_times = [], []
         for number in range(rounds):
             sweep_now = cohort_expiry(now, number) + 50
-            index_s, index_report = timed(lambda: indexed.cleanup_temporary(now=sweep_now))
-            scan_s, scan_report = timed(lambda: scanned.cleanup_temporary(now=sweep_now))
-            assert index_report.expired_removed == scan_report.expired_removed == size // 100, (index_report, scan_report)
+            index_s, index_report = timed(lambda sweep_now=sweep_now: indexed.cleanup_temporary(now=sweep_now))
+            scan_s, scan_report = timed(lambda sweep_now=sweep_now: scanned.cleanup_temporary(now=sweep_now))
+            assert index_report.expired_removed == scan_report.expired_removed == size // 100, (
+                index_report,
+                scan_report,
+            )
             index_times.append(index_s)
             scan_times.append(scan_s)
-        rows.append(row(f"sweep, 1% expired ({index_report.expired_removed:,})", size, statistics.median(index_times),
-                        statistics.median(scan_times)))
+        rows.append(
+            row(
+                f"sweep, 1% expired ({index_report.expired_removed:,})",
+                size,
+                statistics.median(index_times),
+                statistics.median(scan_times),
+            )
+        )
 
         if not sweep_only:
             index_times, scan_times = [], []
             for number in range(rounds):
                 owner = f"owner-{20 + number:02d}"
-                index_s, index_deleted = timed(lambda: indexed.delete_owner(owner))
-                scan_s, scan_deleted = timed(lambda: scanned.delete_owner(owner))
+                index_s, index_deleted = timed(lambda owner=owner: indexed.delete_owner(owner))
+                scan_s, scan_deleted = timed(lambda owner=owner: scanned.delete_owner(owner))
                 assert sorted(r.artifact_id for r in index_deleted) == sorted(r.artifact_id for r in scan_deleted)
                 index_times.append(index_s)
                 scan_times.append(scan_s)
-            rows.append(row(f"delete one owner ({len(index_deleted):,})", size, statistics.median(index_times),
-                            statistics.median(scan_times)))
+            rows.append(
+                row(
+                    f"delete one owner ({len(index_deleted):,})",
+                    size,
+                    statistics.median(index_times),
+                    statistics.median(scan_times),
+                )
+            )
             assert indexed.index.used_bytes() == scanned.index.used_bytes()
     finally:
         keys = indexed.index.keys.existing(client)
@@ -220,14 +259,19 @@ def report_targets(rows: list[dict]) -> None:
     if len(sizes) >= 2:
         small, large = find("imports", sizes[0]), find("imports", sizes[-1])
         growth = large["index_seconds"] / small["index_seconds"]
-        print(f"  median per-import cost at {sizes[-1]:,} / at {sizes[0]:,}: {growth:.2f}x (target <= 1.5x): "
-              f"{'met' if growth <= 1.5 else 'NOT met'}")
+        print(
+            f"  median per-import cost at {sizes[-1]:,} / at {sizes[0]:,}: {growth:.2f}x (target <= 1.5x): "
+            f"{'met' if growth <= 1.5 else 'NOT met'}"
+        )
     for metric in ("sweep", "delete one owner"):
         measured = [r for r in rows if r["metric"].startswith(metric)]
         for item in measured:
             if item["n"] >= 100_000:
                 ok = item["index_seconds"] < 1.0
-                print(f"  {metric} at {item['n']:,}: {item['index_seconds']:.3f} s (target < 1 s): {'met' if ok else 'NOT met'}")
+                print(
+                    f"  {metric} at {item['n']:,}: {item['index_seconds']:.3f} s (target < 1 s): "
+                    f"{'met' if ok else 'NOT met'}"
+                )
 
 
 def main() -> None:
@@ -235,8 +279,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="store sizes to measure (comma-separated)")
     parser.add_argument("--sweep-only", default="", help="further sizes at which only the sweep is measured")
     parser.add_argument("--imports", type=int, default=500, help="imports through the Redis-indexed store per size")
-    parser.add_argument("--rounds", type=int, default=3, choices=range(1, 10),
-                        help="listings, sweeps and owner deletions per size (the median is shown)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        choices=range(1, 10),
+        help="listings, sweeps and owner deletions per size (the median is shown)",
+    )
     parser.add_argument("--baseline-seconds", type=float, default=3.0, help="time budget of the baseline's imports")
     parser.add_argument("--dir", default=None, help="where the stores are written (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
@@ -245,8 +294,10 @@ def main() -> None:
     sweep_sizes = [int(item) for item in args.sweep_only.split(",") if item.strip()]
 
     started = time.perf_counter()
-    print(f"bench_scale: sizes {sizes}, sweep-only sizes {sweep_sizes}, {args.imports} indexed imports per size, "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(
+        f"bench_scale: sizes {sizes}, sweep-only sizes {sweep_sizes}, {args.imports} indexed imports per size, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
     rows: list[dict] = []
     with redis_url_or_embedded() as url, tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.dir) as tmp:
         client = redis.Redis.from_url(url)

@@ -114,8 +114,9 @@ def main() -> int:
                 upload_min_bytes_per_second=args.min_rate,
             )
             env = {**os.environ, **settings.to_env()}
-            process = subprocess.Popen([*SERVE, "--port", str(port)], env=env, cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                [*SERVE, "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             client = redis.Redis.from_url(redis_url)
             try:
                 wait_for_port(port, process)
@@ -136,10 +137,12 @@ def main() -> int:
 def run(settings: Settings, client: redis.Redis, port: int) -> int:
     url = f"http://127.0.0.1:{port}"
     store = ArtifactStore.from_settings(settings, redis=client)
-    print(f"paglets-artifacts serve, loopback, {os.cpu_count()} CPUs, python {sys.version.split()[0]}; "
-          f"quota {store.quota_bytes / GiB:.0f} GiB, idle window {settings.upload_idle_seconds:g} s, "
-          f"min rate {settings.upload_min_bytes_per_second} B/s, {settings.uploads_per_client} uploads per client, "
-          f"slot wait {settings.upload_slot_wait_seconds:g} s")
+    print(
+        f"paglets-artifacts serve, loopback, {os.cpu_count()} CPUs, python {sys.version.split()[0]}; "
+        f"quota {store.quota_bytes / GiB:.0f} GiB, idle window {settings.upload_idle_seconds:g} s, "
+        f"min rate {settings.upload_min_bytes_per_second} B/s, {settings.uploads_per_client} uploads per client, "
+        f"slot wait {settings.upload_slot_wait_seconds:g} s"
+    )
     seconds, status = timed_upload(url)
     print(f"baseline 1 MB upload: {status} in {seconds * 1000:.0f} ms")
 
@@ -148,8 +151,11 @@ def run(settings: Settings, client: redis.Redis, port: int) -> int:
     while len(list(store.tmp_dir.glob("*.part"))) < settings.uploads_per_client and time.monotonic() < deadline:
         time.sleep(0.05)
     admitted = len(list(store.tmp_dir.glob("*.part")))
-    print(f"10 idle uploads declaring 1 GiB each: {admitted} admitted, index used {store.index.used_bytes() / 2**20:.0f} MiB "
-          f"with {sum(p.stat().st_size for p in store.tmp_dir.glob('*.part'))} bytes on disk")
+    print(
+        f"10 idle uploads declaring 1 GiB each: {admitted} admitted, index used {store.index.used_bytes() / 2**20:.0f} "
+        "MiB "
+        f"with {sum(p.stat().st_size for p in store.tmp_dir.glob('*.part'))} bytes on disk"
+    )
     seconds, status = timed_upload(url, source="127.0.0.2")
     print(f"  a 1 MB upload from 127.0.0.2 meanwhile: {status} in {seconds * 1000:.0f} ms")
     seconds, status = timed_upload(url)
@@ -157,8 +163,10 @@ def run(settings: Settings, client: redis.Redis, port: int) -> int:
     for idle in quota_takers:
         idle.join(settings.upload_idle_seconds * 4 + 30)
     cut = sorted(idle.answered or -1 for idle in quota_takers)
-    print(f"  the 10 answered {sorted({idle.status for idle in quota_takers})} after {cut[0]:.1f} to {cut[-1]:.1f} s; "
-          f"then {len(list(store.tmp_dir.glob('*.part')))} .part, {store.index.figures()['reservations']} reservations")
+    print(
+        f"  the 10 answered {sorted({idle.status for idle in quota_takers})} after {cut[0]:.1f} to {cut[-1]:.1f} s; "
+        f"then {len(list(store.tmp_dir.glob('*.part')))} .part, {store.index.figures()['reservations']} reservations"
+    )
 
     slot_takers = [Idle(port, 100_000) for _ in range(64)]
     time.sleep(0.5)
@@ -172,8 +180,10 @@ def run(settings: Settings, client: redis.Redis, port: int) -> int:
     for idle in slot_takers:
         statuses[idle.status] = statuses.get(idle.status, 0) + 1
     cut = sorted(idle.answered or -1 for idle in slot_takers)
-    print(f"  the 64 answered {statuses} after {cut[0]:.1f} to {cut[-1]:.1f} s; "
-          f"then {len(list(store.tmp_dir.glob('*.part')))} .part, {store.index.figures()['reservations']} reservations")
+    print(
+        f"  the 64 answered {statuses} after {cut[0]:.1f} to {cut[-1]:.1f} s; "
+        f"then {len(list(store.tmp_dir.glob('*.part')))} .part, {store.index.figures()['reservations']} reservations"
+    )
     return 0
 
 

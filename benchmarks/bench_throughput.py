@@ -19,11 +19,12 @@ In one run, on one source file and one filesystem, times
 and prints medians beside the limit: the slower of the plain copy (the faster of ``cp``
 and ``shutil.copyfile``) and hash-only, since a verified copy must both copy and hash and
 the two can overlap. Then the peak RSS of a fresh process that imports (and one that
-exports) the file, and that of the worker's forked worker process during its jobs. Rows run round-robin, one repeat after another, so that noise from the
-machine falls on every row alike; the first repeat runs in the table's order, later ones in
-a shuffled (seeded) order: on a VM the cost of the page-cache pages a write takes depends on
-what the previous row freed (pages freed after reaching the disk are often several times
-dearer to fill again), and a fixed order would hand the same row the same luck every time.
+exports) the file, and that of the worker's forked worker process during its jobs. Rows run
+round-robin, one repeat after another, so that noise from the machine falls on every row
+alike; the first repeat runs in the table's order, later ones in a shuffled (seeded) order:
+on a VM the cost of the page-cache pages a write takes depends on what the previous row
+freed (pages freed after reaching the disk are often several times dearer to fill again),
+and a fixed order would hand the same row the same luck every time.
 Before each timed run (and its ``prepare``), untimed, the machine is left alone for a few
 seconds and the source is then copied to a scratch file that is deleted at once
 (``warm_free_memory``), so every row writes into memory in the same state.
@@ -207,8 +208,13 @@ def store_export(bench: Bench) -> None:
     bench.store.export_to_path(bench.artifact_id, bench.output("export.bin"))
 
 
-@row("move-import: delete_source, same filesystem", limit=HASH_LIMIT, target=1.1, prepare=fresh_copy,
-     cleanup=remove_imported)
+@row(
+    "move-import: delete_source, same filesystem",
+    limit=HASH_LIMIT,
+    target=1.1,
+    prepare=fresh_copy,
+    cleanup=remove_imported,
+)
 def store_move(bench: Bench) -> None:
     result = bench.store.create_from_path(bench.scratch.pop("move_source"), delete_source=True)
     bench.scratch["imported"] = result.ref.artifact_id
@@ -244,8 +250,14 @@ def durable_export(bench: Bench) -> None:
     bench.durable_store.export_to_path(bench.artifact_id, bench.output("export-sync.bin"))
 
 
-@row("move-import, fsync on", section="fsync", limit=HASH_LIMIT, prepare=fresh_copy, cleanup=remove_durable,
-     note="move-import, fsync on: the moved blob's data is fsynced before the commit (the fresh copy's dirty pages)")
+@row(
+    "move-import, fsync on",
+    section="fsync",
+    limit=HASH_LIMIT,
+    prepare=fresh_copy,
+    cleanup=remove_durable,
+    note="move-import, fsync on: the moved blob's data is fsynced before the commit (the fresh copy's dirty pages)",
+)
 def durable_move(bench: Bench) -> None:
     result = bench.durable_store.create_from_path(bench.scratch.pop("move_source"), delete_source=True)
     bench.scratch["durable"] = result.ref.artifact_id
@@ -390,8 +402,11 @@ def worker_rig(bench: Bench) -> WorkerRig:
         bench.closers.append(rig.stop)
         # An idle Dramatiq consumer backs off up to its worker timeout before polling again.
         timeout = os.environ.get(WORKER_TIMEOUT_VARIABLE, f"{WORKER_TIMEOUT_MS} (the worker command's default)")
-        print(f"starting Redis and a worker (paglets-artifacts worker -p 1 -t 1, {WORKER_TIMEOUT_VARIABLE}"
-              f" {timeout} ms) ...", flush=True)
+        print(
+            f"starting Redis and a worker (paglets-artifacts worker -p 1 -t 1, {WORKER_TIMEOUT_VARIABLE}"
+            f" {timeout} ms) ...",
+            flush=True,
+        )
         rig.start()
     return rig
 
@@ -417,16 +432,25 @@ def after_worker_export(bench: Bench) -> None:
     bench.output("worker-export.bin").unlink(missing_ok=True)
 
 
-@row("worker job: import_file, enqueue to result", target=1.25, prepare=before_worker_import,
-     cleanup=after_worker_import,
-     note="worker job rows: cpu s is this process's only (enqueue and wait); the transfer runs in the worker")
+@row(
+    "worker job: import_file, enqueue to result",
+    target=1.25,
+    prepare=before_worker_import,
+    cleanup=after_worker_import,
+    note="worker job rows: cpu s is this process's only (enqueue and wait); the transfer runs in the worker",
+)
 def worker_import(bench: Bench) -> None:
     rig = worker_rig(bench)
     bench.scratch["worker_imported"] = rig.run("import", rig.jobs.import_file(str(bench.source)))["artifact_id"]
 
 
-@row("worker job: export, enqueue to result", target=1.25, reads=None, prepare=before_worker_export,
-     cleanup=after_worker_export)
+@row(
+    "worker job: export, enqueue to result",
+    target=1.25,
+    reads=None,
+    prepare=before_worker_export,
+    cleanup=after_worker_export,
+)
 def worker_export(bench: Bench) -> None:
     rig = worker_rig(bench)
     rig.run("export", rig.jobs.export(rig.artifact_id, str(bench.output("worker-export.bin"))))
@@ -612,11 +636,16 @@ def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load: tuple[
     gib = bench.size / (1024 * MIB)
 
     print()
-    print(f"{args.size_mib} MiB, medians of {args.repeat}, {os.cpu_count()} CPUs;"
-          f" 1-minute load average {load[0]:.2f} before and {load[1]:.2f} after the timed rows")
+    print(
+        f"{args.size_mib} MiB, medians of {args.repeat}, {os.cpu_count()} CPUs;"
+        f" 1-minute load average {load[0]:.2f} before and {load[1]:.2f} after the timed rows"
+    )
     print(page_cache_note(bench.size) + "; each row's input (the source, or the stored")
     print("blob for exports) is read through untimed right before the row runs, so reads come from the page cache;")
-    print(f"then, after {SETTLE_SECONDS:.0f} s idle, the source is copied to a scratch file that is deleted at once (untimed),")
+    print(
+        f"then, after {SETTLE_SECONDS:.0f} s idle, the source is copied to a scratch file that is deleted at once "
+        "(untimed),"
+    )
     print("so every row writes into memory that was just written to (on a VM, memory the host took back costs")
     print("several times a copy; see warm_free_memory).")
     print("Writes land in the page cache; rows without fsync are not flushed, and each output is deleted")
@@ -643,24 +672,30 @@ def report(bench: Bench, rows: list[Row], args: argparse.Namespace, load: tuple[
             f" {ratio:>8s} {target:>7s} {versus:>7s}"
         )
     print()
-    print(f"limit = {limits[COPY_LIMIT]:.3f} s (plain copy {copy:.3f} s, hash-only {hashed:.3f} s);"
-          " ratios marked h are to hash-only; 'vs ref' is the reference-style loop's time over the row's;"
-          " cpu s is the median CPU time of all threads (and of cp)")
+    print(
+        f"limit = {limits[COPY_LIMIT]:.3f} s (plain copy {copy:.3f} s, hash-only {hashed:.3f} s);"
+        " ratios marked h are to hash-only; 'vs ref' is the reference-style loop's time over the row's;"
+        " cpu s is the median CPU time of all threads (and of cp)"
+    )
     for entry in rows:
         if entry.note:
             print(entry.note)
     for kind, (before, peak, maxrss) in rss.items():
         verdict = "under" if peak * MIB < 150e6 else "OVER"
-        print(f"peak RSS of a fresh process that {kind}s the file: {peak:.1f} MiB VmHWM, {before:.1f} MiB before"
-              f" the transfer (ru_maxrss {maxrss:.1f} MiB); target < 150 MB: {verdict}")
+        print(
+            f"peak RSS of a fresh process that {kind}s the file: {peak:.1f} MiB VmHWM, {before:.1f} MiB before"
+            f" the transfer (ru_maxrss {maxrss:.1f} MiB); target < 150 MB: {verdict}"
+        )
     rig = bench.scratch.get("worker")
     if rig is not None:
         scope = "reset before each job" if rig.peak_reset else "over the worker's whole life (reset refused)"
         for kind, peaks in rig.peaks.items():
             if peaks:
                 verdict = "under" if max(peaks) * MIB < 150e6 else "OVER"
-                print(f"peak RSS of the dramatiq worker process during its {kind} jobs: {max(peaks):.1f} MiB VmHWM"
-                      f" (max of {len(peaks)}; {scope}); target < 150 MB: {verdict}")
+                print(
+                    f"peak RSS of the dramatiq worker process during its {kind} jobs: {max(peaks):.1f} MiB VmHWM"
+                    f" (max of {len(peaks)}; {scope}); target < 150 MB: {verdict}"
+                )
         for kind, phases in rig.phases.items():
             if phases:
                 queued = ", ".join(f"{queue:.3f}" for queue, _ in phases)

@@ -56,8 +56,8 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
-from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.records import FINAL_STATES  # noqa: E402
+from paglets_artifacts.settings import delete_namespace  # noqa: E402
 from paglets_artifacts.worker_process import WorkerProcess  # noqa: E402
 
 #: The job kinds a crash can target.
@@ -72,8 +72,18 @@ CRASH_STEP_ENV = "PAGLETS_STRESS_CRASH_STEP"
 #: made only with fsync on, reaches the points between a commit's renames and its index update).
 STEP_CALLS = tuple(
     name
-    for name in ("write", "pwrite", "writev", "copy_file_range", "sendfile", "replace", "rename", "link", "unlink",
-                 "fsync")
+    for name in (
+        "write",
+        "pwrite",
+        "writev",
+        "copy_file_range",
+        "sendfile",
+        "replace",
+        "rename",
+        "link",
+        "unlink",
+        "fsync",
+    )
     if hasattr(os, name)
 )
 #: Longest delay (s) between a job's start and the SIGKILL in ``signal`` mode: about as long
@@ -111,8 +121,9 @@ def install_crash_point(kind: str, step: str) -> None:
             if job_kind is not None and job_kind.name == kind:
                 running.add(message.message_id)
 
-        def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
-                                  exception: Any = None) -> None:
+        def after_process_message(
+            self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
+        ) -> None:
             running.discard(message.message_id)
 
         def after_skip_message(self, broker: Any, message: Any) -> None:
@@ -165,12 +176,25 @@ if __name__ != "__main__" and os.environ.get(CRASH_KIND_ENV):
 # --------------------------------------------------------------------- worker processes
 
 
-def start_worker(settings: Settings, log_path: Path, *, env: dict[str, str] | None = None,
-                 threads: int = 2, queues: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_worker(
+    settings: Settings,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    threads: int = 2,
+    queues: tuple[str, ...] = (),
+) -> subprocess.Popen:
     """A real worker process loading this module (in its own session, so one signal kills it all);
     ``queues`` limits it to those queues."""
-    command = WorkerProcess(settings=settings, processes=1, threads=threads, queues=queues,
-                            modules=["benchmarks.stress"], pythonpath=[ROOT], extra_env=env)
+    command = WorkerProcess(
+        settings=settings,
+        processes=1,
+        threads=threads,
+        queues=queues,
+        modules=["benchmarks.stress"],
+        pythonpath=[ROOT],
+        extra_env=env,
+    )
     with open(log_path, "ab") as log:
         return command.start(stdout=log, cwd=ROOT)
 
@@ -305,7 +329,7 @@ class CrashRun:
             self._seed_artifact("bystander", rng.randint(1, 64 * 1024), owner_agent_id="bystander", name=f"b{i}")
         for i in range(120):
             self._seed_artifact("doomed", rng.randint(1, 8192), owner_agent_id="doomed", name=f"d{i}")
-        for i in range(120):
+        for _ in range(120):
             self._seed_artifact("expiring", rng.randint(1, 8192), owner_agent_id="expiring", expires_at=1.0)
         self.steps["delete_owner"] = 2 * 120
         self.steps["sweep"] = 2 * 120
@@ -322,8 +346,12 @@ class CrashRun:
         self.steps["sweep"] += 8 + 2 * 2
 
         # A scratch store beside the real one measures how many steps each transfer makes.
-        scratch = ArtifactStore(self.store.root.parent / "calibration" / "store", host_url="http://scratch",
-                                quota_bytes=None, fsync=self.store.fsync)
+        scratch = ArtifactStore(
+            self.store.root.parent / "calibration" / "store",
+            host_url="http://scratch",
+            quota_bytes=None,
+            fsync=self.store.fsync,
+        )
         exports = []
         for i in range(3):
             size = rng.randint(1, 12) * MiB + rng.randint(0, 4095)
@@ -334,7 +362,7 @@ class CrashRun:
             with self.store.open_reader(artifact_id) as reader:
                 copy = scratch.create_from_stream(reader, size_bytes=size).ref.artifact_id
             self.steps["export"] += count_steps(
-                lambda: scratch.export_to_path(copy, scratch.root.parent / "out.bin", part_token=copy)
+                lambda copy=copy: scratch.export_to_path(copy, scratch.root.parent / "out.bin", part_token=copy)
             ) + (2 if move else 0)
 
         imports = []
@@ -345,14 +373,25 @@ class CrashRun:
             data = rng.randbytes(size)
             source.write_bytes(data)
             delete_source = i == 0  # same filesystem: hashed in place and renamed in
-            imports.append(_Job("", "import", {
-                "path": str(source), "owner": f"importer-{i}", "delete_source": delete_source, "sha": _sha(data),
-                "size": size,
-            }))
+            imports.append(
+                _Job(
+                    "",
+                    "import",
+                    {
+                        "path": str(source),
+                        "owner": f"importer-{i}",
+                        "delete_source": delete_source,
+                        "sha": _sha(data),
+                        "size": size,
+                    },
+                )
+            )
             twin = scratch.root.parent / f"source-{i}.bin"
             twin.write_bytes(data)
             self.steps["import"] += count_steps(
-                lambda: scratch.create_from_path(twin, artifact_id=uuid.uuid4().hex, delete_source=delete_source)
+                lambda twin=twin, delete_source=delete_source: scratch.create_from_path(
+                    twin, artifact_id=uuid.uuid4().hex, delete_source=delete_source
+                )
             )
         shutil.rmtree(scratch.root.parent)
 
@@ -503,7 +542,9 @@ class CrashRun:
         expected: dict[str, str] = {}  # id -> sha
         sweep_ok = any(done.get(j.id) for j in self.planned if j.kind == "sweep")
         deletion_ok = any(done.get(j.id) for j in self.planned if j.kind == "delete_owner")
-        moved = {j.spec["artifact_id"] for j in self.planned if j.kind == "export" and j.spec["move"] and done.get(j.id)}
+        moved = {
+            j.spec["artifact_id"] for j in self.planned if j.kind == "export" and j.spec["move"] and done.get(j.id)
+        }
         for artifact_id, seed in self.seeded.items():
             role = seed["role"]
             if role == "doomed" and deletion_ok:
@@ -558,9 +599,7 @@ class CrashRun:
                 f"index holds {len(indexed)} ids, disk {len(present)} (extra {sorted(indexed - present)[:3]}, "
                 f"missing {sorted(present - indexed)[:3]})"
             )
-        outcome.target_litter = sorted(
-            str(p.relative_to(self.files)) for p in self.files.rglob(".*.part")
-        )
+        outcome.target_litter = sorted(str(p.relative_to(self.files)) for p in self.files.rglob(".*.part"))
 
     def close(self) -> None:
         self.jobs.close()
@@ -620,8 +659,10 @@ def table(outcomes: list[Outcome]) -> str:
 
 def breakdown(outcomes: list[Outcome]) -> str:
     """Runs grouped by target kind and way of injection."""
-    lines = [f"{'target':<12} {'mode':<6} {'runs':>4} {'kills':>5} {'in job':>6} {'jobs ok':>7} {'failed':>6} "
-             f"{'redeliv':>7} {'lost':>4} {'probs':>5}"]
+    lines = [
+        f"{'target':<12} {'mode':<6} {'runs':>4} {'kills':>5} {'in job':>6} {'jobs ok':>7} {'failed':>6} "
+        f"{'redeliv':>7} {'lost':>4} {'probs':>5}"
+    ]
     for mode in MODES:
         for kind in KINDS:
             group = [o for o in outcomes if o.plan.kind == kind and o.plan.mode == mode]
@@ -643,21 +684,25 @@ def _hit_a_running_job(outcome: Outcome) -> bool:
 
 def summary(outcomes: list[Outcome]) -> str:
     kills = sum(1 for o in outcomes if o.injected.startswith("SIGKILL"))
-    by_kind = {kind: sum(1 for o in outcomes if o.plan.kind == kind and o.injected.startswith("SIGKILL"))
-               for kind in KINDS}
+    by_kind = {
+        kind: sum(1 for o in outcomes if o.plan.kind == kind and o.injected.startswith("SIGKILL")) for kind in KINDS
+    }
     jobs = sum(o.jobs for o in outcomes)
-    return "\n".join([
-        f"runs: {len(outcomes)}   SIGKILLs injected: {kills} "
-        f"({', '.join(f'{kind} {count}' for kind, count in by_kind.items())}), "
-        f"{sum(_hit_a_running_job(o) for o in outcomes)} of them inside a running job of the target kind   "
-        f"time: {sum(o.seconds for o in outcomes):.0f} s",
-        f"jobs: {jobs}   succeeded: {sum(o.succeeded for o in outcomes)}   "
-        f"failed with a reason: {sum(len(o.failed) for o in outcomes)}   "
-        f"redeliveries: {sum(o.redeliveries for o in outcomes)}",
-        f".part files the final sweeps removed: {sum(o.parts_swept for o in outcomes)}   "
-        f"export-target leftovers: {sum(len(o.target_litter) for o in outcomes)}",
-        f"lost: {sum(len(o.lost) for o in outcomes)}   invariant violations: {sum(len(o.problems) for o in outcomes)}",
-    ])
+    return "\n".join(
+        [
+            f"runs: {len(outcomes)}   SIGKILLs injected: {kills} "
+            f"({', '.join(f'{kind} {count}' for kind, count in by_kind.items())}), "
+            f"{sum(_hit_a_running_job(o) for o in outcomes)} of them inside a running job of the target kind   "
+            f"time: {sum(o.seconds for o in outcomes):.0f} s",
+            f"jobs: {jobs}   succeeded: {sum(o.succeeded for o in outcomes)}   "
+            f"failed with a reason: {sum(len(o.failed) for o in outcomes)}   "
+            f"redeliveries: {sum(o.redeliveries for o in outcomes)}",
+            f".part files the final sweeps removed: {sum(o.parts_swept for o in outcomes)}   "
+            f"export-target leftovers: {sum(len(o.target_litter) for o in outcomes)}",
+            f"lost: {sum(len(o.lost) for o in outcomes)}   "
+            f"invariant violations: {sum(len(o.problems) for o in outcomes)}",
+        ]
+    )
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ STAMP = VENV / ".paglets-artifacts-installed"
 
 
 def ensure_environment() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run by whichever python3 the user has
         sys.exit(f"Python >= 3.11 is required (this is {sys.version.split()[0]})")
     if not PYTHON.exists():
         print(f"creating virtual environment in {VENV}", flush=True)

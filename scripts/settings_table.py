@@ -50,8 +50,10 @@ def main(argv: list[str]) -> int:
     updated = replaced(text, table)
     if argv == ["--check"]:
         if updated != text:
-            print("README.md's settings table is out of date: run python scripts/settings_table.py --write",
-                  file=sys.stderr)
+            print(
+                "README.md's settings table is out of date: run python scripts/settings_table.py --write",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if argv == ["--write"]:

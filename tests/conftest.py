@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from paglets_artifacts import ArtifactJobs, Settings
-from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.redis_server import EmbeddedRedis
+from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +96,21 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, *, processes: int = 1, threads: int = 2, settings: Settings | None = None,
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        command = WorkerProcess(settings=settings or self.settings, processes=processes, threads=threads,
-                                pythonpath=[ROOT], extra_env=extra_env)
+    def start(
+        self,
+        *,
+        processes: int = 1,
+        threads: int = 2,
+        settings: Settings | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        command = WorkerProcess(
+            settings=settings or self.settings,
+            processes=processes,
+            threads=threads,
+            pythonpath=[ROOT],
+            extra_env=extra_env,
+        )
         with open(self.log_dir / f"worker-{len(self.processes)}.log", "wb") as log:
             process = command.start(stdout=log, cwd=ROOT)
         self.processes.append(process)

@@ -39,6 +39,8 @@ class Carrier(Paglet[CarrierState]):
             for ref in self.registered_files():
                 path = self.file_path(ref)
                 data = path.read_bytes() if path.is_file() else b""
-                found.append({"ref": ref.to_wire(), "path": str(path), "on_disk_sha256": hashlib.sha256(data).hexdigest()})
+                found.append(
+                    {"ref": ref.to_wire(), "path": str(path), "on_disk_sha256": hashlib.sha256(data).hexdigest()}
+                )
             return found
         return super().handle_message(message)

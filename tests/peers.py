@@ -92,23 +92,44 @@ def paglets_host(name: str, persistence_dir: Path, log: Path, *, api_key: str = 
     if not api_key:
         del env["PAGLETS_API_KEY"]
     args = [
-        str(BIN / "paglets"), "host", "--name", name, "--port", str(port), "--no-mesh",
-        "--persistence-dir", str(persistence_dir),
+        str(BIN / "paglets"),
+        "host",
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--no-mesh",
+        "--persistence-dir",
+        str(persistence_dir),
         # an empty launch config of the test's own: nothing of the user's home is read or written
-        "--no-sync-launch-config", "--launch-config", str(persistence_dir / "launch.toml"),
+        "--no-sync-launch-config",
+        "--launch-config",
+        str(persistence_dir / "launch.toml"),
     ]
     return Peer(args, port, env, log)
 
 
 def offloaded_host(
-    name: str, settings_env: dict[str, str], persistence_dir: Path, log: Path, *, port: int | None = None,
+    name: str,
+    settings_env: dict[str, str],
+    persistence_dir: Path,
+    log: Path,
+    *,
+    port: int | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> Peer:
     """Our ``paglets-artifacts paglets-host``: a real paglets Host with offloading attached."""
     port = port or free_port()
     env = environment(settings_env)
     args = [
-        str(BIN / "paglets-artifacts"), "paglets-host", "--name", name, "--port", str(port),
-        "--persistence-dir", str(persistence_dir), *extra_args,
+        str(BIN / "paglets-artifacts"),
+        "paglets-host",
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--persistence-dir",
+        str(persistence_dir),
+        *extra_args,
     ]
     return Peer(args, port, env, log)

@@ -13,12 +13,12 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT
 
 #: The floors, lowest first: a module may import its own floor and those below.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "redaction", "schedule", "refs", "settings", "redis_server", "logging_setup",
-                    "origins")),
+    ("foundation", ("errors", "redaction", "schedule", "refs", "settings", "redis_server", "logging_setup", "origins")),
     ("store", ("paths", "streams", "layout", "index", "redis_index", "store")),
     ("jobs", ("contract", "records", "jobs", "worker_process")),
     ("http", ("http_metrics", "http_api", "remote")),

@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ReadOnly, wait_until
 from typer.testing import CliRunner
 
+from conftest import ROOT, ReadOnly, wait_until
 from paglets_artifacts import ArtifactJobs, Settings, cli, worker_process
 from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 
@@ -158,8 +158,9 @@ def test_list_info_and_rm_work_on_the_store(settings, workers, files, jobs):
 
 
 def test_import_url_and_push_enqueue_their_job_kinds(settings):
-    pulled = as_json(invoke(settings, "import-url", "http://peer.test:8470/artifacts/abc", "--owner", "o",
-                            "--size", "10", "--json"))
+    pulled = as_json(
+        invoke(settings, "import-url", "http://peer.test:8470/artifacts/abc", "--owner", "o", "--size", "10", "--json")
+    )
     assert pulled["kind"] == "import_url" and pulled["state"] == "queued"
     pushed = as_json(invoke(settings, "push", "a" * 32, "http://peer.test:8470", "--move", "--json"))
     assert pushed["kind"] == "export_to_host"
@@ -178,7 +179,9 @@ def test_a_configuration_error_exits_3_on_one_line(settings):
     assert result.exit_code == cli.EXIT_CONFIG
     assert one_line_error(result).startswith("configuration error: PAGLETS_ARTIFACTS_QUOTA_BYTES=")
 
-    debug = runner.invoke(cli.app, ["--debug", "jobs"], env={**settings.to_env(), "PAGLETS_ARTIFACTS_QUOTA_BYTES": "lots"})
+    debug = runner.invoke(
+        cli.app, ["--debug", "jobs"], env={**settings.to_env(), "PAGLETS_ARTIFACTS_QUOTA_BYTES": "lots"}
+    )
     assert debug.exit_code == cli.EXIT_CONFIG
     assert "Traceback" in debug.stderr and "SettingsError" in debug.stderr
 
@@ -214,11 +217,15 @@ def test_a_transient_error_exits_4_and_is_named_not_taken_for_an_unreachable_red
     assert line.startswith("unavailable for now, try again: IndexUnavailable: the index ")
     assert "was not ready within 0.2 s" in line and "cannot reach Redis" not in line
     code, line = cli.describe_failure(RemoteUnavailable("http://peer/artifacts answered 503"))
-    assert (code, line) == (cli.EXIT_UNAVAILABLE,
-                            "unavailable for now, try again: RemoteUnavailable: http://peer/artifacts answered 503")
+    assert (code, line) == (
+        cli.EXIT_UNAVAILABLE,
+        "unavailable for now, try again: RemoteUnavailable: http://peer/artifacts answered 503",
+    )
     code, line = cli.describe_failure(redis.ConnectionError("refused"), redis_url="redis://127.0.0.1:1/0")
-    assert (code, line) == (cli.EXIT_UNAVAILABLE,
-                            "cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError: refused")
+    assert (code, line) == (
+        cli.EXIT_UNAVAILABLE,
+        "cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError: refused",
+    )
 
 
 def test_a_redis_with_a_password(settings):
@@ -259,7 +266,9 @@ def test_an_unexpected_error_is_one_line_with_a_debug_hint(settings, tmp_path):
     result = invoke(settings, "list", PAGLETS_ARTIFACTS_STORE_ROOT=str(blocker))
     assert result.exit_code == cli.EXIT_FAILED
     assert one_line_error(result).endswith("(run with --debug for the traceback)")
-    debug = runner.invoke(cli.app, ["--debug", "list"], env={**settings.to_env(), "PAGLETS_ARTIFACTS_STORE_ROOT": str(blocker)})
+    debug = runner.invoke(
+        cli.app, ["--debug", "list"], env={**settings.to_env(), "PAGLETS_ARTIFACTS_STORE_ROOT": str(blocker)}
+    )
     assert debug.exit_code == cli.EXIT_FAILED and "Traceback" in debug.stderr
 
 
@@ -288,10 +297,22 @@ def test_worker_execs_dramatiq_with_its_options_passed_through(settings, execs):
     result = invoke(settings, "worker", "-p", "3", "-t", "4", "-Q", "artifact-transfers", "--verbose")
     assert result.exit_code == 0, result.stderr
     [(args, env)] = execs
-    assert args == [sys.executable, "-m", "dramatiq", "workers.registry", "--processes", "3", "--threads", "4",
-                    "--queues", "artifact-transfers", "--verbose"]
+    assert args == [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.registry",
+        "--processes",
+        "3",
+        "--threads",
+        "4",
+        "--queues",
+        "artifact-transfers",
+        "--verbose",
+    ]
     assert "PROMETHEUS_MULTIPROC_DIR" not in env or env["PROMETHEUS_MULTIPROC_DIR"] == os.environ.get(
-        "PROMETHEUS_MULTIPROC_DIR")
+        "PROMETHEUS_MULTIPROC_DIR"
+    )
 
 
 def test_worker_polls_redis_every_100_ms_unless_told_otherwise(settings, execs):
@@ -339,7 +360,11 @@ def test_the_worker_command_runs_jobs(settings, jobs):
     env = {**os.environ, **settings.to_env()}
     process = subprocess.Popen(
         [sys.executable, "-m", "paglets_artifacts.cli", "worker", "--processes", "1", "--threads", "1"],
-        env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        cwd="/",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert jobs.sweep().wait(timeout=30)["parts_removed"] == 0
@@ -406,8 +431,9 @@ def test_check_passes_and_fails_with_exit_codes(settings):
 
 def test_the_console_script_reports_errors_the_same_way(settings):
     env = {**os.environ, **settings.to_env(), "PAGLETS_ARTIFACTS_FSYNC": "maybe"}
-    out = subprocess.run([sys.executable, "-m", "paglets_artifacts.cli", "jobs"], env=env, capture_output=True,
-                         text=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-m", "paglets_artifacts.cli", "jobs"], env=env, capture_output=True, text=True, cwd="/"
+    )
     assert out.returncode == cli.EXIT_CONFIG
     assert out.stderr.strip().splitlines() == [
         "configuration error: PAGLETS_ARTIFACTS_FSYNC='maybe' is invalid: expected 1/0, true/false, yes/no or on/off"
@@ -454,13 +480,15 @@ def test_list_and_info_show_hostile_names_and_owners_as_text(settings):
     store = _hostile_store(settings)
     ids = []
     for name in HOSTILE:
-        ref = store.create_from_stream(ReadOnly(b"x" * 10), size_bytes=10, name=name, owner_agent_id=f"[conceal]{name}").ref
+        ref = store.create_from_stream(
+            ReadOnly(b"x" * 10), size_bytes=10, name=name, owner_agent_id=f"[conceal]{name}"
+        ).ref
         ids.append(ref.artifact_id)
     listed = wide(settings, "list")
     assert listed.exit_code == 0, listed.stderr
     for name in HOSTILE:
         assert name in listed.stdout and f"[conceal]{name}" in listed.stdout
-    for artifact_id, name in zip(ids, HOSTILE):
+    for artifact_id, name in zip(ids, HOSTILE, strict=True):
         shown = wide(settings, "info", artifact_id)
         assert shown.exit_code == 0, shown.stderr
         assert name in shown.stdout and f"[conceal]{name}" in shown.stdout
@@ -479,8 +507,11 @@ def test_jobs_show_hostile_arguments_errors_and_results_as_text(settings, jobs):
     message = f"cannot read {path}: [/bold] [link=http://evil.test]x[/link]"
     jobs.records.finished(job.id, state="failed", error={"type": "SourceUnavailable", "message": message})
     done = jobs.export("a" * 32, f"/nowhere/{HOSTILE[3]}/out.bin")
-    jobs.records.finished(done.id, state="succeeded", result={"artifact_id": "a" * 32, "size_bytes": 1,
-                                                               "target": f"/nowhere/{HOSTILE[3]}/out.bin"})
+    jobs.records.finished(
+        done.id,
+        state="succeeded",
+        result={"artifact_id": "a" * 32, "size_bytes": 1, "target": f"/nowhere/{HOSTILE[3]}/out.bin"},
+    )
     table = wide(settings, "jobs")
     assert table.exit_code == 0, table.stderr
     assert message in table.stdout and f"/nowhere/{HOSTILE[3]}/out.bin" in table.stdout
@@ -568,16 +599,33 @@ def test_serve_writes_the_projects_log_lines(settings, tmp_path):
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "paglets_artifacts.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
-             "--insecure"], env=env, cwd="/", stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "paglets_artifacts.cli",
+                "serve",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(port),
+                "--insecure",
+            ],
+            env=env,
+            cwd="/",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_until(lambda: "without an API key" in log_path.read_text(errors="replace"), timeout=30)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-    [warning] = [json.loads(line) for line in log_path.read_text().splitlines()
-                 if line.startswith("{") and "without an API key" in line]
+    [warning] = [
+        json.loads(line)
+        for line in log_path.read_text().splitlines()
+        if line.startswith("{") and "without an API key" in line
+    ]
     assert (warning["level"], warning["logger"]) == ("WARNING", "paglets_artifacts.http")
     assert warning["process"] == process.pid
 

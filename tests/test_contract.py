@@ -8,8 +8,8 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from paglets_artifacts import ArtifactJobs, contract
 from paglets_artifacts.errors import InvalidInput
 from paglets_artifacts.http_api import openapi_document
@@ -116,8 +116,17 @@ def test_cli_job_options_are_documented_by_the_arguments():
 
     commands = get_command(app).commands
     for command, kind, options in (
-        ("import", contract.IMPORT, {"path": "path", "owner": "owner_agent_id", "name": "name",
-                                     "delete_source": "delete_source", "sha256": "expected_sha256"}),
+        (
+            "import",
+            contract.IMPORT,
+            {
+                "path": "path",
+                "owner": "owner_agent_id",
+                "name": "name",
+                "delete_source": "delete_source",
+                "sha256": "expected_sha256",
+            },
+        ),
         ("export", contract.EXPORT, {"artifact_id": "artifact_id", "target": "target", "move": "move"}),
         ("import-url", contract.IMPORT_URL, {"url": "url", "name": "name", "size": "expected_size"}),
         ("push", contract.EXPORT_TO_HOST, {"host_url": "host_url", "owner": "owner_agent_id", "move": "move"}),
@@ -137,11 +146,15 @@ def test_a_url_argument_is_redacted_by_its_type_and_errors_name_the_argument():
         contract.EXPORT.validate({"artifact_id": "ab", "target": "relative"})
 
 
-@pytest.mark.parametrize(("kind", "method", "own"), [
-    (contract.IMPORT_URL, "pull", set()),
-    (contract.EXPORT_TO_HOST, "push", {"move"}),  # the actor deletes after the push
-    (contract.DOWNLOAD, "download", {"move"}),  # the actor deletes the remote after the download
-], ids=lambda value: getattr(value, "name", None) or str(value))
+@pytest.mark.parametrize(
+    ("kind", "method", "own"),
+    [
+        (contract.IMPORT_URL, "pull", set()),
+        (contract.EXPORT_TO_HOST, "push", {"move"}),  # the actor deletes after the push
+        (contract.DOWNLOAD, "download", {"move"}),  # the actor deletes the remote after the download
+    ],
+    ids=lambda value: getattr(value, "name", None) or str(value),
+)
 def test_the_remote_client_takes_the_arguments_of_the_kinds_it_runs_with_their_defaults(kind, method, own):
     from paglets_artifacts.remote import RemoteTransfers
 

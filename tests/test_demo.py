@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from paglets_artifacts import cli
 
 DEMO = [sys.executable, "-m", "paglets_artifacts.cli", "demo"]
@@ -21,8 +21,11 @@ DEMO = [sys.executable, "-m", "paglets_artifacts.cli", "demo"]
 
 def fresh_machine_env(**extra: str) -> dict[str, str]:
     """The environment of a machine where nothing runs: no REDIS_URL, no project variables."""
-    env = {key: value for key, value in os.environ.items()
-           if key != "REDIS_URL" and not key.startswith("PAGLETS_ARTIFACTS_") and key != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "REDIS_URL" and not key.startswith("PAGLETS_ARTIFACTS_") and key != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env["COLUMNS"] = "200"  # one line per message, so the test can read pids from the output
     return {**env, **extra}
 
@@ -57,8 +60,14 @@ def assert_nothing_left(namespace: str, pids: list[int], directory: str) -> None
 
 
 def test_the_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(tmp_path):
-    out = subprocess.run([*DEMO, "--size-mib", "8", "--json"], env=fresh_machine_env(), capture_output=True,
-                         text=True, cwd=tmp_path, timeout=180)
+    out = subprocess.run(
+        [*DEMO, "--size-mib", "8", "--json"],
+        env=fresh_machine_env(),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["ok"] is True and report["verified"] is True
@@ -66,8 +75,11 @@ def test_the_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(tmp_path):
     assert report["size_bytes"] == 8 * 1024 * 1024
     jobs = report["jobs"]
     assert {name: record["state"] for name, record in jobs.items()} == {
-        "import": "succeeded", "import_short_lived": "succeeded", "export": "succeeded",
-        "delete_owner": "succeeded", "sweep": "succeeded",
+        "import": "succeeded",
+        "import_short_lived": "succeeded",
+        "export": "succeeded",
+        "delete_owner": "succeeded",
+        "sweep": "succeeded",
     }
     assert jobs["import"]["result"]["sha256"] == report["sha256"]
     assert jobs["import"]["bytes_done"] == 8 * 1024 * 1024
@@ -76,7 +88,7 @@ def test_the_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(tmp_path):
     assert jobs["delete_owner"]["result"]["bytes_freed"] == 8 * 1024 * 1024
     assert jobs["sweep"]["result"]["expired_removed"] == 1
     assert jobs["sweep"]["result"]["parts_removed"] == 1
-    assert report["metrics"]['paglets_artifacts_jobs_total{kind=import,outcome=succeeded}'] == 2
+    assert report["metrics"]["paglets_artifacts_jobs_total{kind=import,outcome=succeeded}"] == 2
     # The people's output went to stderr: progress bars and each job's report.
     assert "import demo-input.bin" in out.stderr and "verified" in out.stderr
     if report["processes"]["scheduler"] is None:
@@ -99,8 +111,14 @@ def _read_until(process: subprocess.Popen, pattern: str, seen: list[str], timeou
 
 
 def _start_demo(tmp_path: Path, size_mib: int) -> tuple[subprocess.Popen, list[str], str, str, list[int]]:
-    process = subprocess.Popen([*DEMO, "--size-mib", str(size_mib)], env=fresh_machine_env(), cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [*DEMO, "--size-mib", str(size_mib)],
+        env=fresh_machine_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: list[str] = []
     header = _read_until(process, r"namespace (\S+), directory (\S+)", seen)
     redis_pid = int(_read_until(process, r"redis-server started \(pid (\d+)", seen).group(1))
@@ -130,8 +148,14 @@ def test_a_worker_that_dies_fails_the_demo_and_it_still_cleans_up(tmp_path):
 
 
 def test_a_bad_configuration_stops_the_demo_before_it_starts_anything(tmp_path):
-    out = subprocess.run([*DEMO, "--size-mib", "1"], env=fresh_machine_env(PAGLETS_ARTIFACTS_LOG_FORMAT="xml"),
-                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = subprocess.run(
+        [*DEMO, "--size-mib", "1"],
+        env=fresh_machine_env(PAGLETS_ARTIFACTS_LOG_FORMAT="xml"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert out.returncode == cli.EXIT_CONFIG
     assert out.stderr.strip().splitlines()[-1].startswith("configuration error: PAGLETS_ARTIFACTS_LOG_FORMAT=")
     assert "redis-server started" not in out.stdout

@@ -32,10 +32,10 @@ from paglets_artifacts import (
     SizeMismatch,
     Transient,
 )
-from paglets_artifacts.settings import delete_namespace
 from paglets_artifacts.http_api import ServerThread, create_app
 from paglets_artifacts.redis_server import free_port
 from paglets_artifacts.remote import RemoteTransfers, RemoteUnavailable, host_allowed
+from paglets_artifacts.settings import delete_namespace
 
 KEY_B = "key-of-host-b"
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
@@ -74,7 +74,9 @@ class OddHost:
         self.requests += 1
         if self.requests <= self.failures:
             return JSONResponse({"error_type": "RemoteHostError", "error": "busy"}, status_code=503)
-        return Response(PAYLOAD, media_type="application/octet-stream", headers={"X-Paglets-Artifact-Sha256": PAYLOAD_SHA})
+        return Response(
+            PAYLOAD, media_type="application/octet-stream", headers={"X-Paglets-Artifact-Sha256": PAYLOAD_SHA}
+        )
 
     async def plain(self, request: Request) -> Response:
         return Response(PAYLOAD, media_type="application/octet-stream")
@@ -98,15 +100,17 @@ class OddHost:
         return JSONResponse({"artifact": ref.to_wire()})
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/flaky/data.bin", self.flaky),
-            Route("/files/plain.bin", self.plain),
-            Route("/wrong/data.bin", self.wrong_bytes),
-            Route("/bad-header/data.bin", self.bad_header),
-            Route("/redirect/data.bin", self.redirect),
-            Route("/teapot/data.bin", self.teapot),
-            Route("/liar/artifacts", self.wrong_ref, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/flaky/data.bin", self.flaky),
+                Route("/files/plain.bin", self.plain),
+                Route("/wrong/data.bin", self.wrong_bytes),
+                Route("/bad-header/data.bin", self.bad_header),
+                Route("/redirect/data.bin", self.redirect),
+                Route("/teapot/data.bin", self.teapot),
+                Route("/liar/artifacts", self.wrong_ref, methods=["POST"]),
+            ]
+        )
 
 
 @dataclass
@@ -144,8 +148,11 @@ def hosts(settings: Settings, tmp_path: Path, redis_url: str, odd) -> Iterator[t
         host_url=url_a, allowed_hosts=(url_b, odd[1].url), host_api_keys=((url_b, KEY_B),)
     )
     settings_b = settings.with_changes(
-        namespace=settings.namespace + "-b", store_root=tmp_path / "store-b", host_url=url_b,
-        api_key=KEY_B, allowed_hosts=(url_a,),
+        namespace=settings.namespace + "-b",
+        store_root=tmp_path / "store-b",
+        host_url=url_b,
+        api_key=KEY_B,
+        allowed_hosts=(url_a,),
     )
     a = _start_host(settings_a, port_a)
     b = _start_host(settings_b, port_b)
@@ -186,7 +193,12 @@ def test_an_artifact_moves_between_two_hosts_in_both_directions(hosts, workers):
         job = jobs_a.import_url(f"{b.url}/artifacts/{on_b.artifact_id}", owner_agent_id="agent-7")
         copy = ArtifactRef.from_wire(job.wait(60))
         assert copy.artifact_id == job.id.replace("-", "")  # the job's own id: redelivery-safe
-        assert (copy.sha256, copy.size_bytes, copy.name, copy.compression) == (PAYLOAD_SHA, len(PAYLOAD), "weights.bin", "zstd")
+        assert (copy.sha256, copy.size_bytes, copy.name, copy.compression) == (
+            PAYLOAD_SHA,
+            len(PAYLOAD),
+            "weights.bin",
+            "zstd",
+        )
         assert _blob_sha(a.store, copy.artifact_id) == PAYLOAD_SHA
         assert job.status().bytes_done == len(PAYLOAD)
 
@@ -358,7 +370,9 @@ def test_push_needs_the_remote_key_and_checks_the_answer(hosts, odd):
         with pytest.raises(ChecksumMismatch, match="stored 1 bytes"):
             remote.push(a.store, ref.artifact_id, f"{odd[1].url}/liar")
     with RemoteTransfers(a.settings) as remote:
-        pushed = remote.push(a.store, ref.artifact_id, b.url, owner_agent_id="new-owner", name="renamed", expires_at=4102444800.0)
+        pushed = remote.push(
+            a.store, ref.artifact_id, b.url, owner_agent_id="new-owner", name="renamed", expires_at=4102444800.0
+        )
     assert (pushed.owner_agent_id, pushed.name, pushed.expires_at) == ("new-owner", "renamed", 4102444800.0)
     assert b.store.ref(pushed.artifact_id) == pushed
     assert b.store.list() == [pushed]
@@ -405,7 +419,8 @@ def test_a_redelivered_push_and_a_pull_for_a_deleted_owner_have_no_second_effect
         jobs.close()
 
 
-# ---------------------------------------------------------------------- a paglets host's file jobs: checksum, upload, download
+# ---------------------------------------------------------------------- a paglets host's file jobs
+# checksum, upload, download
 
 
 def test_checksum_upload_and_download_jobs_move_files_between_hosts(hosts, files, workers):
@@ -429,8 +444,13 @@ def test_checksum_upload_and_download_jobs_move_files_between_hosts(hosts, files
         # the download, with move: verified into place, then deleted on B
         target = files / "work" / "arrived.bin"
         done = jobs.download(f"{b.url}/artifacts/{on_b.artifact_id}", str(target), move=True).wait(60)
-        assert done == {"url": f"{b.url}/artifacts/{on_b.artifact_id}", "target": str(target),
-                        "size_bytes": len(PAYLOAD), "sha256": PAYLOAD_SHA, "moved": True}
+        assert done == {
+            "url": f"{b.url}/artifacts/{on_b.artifact_id}",
+            "target": str(target),
+            "size_bytes": len(PAYLOAD),
+            "sha256": PAYLOAD_SHA,
+            "moved": True,
+        }
         assert target.read_bytes() == PAYLOAD
         assert [ref.artifact_id for ref in b.store.list()] == [unhashed.artifact_id]
         assert sorted(p.name for p in target.parent.iterdir()) == ["arrived.bin"]

@@ -22,10 +22,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 from dramatiq import Message
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from conftest import wait_until
 from paglets_artifacts import (
     ArtifactJobs,
     ArtifactRef,
@@ -55,14 +57,15 @@ FUZZ = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 #: JSON-like values, the nasty ones included (NaN, infinities, huge ints, NUL, nesting).
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
     | st.sampled_from(["", "../../etc/passwd", "/etc/passwd", "a\x00b", "ab" * 16, "0" * 64, "http://h/x"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
-
-
 
 
 def _store(root: Path, **options) -> ArtifactStore:
@@ -109,7 +112,7 @@ def test_the_chunked_reader_answers_any_bytes_with_bytes_or_a_framing_error(data
 @FUZZ
 @given(
     chunks=st.lists(st.binary(min_size=1, max_size=200), max_size=6),
-    extension=st.sampled_from([b"", b";name=value", b" ; q=\"x\""]),
+    extension=st.sampled_from([b"", b";name=value", b' ; q="x"']),
     trailers=st.lists(st.sampled_from([b"X-Checksum: abc", b"Expires: 0"]), max_size=2),
     size=st.integers(1, 300),
     upper=st.booleans(),
@@ -163,17 +166,30 @@ def test_content_length_is_plain_ascii_digits_or_invalid_input(value):
     assert text == "" or (text.isascii() and text.isdigit() and len(text) <= 19)
 
 
-_REF_FIELDS = ["host_url", "artifact_id", "name", "size_bytes", "sha256", "compression", "created_at",
-               "expires_at", "owner_agent_id"]
+_REF_FIELDS = [
+    "host_url",
+    "artifact_id",
+    "name",
+    "size_bytes",
+    "sha256",
+    "compression",
+    "created_at",
+    "expires_at",
+    "owner_agent_id",
+]
 
 
 @FUZZ
-@given(payload=st.one_of(
-    json_values,
-    st.dictionaries(st.sampled_from(_REF_FIELDS + ["extra"]), json_values, max_size=10),
-    st.fixed_dictionaries({"artifact_id": st.sampled_from(["ab" * 16, "AB" * 16, "../x"])},
-                          optional={key: json_values for key in _REF_FIELDS[2:]}),
-))
+@given(
+    payload=st.one_of(
+        json_values,
+        st.dictionaries(st.sampled_from(_REF_FIELDS + ["extra"]), json_values, max_size=10),
+        st.fixed_dictionaries(
+            {"artifact_id": st.sampled_from(["ab" * 16, "AB" * 16, "../x"])},
+            optional={key: json_values for key in _REF_FIELDS[2:]},
+        ),
+    )
+)
 def test_artifact_ref_from_wire_parses_or_raises_invalid_input(payload):
     try:
         ref = ArtifactRef.from_wire(payload)
@@ -185,20 +201,39 @@ def test_artifact_ref_from_wire_parses_or_raises_invalid_input(payload):
     assert ArtifactRef.from_wire(json.loads(json.dumps(ref.to_wire()))) == ref
 
 
-_FILE_REF_FIELDS = ["name", "mode", "source_host_name", "source_host_url", "source_path", "source_created_at",
-                    "source_modified_at", "size_bytes", "sha256", "current_host_name", "current_host_url",
-                    "current_path", "status", "last_error"]
+_FILE_REF_FIELDS = [
+    "name",
+    "mode",
+    "source_host_name",
+    "source_host_url",
+    "source_path",
+    "source_created_at",
+    "source_modified_at",
+    "size_bytes",
+    "sha256",
+    "current_host_name",
+    "current_host_url",
+    "current_path",
+    "status",
+    "last_error",
+]
 
 
 @FUZZ
-@given(payload=st.one_of(
-    json_values,
-    st.dictionaries(st.sampled_from(_FILE_REF_FIELDS), json_values, max_size=14),
-    st.fixed_dictionaries({"name": st.text(min_size=1, max_size=10)},
-                          optional={"mode": st.sampled_from(["copy", "MOVE", "link"]),
-                                    "status": st.sampled_from(["registered", "available", "gone"]),
-                                    "size_bytes": json_values}),
-))
+@given(
+    payload=st.one_of(
+        json_values,
+        st.dictionaries(st.sampled_from(_FILE_REF_FIELDS), json_values, max_size=14),
+        st.fixed_dictionaries(
+            {"name": st.text(min_size=1, max_size=10)},
+            optional={
+                "mode": st.sampled_from(["copy", "MOVE", "link"]),
+                "status": st.sampled_from(["registered", "available", "gone"]),
+                "size_bytes": json_values,
+            },
+        ),
+    )
+)
 def test_paglet_file_ref_from_wire_parses_or_raises_invalid_input(payload):
     try:
         ref = PagletFileRef.from_wire(payload)
@@ -213,8 +248,15 @@ def _argument_values(name: str) -> st.SearchStrategy:
         "path": ["/files/a.bin", "relative.bin", "/files/../../etc/passwd", "/a\x00b", ""],
         "target": ["/files/out.bin", "out.bin", "/"],
         "artifact_id": ["ab" * 16, "../etc", "", "g" * 32],
-        "url": ["http://peer:8470/artifacts/" + "ab" * 16, "ftp://x/y", "http://user:pw@peer/x", "http://",
-                "http://[::1/x", "http://peer:99999/x", "http://peer:port/x"],
+        "url": [
+            "http://peer:8470/artifacts/" + "ab" * 16,
+            "ftp://x/y",
+            "http://user:pw@peer/x",
+            "http://",
+            "http://[::1/x",
+            "http://peer:99999/x",
+            "http://peer:port/x",
+        ],
         "host_url": ["http://peer:8470", "https://peer/", "http://k:secret@peer", "javascript:x"],
         "expected_sha256": ["0" * 64, "z" * 64, ""],
         "owner_agent_id": ["agent", "", " ", "a\x00"],
@@ -251,17 +293,33 @@ def test_job_arguments_that_are_not_a_mapping_are_invalid_input(bad):
         contract.IMPORT.validate(bad)
 
 
-_RECORD_FIELDS = ["kind", "state", "enqueued_at", "started_at", "finished_at", "attempts", "bytes_done",
-                  "bytes_total", "result", "error", "worker", "arguments", "checkpoint"]
+_RECORD_FIELDS = [
+    "kind",
+    "state",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "bytes_done",
+    "bytes_total",
+    "result",
+    "error",
+    "worker",
+    "arguments",
+    "checkpoint",
+]
 
 
 @FUZZ
-@given(data=st.dictionaries(
-    st.sampled_from(_RECORD_FIELDS) | st.binary(max_size=4),
-    st.text(max_size=20) | st.binary(max_size=20)
-    | st.sampled_from(["inf", "nan", "1e400", "-0", "[]", "{}", "null", '{"type": 1}', "\xff"]),
-    max_size=12,
-))
+@given(
+    data=st.dictionaries(
+        st.sampled_from(_RECORD_FIELDS) | st.binary(max_size=4),
+        st.text(max_size=20)
+        | st.binary(max_size=20)
+        | st.sampled_from(["inf", "nan", "1e400", "-0", "[]", "{}", "null", '{"type": 1}', "\xff"]),
+        max_size=12,
+    )
+)
 def test_a_job_record_hash_parses_or_raises_invalid_input(data):
     try:
         record = JobRecord.from_hash("job-1", data)
@@ -276,11 +334,13 @@ _SETTING_VARS = [name for name, _, _ in Settings.documented()]
 
 
 @FUZZ
-@given(env=st.dictionaries(
-    st.sampled_from(_SETTING_VARS),
-    st.text(max_size=30) | st.sampled_from(["-1", "1e309", "nan", "none", "0", "http://[::1", "a=b=c", "* * * *"]),
-    max_size=6,
-))
+@given(
+    env=st.dictionaries(
+        st.sampled_from(_SETTING_VARS),
+        st.text(max_size=30) | st.sampled_from(["-1", "1e309", "nan", "none", "0", "http://[::1", "a=b=c", "* * * *"]),
+        max_size=6,
+    )
+)
 def test_settings_from_any_environment_parse_or_raise_settings_error(env):
     try:
         Settings.from_env(env)
@@ -327,10 +387,12 @@ def tree(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @FUZZ
-@given(parts=st.lists(
-    st.sampled_from(["..", ".", "", "a", "b", "link-out", "link-in", "up", "loop", "secret", "x\x00", "%2e%2e"]),
-    max_size=8,
-))
+@given(
+    parts=st.lists(
+        st.sampled_from(["..", ".", "", "a", "b", "link-out", "link-in", "up", "loop", "secret", "x\x00", "%2e%2e"]),
+        max_size=8,
+    )
+)
 def test_a_resolved_source_or_target_always_lies_under_an_allowed_root(tree, parts):
     root, outside = tree
     text = str(root) + "/" + "/".join(parts)
@@ -342,18 +404,21 @@ def test_a_resolved_source_or_target_always_lies_under_an_allowed_root(tree, par
     assert not resolved.is_relative_to(outside)
 
 
-@pytest.mark.parametrize("url", [
-    "http://peer.example:8470/paglets/../admin/x",
-    "http://peer.example:8470/paglets/%2e%2e/admin",
-    "http://peer.example:8470/paglets/./../x",
-    "http://peer.example:8470@evil.example/paglets/x",
-    "http://evil.example#@peer.example:8470/paglets/x",
-    "http://peer.example:8471/paglets/x",
-    "https://peer.example:8470/paglets/x",
-    "http://peer.example.evil/paglets/x",
-    "http://[::1/paglets",
-    "file:///etc/passwd",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://peer.example:8470/paglets/../admin/x",
+        "http://peer.example:8470/paglets/%2e%2e/admin",
+        "http://peer.example:8470/paglets/./../x",
+        "http://peer.example:8470@evil.example/paglets/x",
+        "http://evil.example#@peer.example:8470/paglets/x",
+        "http://peer.example:8471/paglets/x",
+        "https://peer.example:8470/paglets/x",
+        "http://peer.example.evil/paglets/x",
+        "http://[::1/paglets",
+        "file:///etc/passwd",
+    ],
+)
 def test_the_remote_host_allow_list_is_not_fooled(url):
     assert not host_allowed(url, ["http://peer.example:8470/paglets"])
 
@@ -365,8 +430,24 @@ def test_the_remote_host_allow_list_admits_what_lies_under_an_entry():
 
 # ============================================================================ path traversal
 
-BAD_IDS = ["../etc/passwd", "..", "/etc/passwd", "a/b", "ab/../cd", "%2e%2e", "", " ", "ab\x00cd", "ａｂ",
-           "0x1f", "g" * 32, "a" * 129, None, 12, ["ab"]]
+BAD_IDS = [
+    "../etc/passwd",
+    "..",
+    "/etc/passwd",
+    "a/b",
+    "ab/../cd",
+    "%2e%2e",
+    "",
+    " ",
+    "ab\x00cd",
+    "ａｂ",
+    "0x1f",
+    "g" * 32,
+    "a" * 129,
+    None,
+    12,
+    ["ab"],
+]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS, ids=repr)
@@ -375,8 +456,12 @@ def test_an_id_that_is_not_hex_never_reaches_a_path(bad, tmp_path):
     target = tmp_path / "out.bin"
     before = _files_under(tmp_path)
     calls = [
-        lambda: store.ref(bad), lambda: store.blob_path(bad), lambda: store.open_reader(bad),
-        lambda: store.remove(bad), lambda: store.delete(bad), lambda: store.finish_removal(bad),
+        lambda: store.ref(bad),
+        lambda: store.blob_path(bad),
+        lambda: store.open_reader(bad),
+        lambda: store.remove(bad),
+        lambda: store.delete(bad),
+        lambda: store.finish_removal(bad),
         lambda: store.export_to_path(bad, target),
     ]
     if bad is not None:  # None means "make one up" for these two
@@ -392,7 +477,7 @@ def test_an_id_that_is_not_hex_never_reaches_a_path(bad, tmp_path):
 
 def test_names_owners_and_compressions_are_stored_as_text_never_as_paths(tmp_path):
     store = _store(tmp_path / "store")
-    hostile = "../../../etc/passwd\x00\n\"}{"
+    hostile = '../../../etc/passwd\x00\n"}{'
     ref = store.create_from_stream(io.BytesIO(b"data"), name=hostile, owner_agent_id=hostile, compression=hostile).ref
     assert _files_under(tmp_path) == [f"store/blobs/{ref.artifact_id}.bin", f"store/metadata/{ref.artifact_id}.json"]
     assert store.ref(ref.artifact_id) == ref and ref.name == hostile
@@ -409,8 +494,9 @@ def test_a_host_cannot_enqueue_a_relative_or_nul_path(jobs, path):
     assert jobs.jobs() == []
 
 
-def test_sources_and_targets_that_escape_the_allowed_roots_are_refused_by_workers(settings, jobs, workers, files,
-                                                                                   tmp_path):
+def test_sources_and_targets_that_escape_the_allowed_roots_are_refused_by_workers(
+    settings, jobs, workers, files, tmp_path
+):
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.bin"
@@ -539,7 +625,9 @@ def test_an_export_whose_directory_became_a_symlink_writes_nothing_outside(tmp_p
         target = resolve_beneath(d / "sub" / "out.bin", [root], what="export target")
         d.rename(root / "d.moved")
         d.symlink_to(outside, target_is_directory=True)
-        with pytest.raises(PathNotAllowed, match=r"export target path .*/d/sub/out\.bin refused: .*/d is not a directory"):
+        with pytest.raises(
+            PathNotAllowed, match=r"export target path .*/d/sub/out\.bin refused: .*/d is not a directory"
+        ):
             store.export_to_path(ref.artifact_id, target, part_token=token)
         d.unlink()
         (root / "d.moved").rename(d)
@@ -667,8 +755,9 @@ def test_a_huge_declared_size_is_refused_before_a_byte_is_written(tmp_path):
 
 
 def test_a_huge_declared_size_is_refused_by_the_shared_index_without_leaking_a_reservation(settings, redis_client):
-    store = ArtifactStore.from_settings(settings.with_changes(max_artifact_bytes=0, quota_bytes=10**6),
-                                        redis=redis_client)
+    store = ArtifactStore.from_settings(
+        settings.with_changes(max_artifact_bytes=0, quota_bytes=10**6), redis=redis_client
+    )
     with pytest.raises(QuotaExceeded):
         store.create_from_stream(io.BytesIO(b"abc"), size_bytes=2**62)
     with pytest.raises(SizeMismatch):
@@ -697,10 +786,15 @@ def test_negative_sizes_and_times_in_job_arguments_are_refused_by_the_host(jobs,
 # ============================================================================ garbage on the queues
 
 
-def _raw(jobs: ArtifactJobs, actor: str, kwargs, *, args=(), queue=contract.TRANSFER_QUEUE, message_id=None,
-         timestamp=None) -> str:
+def _raw(
+    jobs: ArtifactJobs, actor: str, kwargs, *, args=(), queue=contract.TRANSFER_QUEUE, message_id=None, timestamp=None
+) -> str:
     message = Message(
-        queue_name=queue, actor_name=actor, args=args, kwargs=kwargs, options={},
+        queue_name=queue,
+        actor_name=actor,
+        args=args,
+        kwargs=kwargs,
+        options={},
         message_id=message_id or str(uuid.uuid4()),
         message_timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
     )
@@ -708,9 +802,7 @@ def _raw(jobs: ArtifactJobs, actor: str, kwargs, *, args=(), queue=contract.TRAN
     return message.message_id
 
 
-def test_garbage_messages_on_the_queues_fail_cleanly_are_reported_and_spare_the_worker(
-    settings, jobs, workers, files
-):
+def test_garbage_messages_on_the_queues_fail_cleanly_are_reported_and_spare_the_worker(settings, jobs, workers, files):
     (files / "x.bin").write_bytes(b"x")
     transfer, maintenance = contract.TRANSFER_QUEUE, contract.MAINTENANCE_QUEUE
     cases = {  # message id -> (error type, ...) expected in its job record
@@ -733,7 +825,9 @@ def test_garbage_messages_on_the_queues_fail_cleanly_are_reported_and_spare_the_
     workers.start(threads=2)
 
     for message_id, error_type in cases.items():
-        record = wait_until(lambda: (r := jobs.records.get(message_id)) and r.done and r, timeout=30)
+        record = wait_until(
+            lambda message_id=message_id: (r := jobs.records.get(message_id)) and r.done and r, timeout=30
+        )
         assert record.state == "failed" and record.attempts == 1, record
         assert record.error["type"] == error_type and record.error["message"], record.error
     # A garbage timestamp does not stop an otherwise good job, nor its record.
@@ -798,21 +892,33 @@ H = b"Host: x\r\nConnection: close\r\n"
 HTTP_CASES = {
     "not http": (b"\x00\x01\x02 garbage\r\n\r\n", 400),
     "negative content-length": (b"POST /artifacts HTTP/1.1\r\n" + H + b"Content-Length: -5\r\n\r\nhello", 400),
-    "two content-lengths": (b"POST /artifacts HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-    "bad chunk size": (b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+    "two content-lengths": (
+        b"POST /artifacts HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    ),
+    "bad chunk size": (
+        b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
     "huge header": (b"GET /artifacts HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n", 400),
     "encoded traversal id": (b"GET /artifacts/..%2F..%2Fetc%2Fpasswd HTTP/1.1\r\n" + H + b"\r\n", 404),
     "dot-dot path": (b"GET /artifacts/../../etc/passwd HTTP/1.1\r\n" + H + b"\r\n", 404),
     "NUL in id": (b"GET /artifacts/ab%00cd HTTP/1.1\r\n" + H + b"\r\n", 400),
     "delete traversal": (b"DELETE /artifacts/..%2f..%2fstore HTTP/1.1\r\n" + H + b"\r\n", 404),
     "negative size query": (b"POST /artifacts?size=-1 HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", 400),
-    "huge size query": (b"POST /artifacts?size=99999999999999999999999 HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", 400),
+    "huge size query": (
+        b"POST /artifacts?size=99999999999999999999999 HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello",
+        400,
+    ),
     "NaN expiry": (b"POST /artifacts?expires_at=nan HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", 400),
     "bad sha256": (b"POST /artifacts?sha256=zz HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", 400),
     "job body not JSON": (b"POST /jobs/import HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\n{{{{{", 400),
     "job body a list": (b"POST /jobs/import HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\n[]", 400),
     "job argument mistyped": (b"POST /jobs/import HTTP/1.1\r\n" + H + b'Content-Length: 12\r\n\r\n{"path": 12}', 400),
-    "job relative path": (b"POST /jobs/import HTTP/1.1\r\n" + H + b'Content-Length: 21\r\n\r\n{"path": "../secret"}', 400),
+    "job relative path": (
+        b"POST /jobs/import HTTP/1.1\r\n" + H + b'Content-Length: 21\r\n\r\n{"path": "../secret"}',
+        400,
+    ),
     "job unknown kind": (b"POST /jobs/rm HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\n{}", 404),
     "job body too large": (b"POST /jobs/sweep HTTP/1.1\r\n" + H + b"Content-Length: 70000\r\n\r\n" + b" " * 70000, 400),
     "job id traversal": (b"GET /jobs/..%2f..%2fx HTTP/1.1\r\n" + H + b"\r\n", 404),
@@ -835,11 +941,15 @@ def test_malformed_http_is_answered_with_a_client_error_and_leaves_nothing(http_
     wait_until(lambda: _files_under(store.root) == [], timeout=10)
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /artifacts HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000,
-    b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n" + b"x" * 1000,
-    b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n10\r\n" + b"x" * 16,
-], ids=["short body", "absurd chunk", "no final chunk"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /artifacts HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000,
+        b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n" + b"x" * 1000,
+        b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n10\r\n" + b"x" * 16,
+    ],
+    ids=["short body", "absurd chunk", "no final chunk"],
+)
 def test_an_upload_cut_short_leaves_nothing_and_the_server_keeps_serving(http_server, request_bytes):
     server, store = http_server
     host, port = server.url.rsplit("/", 1)[-1].rsplit(":", 1)
@@ -886,9 +996,9 @@ def test_malformed_queries_and_job_bodies_are_invalid_input_never_a_500(http_ser
 
 
 def test_job_body_nesting_is_refused_before_parsing_even_below_the_size_cap(http_server):
-    from paglets_artifacts.http_api import MAX_JOB_BODY_BYTES, MAX_JSON_DEPTH
-
     import httpx
+
+    from paglets_artifacts.http_api import MAX_JOB_BODY_BYTES, MAX_JSON_DEPTH
 
     server, _store = http_server
     deep = b'{"now": ' + b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1) + b"}"
@@ -910,8 +1020,13 @@ def test_job_body_nesting_is_refused_before_parsing_even_below_the_size_cap(http
 
 
 def test_settings_never_show_secrets():
-    shown = repr(Settings(redis_url="rediss://app:hunter2@redis.example:6380/0", api_key="topsecret",
-                          host_api_keys=(("http://peer:8470", "k3y-of-peer"),)))
+    shown = repr(
+        Settings(
+            redis_url="rediss://app:hunter2@redis.example:6380/0",
+            api_key="topsecret",
+            host_api_keys=(("http://peer:8470", "k3y-of-peer"),),
+        )
+    )
     for secret in ("hunter2", "topsecret", "k3y-of-peer"):
         assert secret not in shown
     assert "rediss://app:***@redis.example:6380/0" in shown and "http://peer:8470" in shown
@@ -937,14 +1052,16 @@ def test_api_keys_and_the_redis_password_never_reach_job_records_or_logs(setting
     password, peer_key, own_key = "redis-pw-7f3a9c", "peer-key-2b8e41", "own-key-9d0c55"
     with EmbeddedRedis(password=password) as redis_server:
         secured = settings.with_changes(redis_url=redis_server.url, api_key=own_key)
-        peer_settings = secured.with_changes(store_root=tmp_path / "peer-store", api_key=peer_key,
-                                             namespace=settings.namespace + "-peer")
+        peer_settings = secured.with_changes(
+            store_root=tmp_path / "peer-store", api_key=peer_key, namespace=settings.namespace + "-peer"
+        )
         peer_jobs = ArtifactJobs(settings=peer_settings)
         with ServerThread(create_app(peer_settings, jobs=peer_jobs)) as peer:
             import httpx
 
-            uploaded = httpx.post(f"{peer.url}/artifacts", content=b"from the peer",
-                                  headers={"Authorization": f"Bearer {peer_key}"}).json()["artifact"]
+            uploaded = httpx.post(
+                f"{peer.url}/artifacts", content=b"from the peer", headers={"Authorization": f"Bearer {peer_key}"}
+            ).json()["artifact"]
             secured = secured.with_changes(allowed_hosts=(peer.url,), host_api_keys=((peer.url, peer_key),))
             workers.start(settings=secured)
             jobs = ArtifactJobs(settings=secured)
@@ -1017,8 +1134,13 @@ def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
 
     from paglets_artifacts.http_api import _json_object
 
-    scope = {"type": "http", "method": "POST", "path": "/jobs/sweep", "query_string": b"",
-             "headers": [(b"content-length", "²".encode("latin-1"))]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/jobs/sweep",
+        "query_string": b"",
+        "headers": [(b"content-length", "²".encode("latin-1"))],
+    }
 
     async def receive() -> dict:
         return {"type": "http.request", "body": b"{}", "more_body": False}
@@ -1031,14 +1153,20 @@ def test_a_request_head_over_the_bound_is_refused_however_it_is_split(http_serve
     from paglets_artifacts.http_api import MAX_REQUEST_HEAD_BYTES
 
     server, _ = http_server
-    request = (b"GET /artifacts HTTP/1.1\r\n" + H + b"X-Pad: " + b"a" * (MAX_REQUEST_HEAD_BYTES + 50_000) + b"\r\n"
-               + b"X-More: b\r\n\r\n")
+    request = (
+        b"GET /artifacts HTTP/1.1\r\n"
+        + H
+        + b"X-Pad: "
+        + b"a" * (MAX_REQUEST_HEAD_BYTES + 50_000)
+        + b"\r\n"
+        + b"X-More: b\r\n\r\n"
+    )
     host, port = server.url.rsplit("/", 1)[-1].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as conn:
         step = -(-len(request) // pieces)
         try:
             for offset in range(0, len(request), step):
-                conn.sendall(request[offset:offset + step])
+                conn.sendall(request[offset : offset + step])
                 time.sleep(0.05)  # each piece its own read on the server
         except OSError:
             pass  # refused mid-head: the server closed the connection

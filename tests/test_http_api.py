@@ -16,8 +16,8 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings, contract
 from paglets_artifacts.http_api import ServerThread, create_app, openapi_document
 
@@ -79,13 +79,24 @@ def test_upload_download_metadata_list_and_delete_round_trip(client, store, serv
     data = os.urandom(3 * 1024 * 1024 + 17)
     sha = hashlib.sha256(data).hexdigest()
     answer = _upload(
-        client, data, owner_agent_id="agent-1", name="model.bin", compression="zstd",
-        expires_at="4102444800", sha256=sha, size=str(len(data)),
+        client,
+        data,
+        owner_agent_id="agent-1",
+        name="model.bin",
+        compression="zstd",
+        expires_at="4102444800",
+        sha256=sha,
+        size=str(len(data)),
     )
     assert answer.status_code == 200, answer.text
     ref = answer.json()["artifact"]
     assert ref["size_bytes"] == len(data) and ref["sha256"] == sha
-    assert (ref["name"], ref["owner_agent_id"], ref["compression"], ref["expires_at"]) == ("model.bin", "agent-1", "zstd", 4102444800.0)
+    assert (ref["name"], ref["owner_agent_id"], ref["compression"], ref["expires_at"]) == (
+        "model.bin",
+        "agent-1",
+        "zstd",
+        4102444800.0,
+    )
     artifact_id = ref["artifact_id"]
 
     download = client.get(f"/artifacts/{artifact_id}")
@@ -110,7 +121,9 @@ def test_upload_download_metadata_list_and_delete_round_trip(client, store, serv
 def test_chunked_upload_is_stored_whole(client, store):
     pieces = [os.urandom(700_000) for _ in range(5)]
     data = b"".join(pieces)
-    answer = client.post("/artifacts", params={"name": "chunked.bin", "sha256": hashlib.sha256(data).hexdigest()}, content=iter(pieces))
+    answer = client.post(
+        "/artifacts", params={"name": "chunked.bin", "sha256": hashlib.sha256(data).hexdigest()}, content=iter(pieces)
+    )
     assert answer.request.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in answer.request.headers
     assert answer.status_code == 200, answer.text
@@ -131,7 +144,16 @@ def test_upload_like_paglets_http_client_with_one_mib_writes(server, store):
     data = os.urandom(2 * 1024 * 1024 + 5)
     sha = hashlib.sha256(data).hexdigest()
     parts = urlsplit(server.url)
-    query = urlencode({"owner_agent_id": "a", "name": "p.bin", "compression": "", "expires_at": "0.0", "sha256": sha, "size": str(len(data))})
+    query = urlencode(
+        {
+            "owner_agent_id": "a",
+            "name": "p.bin",
+            "compression": "",
+            "expires_at": "0.0",
+            "sha256": sha,
+            "size": str(len(data)),
+        }
+    )
     connection = http.client.HTTPConnection(parts.netloc, timeout=30)
     try:
         connection.putrequest("POST", f"/artifacts?{query}")
@@ -168,13 +190,21 @@ def test_upload_errors_answer_their_status_and_leave_nothing(client, store, para
 
 def test_upload_over_the_size_cap_or_the_quota_is_413(settings, jobs):
     capped = _store(settings, max_artifact_bytes=1000)
-    with ServerThread(create_app(settings, store=capped, jobs=jobs)) as running, httpx.Client(base_url=running.url) as http:
+    with (
+        ServerThread(create_app(settings, store=capped, jobs=jobs)) as running,
+        httpx.Client(base_url=running.url) as http,
+    ):
         _assert_error(_upload(http, b"x" * 1001), 413, "TransferError", "ArtifactTooLarge")
         # chunked: the cap is found while the body streams in
-        _assert_error(http.post("/artifacts", content=iter([b"x" * 600, b"x" * 600])), 413, "TransferError", "ArtifactTooLarge")
+        _assert_error(
+            http.post("/artifacts", content=iter([b"x" * 600, b"x" * 600])), 413, "TransferError", "ArtifactTooLarge"
+        )
         assert _leftovers(capped) == []
     quota = _store(settings.with_changes(store_root=settings.store_root.parent / "quota"), quota_bytes=1500)
-    with ServerThread(create_app(settings, store=quota, jobs=jobs)) as running, httpx.Client(base_url=running.url) as http:
+    with (
+        ServerThread(create_app(settings, store=quota, jobs=jobs)) as running,
+        httpx.Client(base_url=running.url) as http,
+    ):
         assert _upload(http, b"x" * 1000).status_code == 200
         _assert_error(_upload(http, b"x" * 1000), 413, "TransferError", "QuotaExceeded")
         assert len(quota.list()) == 1
@@ -318,7 +348,12 @@ def test_with_an_api_key_every_endpoint_requires_the_bearer_key(auth_server, sto
     ]
     with httpx.Client(base_url=auth_server.url) as http:
         for method, path, body in requests:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": f"Basic {KEY}"},
+                {"Authorization": "Bearer"},
+            ):
                 answer = http.request(method, path, content=body, headers=headers)
                 _assert_error(answer, 401, "AuthenticationError", "AuthenticationError")
                 assert answer.headers["www-authenticate"] == "Bearer"
@@ -376,7 +411,9 @@ def test_job_endpoint_errors(client):
     _assert_error(client.post("/jobs/import", content=b"{not json"), 400, "TransferError", "InvalidInput")
     _assert_error(client.post("/jobs/import", content=b"[1, 2]"), 400, "TransferError", "InvalidInput")
     _assert_error(client.post("/jobs/import", json={"path": "relative/a.bin"}), 400, "TransferError", "InvalidInput")
-    _assert_error(client.post("/jobs/import", json={"path": "/a", "colour": "red"}), 400, "TransferError", "InvalidInput")
+    _assert_error(
+        client.post("/jobs/import", json={"path": "/a", "colour": "red"}), 400, "TransferError", "InvalidInput"
+    )
     _assert_error(client.post("/jobs/delete_owner", json={}), 400, "TransferError", "InvalidInput")
     big = json.dumps({"path": "/" + "a" * 70_000}).encode()
     _assert_error(client.post("/jobs/import", content=big), 400, "TransferError", "InvalidInput")
@@ -391,7 +428,10 @@ def test_job_endpoints_answer_503_when_redis_is_down(settings, store):
         probe.bind(("127.0.0.1", 0))
         dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"  # bound, never listening
         down = settings.with_changes(redis_url=dead)
-        with ServerThread(create_app(down, store=store), log_level="critical") as running, httpx.Client(base_url=running.url) as http:
+        with (
+            ServerThread(create_app(down, store=store), log_level="critical") as running,
+            httpx.Client(base_url=running.url) as http,
+        ):
             _assert_error(http.post("/jobs/sweep"), 503, "RemoteHostError", "ConnectionError")
             _assert_error(http.get("/jobs/x"), 503, "RemoteHostError", "ConnectionError")
             assert http.get("/artifacts").status_code == 200  # the artifact endpoints do not need Redis
@@ -402,7 +442,10 @@ def test_an_import_enqueued_over_http_is_run_by_a_worker(client, workers, files)
     data = os.urandom(1024 * 1024)
     (files / "in.bin").write_bytes(data)
     accepted = client.post("/jobs/import", json={"path": str(files / "in.bin"), "owner_agent_id": "o"}).json()
-    record = wait_until(lambda: (r := client.get(accepted["status_url"]).json()["job"])["state"] in ("succeeded", "failed") and r, timeout=30)
+    record = wait_until(
+        lambda: (r := client.get(accepted["status_url"]).json()["job"])["state"] in ("succeeded", "failed") and r,
+        timeout=30,
+    )
     assert record["state"] == "succeeded", record
     assert record["bytes_done"] == len(data)
     assert client.get(f"/artifacts/{record['result']['artifact_id']}").content == data
@@ -437,7 +480,9 @@ def test_serving_starts_and_stops_within_the_process(settings, store, jobs):
 
 
 def test_settings_api_key_comes_from_the_environment(tmp_path: Path):
-    settings = Settings.from_env({"PAGLETS_ARTIFACTS_API_KEY": KEY, "PAGLETS_ARTIFACTS_STORE_ROOT": str(tmp_path / "s")})
+    settings = Settings.from_env(
+        {"PAGLETS_ARTIFACTS_API_KEY": KEY, "PAGLETS_ARTIFACTS_STORE_ROOT": str(tmp_path / "s")}
+    )
     with ArtifactJobs("redis://127.0.0.1:1/0", settings=settings) as unused_jobs:
         app = create_app(settings, store=_store(settings), jobs=unused_jobs)
         with ServerThread(app) as running:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, wait_until
 
+from conftest import ROOT, wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
 from paglets_artifacts.http_api import ServerThread, create_app
 from paglets_artifacts.http_metrics import UNMATCHED, HostMetrics, RequestMetrics
@@ -66,14 +66,22 @@ def test_a_failed_upload_counts_its_status_and_no_bytes(http: httpx.Client, metr
     answer = http.post("/artifacts", content=b"x" * 100, params={"sha256": "0" * 64})
     assert answer.status_code == 422 and answer.json()["error_class"] == "ChecksumMismatch"
     # a request is counted once its response is sent: the client may read it a moment sooner
-    wait_until(lambda: sample(metrics, "paglets_artifacts_http_requests_total", route="/artifacts", method="POST",
-                              status="422") == 1, timeout=10)
+    wait_until(
+        lambda: (
+            sample(metrics, "paglets_artifacts_http_requests_total", route="/artifacts", method="POST", status="422")
+            == 1
+        ),
+        timeout=10,
+    )
     assert sample(metrics, "paglets_artifacts_http_uploaded_bytes_total") == 0
 
 
-def test_requests_refused_for_want_of_a_key_count_as_unmatched(settings: Settings, jobs: ArtifactJobs, metrics: HostMetrics):
-    app = create_app(settings.with_changes(api_key=KEY), store=ArtifactStore.from_settings(settings), jobs=jobs,
-                     metrics=metrics)
+def test_requests_refused_for_want_of_a_key_count_as_unmatched(
+    settings: Settings, jobs: ArtifactJobs, metrics: HostMetrics
+):
+    app = create_app(
+        settings.with_changes(api_key=KEY), store=ArtifactStore.from_settings(settings), jobs=jobs, metrics=metrics
+    )
     with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
         assert client.get("/artifacts").status_code == 401
         assert client.get("/artifacts", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
@@ -103,8 +111,10 @@ def test_a_head_request_answers_the_headers_without_reading_the_blob_or_counting
     assert opened == []
     assert sample(metrics, "paglets_artifacts_http_downloaded_bytes_total") == 0
     route = "/artifacts/{artifact_id}"
-    wait_until(lambda: sample(metrics, "paglets_artifacts_http_requests_total", route=route, method="HEAD",
-                              status="200") == 1, timeout=10)
+    wait_until(
+        lambda: sample(metrics, "paglets_artifacts_http_requests_total", route=route, method="HEAD", status="200") == 1,
+        timeout=10,
+    )
 
 
 def test_methods_outside_the_usual_set_share_one_label(http: httpx.Client, metrics: HostMetrics):
@@ -113,8 +123,12 @@ def test_methods_outside_the_usual_set_share_one_label(http: httpx.Client, metri
         assert http.request(method, "/artifacts").status_code == 405
     requests = "paglets_artifacts_http_requests_total"
     wait_until(lambda: sample(metrics, requests, route="/artifacts", method="other", status="405") == 3, timeout=10)
-    labels = {sample.labels["method"] for metric in metrics.registry.collect() for sample in metric.samples
-              if sample.name == requests}
+    labels = {
+        sample.labels["method"]
+        for metric in metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == requests
+    }
     assert labels == {"other"}
 
 
@@ -141,10 +155,14 @@ def test_serve_exposes_the_hosts_metrics_on_the_metrics_port(settings: Settings,
     log = open(tmp_path / "serve.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "paglets_artifacts.cli", "serve", "--port", str(api_port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     log.close()
     try:
+
         def answers(url: str) -> httpx.Response | None:
             try:
                 return httpx.get(url, timeout=5)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
 from paglets_artifacts.http_api import UPLOAD_RESERVATION_STEP_BYTES, ServerThread, create_app
 
@@ -115,8 +115,9 @@ def test_ten_idle_quota_sized_uploads_do_not_take_the_quota(serve, files):
 
 
 def test_sixty_four_idle_uploaders_do_not_keep_the_next_upload_waiting(serve):
-    server = serve(upload_idle_seconds=1.0, upload_min_bytes_per_second=1024, uploads_per_client=64,
-                   upload_slot_wait_seconds=20.0)
+    server = serve(
+        upload_idle_seconds=1.0, upload_min_bytes_per_second=1024, uploads_per_client=64, upload_slot_wait_seconds=20.0
+    )
     silent = [server.open(_headers(100_000)) for _ in range(32)]
     trickling = [server.open(_headers(100_000)) for _ in range(32)]
     stop = threading.Event()
@@ -359,7 +360,9 @@ def test_quota_takers_and_slot_takers_together_still_let_a_small_upload_through(
 
 def test_an_idle_chunked_upload_is_cut_and_leaves_no_part_and_no_reservation(serve):
     server = serve(upload_idle_seconds=1.0)
-    conn = server.open(b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n10\r\n" + b"c" * 16 + b"\r\n")
+    conn = server.open(
+        b"POST /artifacts HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n10\r\n" + b"c" * 16 + b"\r\n"
+    )
     status, headers, body = _answer(conn)
     assert status == 408 and headers.get("connection") == "close"
     assert body["error_class"] == "UploadTooSlow" and "16 bytes" in body["error"], body

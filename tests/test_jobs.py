@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import ROOT, wait_until
 from dramatiq import Message
 
+from conftest import ROOT, wait_until
 from paglets_artifacts import (
     ArtifactJobs,
     ArtifactRef,
@@ -30,8 +30,8 @@ from paglets_artifacts import (
     PathNotAllowed,
     QuotaExceeded,
     SourceUnavailable,
+    contract,
 )
-from paglets_artifacts import contract
 
 
 def _write(path: Path, size: int) -> str:
@@ -67,7 +67,11 @@ def test_import_export_sweep_and_delete_owner_report_their_results(settings, job
     imported = jobs.import_file(str(source), owner_agent_id="agent-1", compression="zstd")
     ref = ArtifactRef.from_wire(imported.wait(30))
     assert (ref.size_bytes, ref.sha256, ref.owner_agent_id, ref.name, ref.compression) == (
-        300_000, sha, "agent-1", "report.bin", "zstd"
+        300_000,
+        sha,
+        "agent-1",
+        "report.bin",
+        "zstd",
     )
     assert ref.artifact_id == uuid.UUID(imported.id).hex
     record = imported.status()
@@ -157,19 +161,28 @@ def test_export_outside_allowed_roots_is_refused_and_writes_nothing(settings, jo
 def test_garbage_message_on_the_queue_fails_cleanly_and_is_reported(settings, jobs, workers):
     workers.start()
     message = Message(
-        queue_name=contract.TRANSFER_QUEUE, actor_name=contract.IMPORT.actor_name,
-        args=("positional",), kwargs={"bogus": 1}, options={},
+        queue_name=contract.TRANSFER_QUEUE,
+        actor_name=contract.IMPORT.actor_name,
+        args=("positional",),
+        kwargs={"bogus": 1},
+        options={},
     )
     jobs.broker.enqueue(message)
     record = wait_until(lambda: (r := jobs.records.get(message.message_id)) and r.done and r)
     assert record.state == "failed" and record.error["type"] == "InvalidInput"
     missing = Message(
-        queue_name=contract.MAINTENANCE_QUEUE, actor_name=contract.DELETE_OWNER.actor_name,
-        args=(), kwargs={}, options={},
+        queue_name=contract.MAINTENANCE_QUEUE,
+        actor_name=contract.DELETE_OWNER.actor_name,
+        args=(),
+        kwargs={},
+        options={},
     )
     jobs.broker.enqueue(missing)
     record = wait_until(lambda: (r := jobs.records.get(missing.message_id)) and r.done and r)
-    assert record.error == {"type": "InvalidInput", "message": "delete_owner job is missing the argument 'owner_agent_id'"}
+    assert record.error == {
+        "type": "InvalidInput",
+        "message": "delete_owner job is missing the argument 'owner_agent_id'",
+    }
 
 
 def test_host_side_validation_rejects_bad_arguments_before_enqueueing(jobs):
@@ -361,15 +374,28 @@ def test_what_is_retried_is_said_by_the_transient_base_or_is_a_redis_network_or_
     from workers.broker import is_transient
     from workers.middleware import RecordUnavailable
 
-    explicit = [errors.Superseded("x"), IndexUnavailable("x"), RemoteUnavailable("x", status=503),
-                RecordUnavailable("x")]
+    explicit = [
+        errors.Superseded("x"),
+        IndexUnavailable("x"),
+        RemoteUnavailable("x", status=503),
+        RecordUnavailable("x"),
+    ]
     assert all(isinstance(error, errors.Transient) and is_transient(error) for error in explicit)
     assert isinstance(IndexUnavailable("x"), redis.TimeoutError)  # what hosts catch as a Redis failure
-    hiccups = [redis.ConnectionError("x"), redis.TimeoutError("x"), ConnectionResetError("x"),
-               httpx.ConnectError("x"), OSError(errno.ESTALE, "stale NFS handle")]
+    hiccups = [
+        redis.ConnectionError("x"),
+        redis.TimeoutError("x"),
+        ConnectionResetError("x"),
+        httpx.ConnectError("x"),
+        OSError(errno.ESTALE, "stale NFS handle"),
+    ]
     assert all(is_transient(error) and not isinstance(error, errors.Transient) for error in hiccups)
-    permanent = [errors.QuotaExceeded("x"), errors.ChecksumMismatch("x"), ValueError("x"),
-                 OSError(errno.ENOENT, "gone")]
+    permanent = [
+        errors.QuotaExceeded("x"),
+        errors.ChecksumMismatch("x"),
+        ValueError("x"),
+        OSError(errno.ENOENT, "gone"),
+    ]
     assert not any(is_transient(error) for error in permanent)
     assert not any(issubclass(errors.error_class(name), errors.Transient) for name in errors._KNOWN)
 
@@ -383,7 +409,11 @@ def test_a_job_whose_start_cannot_be_recorded_is_retried_not_run(monkeypatch):
     monkeypatch.setattr(middleware, "retry_while_unreachable", lambda write, what: None)  # Redis never answered
     monkeypatch.setattr(middleware, "context", lambda: SimpleNamespace(records=None, worker_name="w", settings=None))
     message = Message(
-        queue_name=contract.MAINTENANCE_QUEUE, actor_name=contract.SWEEP.actor_name, args=(), kwargs={}, options={},
+        queue_name=contract.MAINTENANCE_QUEUE,
+        actor_name=contract.SWEEP.actor_name,
+        args=(),
+        kwargs={},
+        options={},
     )
     with pytest.raises(middleware.RecordUnavailable) as raised:
         middleware.JobRecordsMiddleware().before_process_message(None, message)
@@ -416,8 +446,9 @@ def test_a_job_that_started_before_its_deadline_is_redelivered_after_it_as_usual
     source = files / "started.bin"
     _write(source, 3 * 1024 * 1024)
     job = jobs.enqueue(contract.IMPORT, start_within_seconds=5.0, path=str(source))
-    doomed = start_worker(settings, tmp_path / "doomed.log", env={CRASH_KIND_ENV: "import", CRASH_STEP_ENV: "replace:1"},
-                          threads=1)
+    doomed = start_worker(
+        settings, tmp_path / "doomed.log", env={CRASH_KIND_ENV: "import", CRASH_STEP_ENV: "replace:1"}, threads=1
+    )
     assert doomed.wait(timeout=60) < 0  # killed by its crash point while the import ran
     time.sleep(max(0.0, job.status().enqueued_at + 5.5 - time.time()))  # past the start deadline
     rescuer = start_worker(settings, tmp_path / "rescuer.log")

@@ -8,8 +8,8 @@ import os
 import sys
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from paglets_artifacts import SourceUnavailable
 
 
@@ -47,8 +47,9 @@ def test_text_lines_carry_the_job_context(settings, workers, files, jobs):
         job.wait(timeout=30)
     artifact_id = job.id.replace("-", "")
     context = f"[job={job.id} kind=import artifact={artifact_id}]"
-    assert wait_until(lambda: any(context in line and "failed: SourceUnavailable" in line
-                                  for line in workers.logs().splitlines()))
+    assert wait_until(
+        lambda: any(context in line and "failed: SourceUnavailable" in line for line in workers.logs().splitlines())
+    )
 
 
 def test_lines_outside_a_job_have_no_job_fields(capsys):
@@ -125,7 +126,8 @@ def test_the_redacting_filter_never_raises_for_arguments_that_cannot_be_formatte
     record = _record("Failed to process message %s with unhandled exception.", Garbage())
     assert RedactingFilter().filter(record)
     assert record.getMessage() == (
-        "Failed to process message %s with unhandled exception. [its arguments could not be formatted: TypeError]")
+        "Failed to process message %s with unhandled exception. [its arguments could not be formatted: TypeError]"
+    )
 
 
 @pytest.mark.parametrize("log_format", ["json", "text"])
@@ -140,8 +142,9 @@ def test_the_scheduler_writes_the_workers_line_format(settings, tmp_path, log_fo
     env = {**os.environ, **settings.with_changes(log_format=log_format, sweep_schedule="3600").to_env()}
     log_path = tmp_path / "scheduler.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "workers.scheduler"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers.scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
     try:
         wait_until(lambda: "next fire times" in log_path.read_text(errors="replace"), timeout=30)
     finally:
@@ -157,7 +160,9 @@ def test_the_scheduler_writes_the_workers_line_format(settings, tmp_path, log_fo
         assert started["time"].endswith("Z") and started["logger"] == "paglets_artifacts.scheduler"
         assert started["process"] == process.pid and started["thread"] == "MainThread"
     else:
-        layout = re.compile(rf"^\[[\d\- :,]+\] \[PID {process.pid}\] \[MainThread\] \[paglets_artifacts\.scheduler\] "
-                            r"\[(INFO|WARNING)\] \S")
+        layout = re.compile(
+            rf"^\[[\d\- :,]+\] \[PID {process.pid}\] \[MainThread\] \[paglets_artifacts\.scheduler\] "
+            r"\[(INFO|WARNING)\] \S"
+        )
         assert all(layout.match(line) for line in lines), lines
         assert any("] [INFO] sweep: every 3600 s; next fire times " in line for line in lines)

@@ -11,9 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import ROOT, wait_until
+from paglets_artifacts.errors import SourceUnavailable
 from paglets_artifacts.redis_server import free_port
 
 
@@ -54,10 +55,11 @@ def test_worker_metrics_count_jobs_bytes_sweeps_and_deletions(settings, workers,
     sizes = [100_000 + i for i in range(6)]
     for i, size in enumerate(sizes):
         (files / f"m{i}.bin").write_bytes(os.urandom(size))
-    imported = [jobs.import_file(str(files / f"m{i}.bin"), owner_agent_id="owner-a" if i < 2 else "")
-                for i in range(len(sizes))]
+    imported = [
+        jobs.import_file(str(files / f"m{i}.bin"), owner_agent_id="owner-a" if i < 2 else "") for i in range(len(sizes))
+    ]
     refs = [job.wait(timeout=30) for job in imported]
-    with pytest.raises(Exception):
+    with pytest.raises(SourceUnavailable):
         jobs.import_file(str(files / "missing.bin")).wait(timeout=30)
     jobs.export(refs[-1]["artifact_id"], str(files / "out.bin")).wait(timeout=30)
     deleted = jobs.delete_owner("owner-a").wait(timeout=30)
@@ -110,8 +112,12 @@ def test_counts_from_several_processes_add_up_and_retries_are_counted(settings, 
 
     directory = tmp_path / "prom"
     directory.mkdir()
-    env = {**os.environ, **settings.with_changes(metrics_port=1).to_env(), "PROMETHEUS_MULTIPROC_DIR": str(directory),
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        **settings.with_changes(metrics_port=1).to_env(),
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "PYTHONPATH": str(ROOT),
+    }
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", _PROCESS, "sweep", "3", name], env=env, check=True, cwd=ROOT)
     assert len(list(directory.glob("counter_*.db"))) == 2  # one file per process
@@ -119,8 +125,11 @@ def test_counts_from_several_processes_add_up_and_retries_are_counted(settings, 
     from prometheus_client import generate_latest
 
     text = generate_latest(exposition_registry(settings, directory)).decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     assert value(samples, "paglets_artifacts_jobs_total", kind="sweep", outcome="succeeded") == 4
     assert value(samples, "paglets_artifacts_job_retries_total", kind="sweep", error="ConnectionError") == 2
     assert value(samples, "paglets_artifacts_sweep_removed_total", what="parts") == 4

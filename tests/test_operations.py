@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import ROOT
 from typer.testing import CliRunner
 
+from conftest import ROOT
 from paglets_artifacts import ArtifactJobs, Settings, cli, contract
 from paglets_artifacts.redis_server import free_port
 
@@ -169,15 +169,55 @@ def tls_redis(tmp_path):
     if binary is None:
         pytest.skip("no TLS-capable redis-server and openssl on this machine")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
-         "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_cert_reqs=required"
     try:
@@ -216,32 +256,58 @@ def test_jobs_run_over_redis_with_tls(tls_redis, settings, workers, files):
 
 
 def test_importing_workers_or_the_scheduler_builds_no_broker_and_registers_no_actor():
-    code = ("import sys, dramatiq.broker, workers, workers.scheduler, workers.logs, workers.broker, workers.actors; "
-            "print(dramatiq.broker.global_broker, 'httpx' in sys.modules, 'workers.remote_actors' in sys.modules, "
-            "'workers.registry' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/",
-                         env={**os.environ, "PAGLETS_ARTIFACTS_QUOTA_BYTES": "lots"})  # read by no import
+    code = (
+        "import sys, dramatiq.broker, workers, workers.scheduler, workers.logs, workers.broker, workers.actors; "
+        "print(dramatiq.broker.global_broker, 'httpx' in sys.modules, 'workers.remote_actors' in sys.modules, "
+        "'workers.registry' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+        env={**os.environ, "PAGLETS_ARTIFACTS_QUOTA_BYTES": "lots"},
+    )  # read by no import
     assert out.stdout.split() == ["None", "False", "False", "False"]
     scheduler = subprocess.run(
-        [sys.executable, "-c", "import sys, workers.scheduler; print(sorted(name for name in sys.modules "
-         "if name.startswith('workers') or name in ('httpx', 'prometheus_client')))"],
-        capture_output=True, text=True, check=True, cwd="/")
+        [
+            sys.executable,
+            "-c",
+            "import sys, workers.scheduler; print(sorted(name for name in sys.modules "
+            "if name.startswith('workers') or name in ('httpx', 'prometheus_client')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
     assert scheduler.stdout.strip() == "['workers', 'workers.scheduler']"
 
 
 def test_the_registry_builds_the_broker_and_registers_every_job_kind_once(settings):
-    code = ("import dramatiq, workers.registry as registry; "
-            "print(dramatiq.get_broker() is registry.broker, ' '.join(sorted(registry.broker.get_declared_actors())))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/",
-                         env={**os.environ, **settings.to_env()})
+    code = (
+        "import dramatiq, workers.registry as registry; "
+        "print(dramatiq.get_broker() is registry.broker, ' '.join(sorted(registry.broker.get_declared_actors())))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+        env={**os.environ, **settings.to_env()},
+    )
     same, *actors = out.stdout.split()
     assert same == "True"
     assert actors == sorted(kind.actor_name for kind in contract.KINDS.values())
 
 
 def test_the_package_never_imports_the_worker_side():
-    code = ("import sys, paglets_artifacts, paglets_artifacts.cli, paglets_artifacts.demo, paglets_artifacts.console; "
-            "print(sorted(name for name in sys.modules if name == 'workers' or name.startswith('workers.')))")
+    code = (
+        "import sys, paglets_artifacts, paglets_artifacts.cli, paglets_artifacts.demo, paglets_artifacts.console; "
+        "print(sorted(name for name in sys.modules if name == 'workers' or name.startswith('workers.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "[]"
 
@@ -286,8 +352,14 @@ def test_the_paglets_compose_variant_runs_the_host_as_a_paglets_host_sharing_its
 
     ran = []
     monkeypatch.setattr(paglets_host, "run_host", lambda settings, **options: ran.append((settings, options)))
-    env = {**settings.to_env(), **{k: interpolate(str(v)) for k, v in host["environment"].items()
-                                   if k.startswith("PAGLETS_ARTIFACTS_") and "${" not in str(v)}}
+    env = {
+        **settings.to_env(),
+        **{
+            k: interpolate(str(v))
+            for k, v in host["environment"].items()
+            if k.startswith("PAGLETS_ARTIFACTS_") and "${" not in str(v)
+        },
+    }
     result = CliRunner().invoke(cli.app, command, env={**env, "PAGLETS_API_KEY": "k3y"})
     assert result.exit_code == 0, result.output
     [(run_settings, options)] = ran

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from paglets.core.errors import AuthenticationError, RemoteHostError, TransferError
 from paglets.artifacts import ArtifactRef
+from paglets.core.errors import AuthenticationError, RemoteHostError, TransferError
 from paglets.remote.client import HostClient
-from peers import Peer, serve
 
 from paglets_artifacts import Settings
 from paglets_artifacts.redis_server import EmbeddedRedis
+from peers import Peer, serve
 
 KEY = "k3y-for-the-client-tests"
 MIB = 1024 * 1024
@@ -110,8 +110,15 @@ def test_unknown_artifact_is_a_transfer_error_and_writes_nothing(server, tmp_pat
     with pytest.raises(TransferError):
         client.download_artifact(server.url, target_dir / "x.bin", missing)
     stale = ArtifactRef(
-        host_url=server.url, artifact_id=missing, name="x.bin", size_bytes=5, sha256="0" * 64, compression="",
-        created_at=0.0, expires_at=0.0, owner_agent_id="",
+        host_url=server.url,
+        artifact_id=missing,
+        name="x.bin",
+        size_bytes=5,
+        sha256="0" * 64,
+        compression="",
+        created_at=0.0,
+        expires_at=0.0,
+        owner_agent_id="",
     )
     with pytest.raises(TransferError):  # a ref whose artifact is gone: straight to GET
         client.download_artifact(stale, target_dir / "y.bin")

@@ -122,8 +122,10 @@ def test_a_path_inside_a_forbidden_directory_is_refused_even_under_an_allowed_ro
         resolve_allowed(store / "blobs" / "x.bin", [tmp_path], what="export target", forbidden=[store])
     with pytest.raises(PathNotAllowed):
         resolve_allowed(store, [tmp_path], what="export target", forbidden=[store])
-    assert resolve_allowed(tmp_path / "store-x", [tmp_path], what="export target", forbidden=[store]) == (
-        tmp_path / "store-x").resolve()
+    assert (
+        resolve_allowed(tmp_path / "store-x", [tmp_path], what="export target", forbidden=[store])
+        == (tmp_path / "store-x").resolve()
+    )
 
 
 # ---------------------------------------------------------------------- opened beneath the root
@@ -196,7 +198,9 @@ def test_a_path_that_changes_while_it_is_resolved_is_refused_naming_it(root, mon
         raise OSError(errno.EINVAL, "Invalid argument", str(root / "d"))
 
     monkeypatch.setattr(Path, "resolve", swapped)
-    with pytest.raises(PathNotAllowed, match=r"export target path .*/d/x refused: .*/d changed between a link and a directory"):
+    with pytest.raises(
+        PathNotAllowed, match=r"export target path .*/d/x refused: .*/d changed between a link and a directory"
+    ):
         resolve_allowed(str(root / "d" / "x"), [root], what="export target")
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import wait_until
 from typer.testing import CliRunner
 
+from conftest import wait_until
 from paglets_artifacts import Settings, cli
 from paglets_artifacts.redaction import redact_text, redact_url
 from paglets_artifacts.redis_server import free_port
@@ -26,11 +26,18 @@ runner = CliRunner()
         ("redis://db/0?PassWord=hunter2&db=1", "redis://db/0?PassWord=***&db=1"),
         ("http://peer/a?token=hunter2&name=x", "http://peer/a?token=***&name=x"),
         ("http://peer/a?name=x&Signature=hunter2;sig=hunter2", "http://peer/a?name=x&Signature=***;sig=***"),
-        ("http://peer/a?secret=hunter2&key=hunter2&api_key=hunter2&access_token=hunter2",
-         "http://peer/a?secret=***&key=***&api_key=***&access_token=***"),
-        ("https://s3.example/b/o?X-Amz-Credential=hunter2&X-Amz-Signature=hunter2&x-amz-security-token=hunter2",
-         "https://s3.example/b/o?X-Amz-Credential=***&X-Amz-Signature=***&x-amz-security-token=***"),
-        ("http://peer/a?upload_token=hunter2&client_secret=hunter2", "http://peer/a?upload_token=***&client_secret=***"),
+        (
+            "http://peer/a?secret=hunter2&key=hunter2&api_key=hunter2&access_token=hunter2",
+            "http://peer/a?secret=***&key=***&api_key=***&access_token=***",
+        ),
+        (
+            "https://s3.example/b/o?X-Amz-Credential=hunter2&X-Amz-Signature=hunter2&x-amz-security-token=hunter2",
+            "https://s3.example/b/o?X-Amz-Credential=***&X-Amz-Signature=***&x-amz-security-token=***",
+        ),
+        (
+            "http://peer/a?upload_token=hunter2&client_secret=hunter2",
+            "http://peer/a?upload_token=***&client_secret=***",
+        ),
         ("http://peer/a#access_token=hunter2&state=1", "http://peer/a#access_token=***&state=1"),
         ("http://peer:8470/artifacts/abc?name=model.bin", "http://peer:8470/artifacts/abc?name=model.bin"),
         ("http://[::1?password=hunter2", "http://[::1?password=***"),  # does not parse: redacted all the same
@@ -76,11 +83,15 @@ def test_config_and_settings_repr_mask_a_password_query(settings):
 
 
 def test_config_shows_remote_host_urls_redacted_and_their_keys_masked(settings):
-    shown = json.loads(_invoke(
-        settings, "config", "--json",
-        PAGLETS_ARTIFACTS_ALLOWED_HOSTS="http://peer:8470?token=hunter2",
-        PAGLETS_ARTIFACTS_HOST_API_KEYS="http://peer:8470=k3y",
-    ).stdout)
+    shown = json.loads(
+        _invoke(
+            settings,
+            "config",
+            "--json",
+            PAGLETS_ARTIFACTS_ALLOWED_HOSTS="http://peer:8470?token=hunter2",
+            PAGLETS_ARTIFACTS_HOST_API_KEYS="http://peer:8470=k3y",
+        ).stdout
+    )
     assert shown["PAGLETS_ARTIFACTS_ALLOWED_HOSTS"] == "http://peer:8470?token=***"
     assert shown["PAGLETS_ARTIFACTS_HOST_API_KEYS"] == "http://peer:8470=***"
 
@@ -125,7 +136,8 @@ def _redis_values(client, namespace: str, *, holding: str | None = None) -> str 
 def test_a_job_record_keeps_the_redacted_url_and_the_message_the_whole_one(settings, jobs):
     job = jobs.import_url(_signed("http://peer.test:8470/artifacts/" + "ab" * 16))
     assert job.status().arguments["url"] == "http://peer.test:8470/artifacts/" + "ab" * 16 + (
-        "?token=***&X-Amz-Signature=***&name=kept")
+        "?token=***&X-Amz-Signature=***&name=kept"
+    )
     record = jobs.client.hgetall(jobs.records.key(job.id))
     assert TOKEN not in b"".join(record.values()).decode()
     messages = jobs.client.hgetall(f"{settings.namespace}:artifact-transfers.msgs")
@@ -168,7 +180,9 @@ def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settin
             assert TOKEN not in str(raised.value) and "token=***" in str(raised.value)
             assert "token=***" in refused.status().error["message"]
             metrics = wait_until(lambda: _scrape(metrics_port))  # the exposition process starts on its own
-            holders = {secret: _redis_values(jobs.client, settings.namespace, holding=secret) for secret in (TOKEN, SIGNATURE)}
+            holders = {
+                secret: _redis_values(jobs.client, settings.namespace, holding=secret) for secret in (TOKEN, SIGNATURE)
+            }
         logs = workers.logs()
         assert "HTTP Request: GET" in logs and "token=***" in logs  # httpx's line is there, redacted
         for secret in (TOKEN, SIGNATURE):
@@ -184,7 +198,6 @@ def test_every_parameter_name_the_readme_lists_as_secret_is_masked():
     import re
 
     from conftest import ROOT
-
     from paglets_artifacts.redaction import secret_parameter
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -201,11 +214,12 @@ def test_every_parameter_name_the_readme_lists_as_secret_is_masked():
 
 def test_the_readme_lists_every_secret_parameter_name_of_the_rule():
     from conftest import ROOT
-
     from paglets_artifacts.redaction import SECRET_PARAMETERS, SECRET_PREFIXES, SECRET_WORDS
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    rule = " ".join(readme.split("goes through one rule", 1)[1].split("`paglets-artifacts --debug COMMAND`", 1)[0].split())
+    rule = " ".join(
+        readme.split("goes through one rule", 1)[1].split("`paglets-artifacts --debug COMMAND`", 1)[0].split()
+    )
     for name in (*SECRET_PARAMETERS, *SECRET_WORDS):
         assert f"`{name}`" in rule, name
     for prefix in SECRET_PREFIXES:

@@ -152,7 +152,15 @@ def test_reference_api_names_are_importable_from_the_package():
 
 @pytest.mark.parametrize(
     "cls",
-    [InvalidInput, ArtifactNotFound, ChecksumMismatch, SizeMismatch, ArtifactTooLarge, QuotaExceeded, SourceUnavailable],
+    [
+        InvalidInput,
+        ArtifactNotFound,
+        ChecksumMismatch,
+        SizeMismatch,
+        ArtifactTooLarge,
+        QuotaExceeded,
+        SourceUnavailable,
+    ],
 )
 def test_every_store_error_is_a_transfer_error_and_maps_back_by_name(cls):
     assert issubclass(cls, TransferError)

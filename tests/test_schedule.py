@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -12,7 +12,7 @@ from paglets_artifacts.schedule import Schedule, parse_schedule
 
 
 def utc(*parts: int) -> float:
-    return datetime(*parts, tzinfo=timezone.utc).timestamp()
+    return datetime(*parts, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize("text,interval", [("300", 300.0), (" 60 ", 60.0), ("1", 1.0), ("2.5", 2.5), ("1e3", 1000.0)])

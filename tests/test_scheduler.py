@@ -219,7 +219,9 @@ def test_a_job_whose_message_was_lost_does_not_block_forever(jobs, clock, caplog
     with caplog.at_level(logging.WARNING, logger="paglets_artifacts.scheduler"):
         [decision] = scheduler.run_pending()
     assert decision.outcome == FIRED
-    assert f"previous job {first.job_id} is recorded queued but queue artifact-maintenance holds no message" in caplog.text
+    assert (
+        f"previous job {first.job_id} is recorded queued but queue artifact-maintenance holds no message" in caplog.text
+    )
 
 
 def test_an_expired_record_of_the_previous_job_does_not_block(jobs, clock, redis_client):
@@ -311,8 +313,14 @@ def test_start_logs_the_next_fire_times_of_each_schedule(jobs, caplog):
     }
     with caplog.at_level(logging.INFO, logger="paglets_artifacts.scheduler"):
         scheduler.log_start()
-    assert "sweep: every 300 s; next fire times 2027-01-15T08:05:00Z, 2027-01-15T08:10:00Z, 2027-01-15T08:15:00Z" in caplog.text
-    assert "reindex: cron '*/20 * * * *' (UTC); next fire times 2027-01-15T08:20:00Z, 2027-01-15T08:40:00Z, 2027-01-15T09:00:00Z" in caplog.text
+    assert (
+        "sweep: every 300 s; next fire times 2027-01-15T08:05:00Z, 2027-01-15T08:10:00Z, 2027-01-15T08:15:00Z"
+        in caplog.text
+    )
+    assert (
+        "reindex: cron '*/20 * * * *' (UTC); next fire times 2027-01-15T08:20:00Z, 2027-01-15T08:40:00Z, "
+        "2027-01-15T09:00:00Z" in caplog.text
+    )
 
 
 def test_history_keeps_the_latest_decisions_newest_first(jobs, clock):
@@ -469,8 +477,9 @@ def test_a_killed_schedulers_ticks_are_taken_over(schedulers, workers, jobs, his
 def test_a_scheduler_process_with_an_invalid_schedule_exits_naming_it(settings):
     env = {**os.environ, **settings.to_env(), "PAGLETS_ARTIFACTS_SWEEP_SCHEDULE": "every tuesday"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-m", "workers.scheduler"], env=env, capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.scheduler"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert done.returncode != 0
     assert "PAGLETS_ARTIFACTS_SWEEP_SCHEDULE='every tuesday' is invalid" in done.stderr
 

@@ -76,7 +76,11 @@ def test_every_variable_is_read_and_parsed(tmp_path):
     assert settings.allowed_hosts == ("http://peer:1", "https://other")
     assert settings.host_api_keys == (("http://peer:1", "key1"), ("https://other", "key2"))
     assert settings.api_key == "s3cret"
-    assert (settings.job_retention_seconds, settings.transfer_time_limit_seconds, settings.maintenance_time_limit_seconds) == (
+    assert (
+        settings.job_retention_seconds,
+        settings.transfer_time_limit_seconds,
+        settings.maintenance_time_limit_seconds,
+    ) == (
         60.0,
         7.0,
         8.0,
@@ -95,7 +99,19 @@ def test_quota_accepts_none_for_no_quota(value, expected):
     assert Settings.from_env(env(QUOTA_BYTES=value)).quota_bytes == expected
 
 
-@pytest.mark.parametrize("value,expected", [("1", True), ("TRUE", True), ("yes", True), ("on", True), ("0", False), ("False", False), ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("1", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("on", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
 def test_fsync_accepts_the_usual_booleans(value, expected):
     assert Settings.from_env(env(FSYNC=value)).fsync is expected
 
@@ -215,11 +231,14 @@ def test_host_key_matches_by_origin():
     assert settings.host_key("http://peer.example:8080") == ""
 
 
-@pytest.mark.parametrize("url", [
-    "http://peer.example:99999/artifacts/ab",  # a port out of range
-    "http://peer.example:notaport/artifacts/ab",
-    "http://[::1/artifacts/ab",  # no URL at all
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://peer.example:99999/artifacts/ab",  # a port out of range
+        "http://peer.example:notaport/artifacts/ab",
+        "http://[::1/artifacts/ab",  # no URL at all
+    ],
+)
 def test_a_url_without_a_valid_origin_gets_no_key_and_is_not_allowed(url):
     """One origin rule (paglets_artifacts.origins) for a host's key and the allow-list: a URL
     whose port cannot be parsed matches no configured host in either, even one spelled alike."""
@@ -238,9 +257,16 @@ def test_host_key_and_the_allow_list_agree_on_every_origin():
 
     hosts = ("http://peer.example", "https://peer.example:8443", "http://other.example:8470")
     settings = Settings(host_api_keys=tuple((host, f"key-{i}") for i, host in enumerate(hosts)))
-    urls = ["http://PEER.example:80/a", "http://peer.example:8080/a", "https://peer.example/a",
-            "https://peer.example:8443/a", "http://other.example:8470/a", "http://other.example/a",
-            "http://peer.example:65536/a", "http://peer.example:-1/a"]
+    urls = [
+        "http://PEER.example:80/a",
+        "http://peer.example:8080/a",
+        "https://peer.example/a",
+        "https://peer.example:8443/a",
+        "http://other.example:8470/a",
+        "http://other.example/a",
+        "http://peer.example:65536/a",
+        "http://peer.example:-1/a",
+    ]
     for url in urls:
         assert bool(settings.host_key(url)) == host_allowed(url, hosts), url
 
@@ -303,8 +329,9 @@ def test_an_allowed_root_that_contains_or_lies_inside_the_store_is_refused(tmp_p
 
 
 def test_an_allowed_root_beside_the_store_is_accepted(tmp_path):
-    settings = Settings.from_env({PREFIX + "STORE_ROOT": str(tmp_path / "store"),
-                                  PREFIX + "ALLOWED_ROOTS": str(tmp_path / "store-files")})  # a prefix, not a parent
+    settings = Settings.from_env(
+        {PREFIX + "STORE_ROOT": str(tmp_path / "store"), PREFIX + "ALLOWED_ROOTS": str(tmp_path / "store-files")}
+    )  # a prefix, not a parent
     assert settings.allowed_roots == ((tmp_path / "store-files").resolve(),)
 
 

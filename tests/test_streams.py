@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ReadOnly
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import ReadOnly
 from paglets_artifacts import (
     STREAM_CHUNK_BYTES,
     ChunkedRequestReader,
@@ -22,8 +22,8 @@ from paglets_artifacts import (
     copy_path,
     copy_stream,
     file_sha256,
+    streams,
 )
-from paglets_artifacts import streams
 from paglets_artifacts.streams import (
     MAX_CHUNK_LINE_BYTES,
     MAX_CHUNK_TRAILER_BYTES,
@@ -242,7 +242,9 @@ def test_chunked_reader_read_all_asks_the_source_for_bounded_pieces():
 
 # ---------------------------------------------------------------- ChunkedRequestReader: properties
 
-token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=8)
+token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=8
+)
 extension = st.one_of(
     st.just(""),
     token.map(lambda name: f";{name}"),
@@ -262,7 +264,7 @@ def chunked_bodies(draw):
     cuts = sorted(draw(st.lists(st.integers(min_value=0, max_value=len(body)), max_size=8)))
     bounds = [0, *cuts, len(body)]
     encoded = bytearray()
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         piece = body[start:end]
         if not piece:
             continue  # a zero-size chunk ends the body
@@ -357,7 +359,7 @@ def test_hashed_copy_writes_and_hashes_every_byte(tmp_path, make):
     assert sha == hashlib.sha256(data).hexdigest()
     assert target.read_bytes() == data
     assert totals[-1] == len(data)
-    steps = [b - a for a, b in zip([0, *totals], totals)]
+    steps = [b - a for a, b in zip([0, *totals], totals, strict=False)]
     assert all(0 < step <= 1000 for step in steps)  # running totals, one chunk at a time
 
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ReadOnly
 
+from conftest import ReadOnly
 from paglets_artifacts import streams
 from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch, TransferError
 from paglets_artifacts.store import ArtifactStore
@@ -468,7 +468,7 @@ def test_write_behind_starts_the_writeback_of_every_landed_byte_once(
     assert target.read_bytes() == b"head" + data
     assert any(kernel_copies) == (path == "kernel copy")
     assert ranges[0][0] == 4 and ranges[-1][1] == 4 + len(data)
-    assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:]))  # no gap, no overlap
+    assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False))  # no gap, no overlap
 
 
 def test_without_write_behind_a_copy_leaves_writeback_to_the_kernel(tmp_path, writebacks, monkeypatch):

@@ -7,16 +7,32 @@ import signal
 import sys
 
 from conftest import ROOT
-
 from paglets_artifacts.worker_process import REGISTRY_MODULE, WORKER_TIMEOUT_VARIABLE, WorkerProcess
 
 
 def test_the_command_loads_the_registry_then_the_extra_modules_then_the_options():
-    command = WorkerProcess(processes=2, threads=3, queues=["artifact-maintenance"], modules=["benchmarks.stress"],
-                            options=["--worker-shutdown-timeout", "5000"])
-    assert command.argv() == [sys.executable, "-m", "dramatiq", REGISTRY_MODULE, "benchmarks.stress",
-                              "--processes", "2", "--threads", "3", "--queues", "artifact-maintenance",
-                              "--worker-shutdown-timeout", "5000"]
+    command = WorkerProcess(
+        processes=2,
+        threads=3,
+        queues=["artifact-maintenance"],
+        modules=["benchmarks.stress"],
+        options=["--worker-shutdown-timeout", "5000"],
+    )
+    assert command.argv() == [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        REGISTRY_MODULE,
+        "benchmarks.stress",
+        "--processes",
+        "2",
+        "--threads",
+        "3",
+        "--queues",
+        "artifact-maintenance",
+        "--worker-shutdown-timeout",
+        "5000",
+    ]
     assert WorkerProcess().argv() == [sys.executable, "-m", "dramatiq", "workers.registry"]
 
 

@@ -13,7 +13,15 @@ from typing import Any
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed, DecodeError
-from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from paglets_artifacts.errors import TransferError, Transient
 from paglets_artifacts.settings import Settings
@@ -107,7 +115,9 @@ class _TolerantConsumer(_RedisConsumer):
                 if broker.client.hget(payloads, redis_id) == data:
                     broker.do_nack(self.queue_name, redis_id.decode())
                     logging.getLogger("paglets_artifacts.jobs").error(
-                        "undecodable message %s on %s moved to the dead-letter queue", redis_id.decode(), self.queue_name
+                        "undecodable message %s on %s moved to the dead-letter queue",
+                        redis_id.decode(),
+                        self.queue_name,
                     )
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None

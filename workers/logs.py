@@ -23,7 +23,6 @@ from paglets_artifacts.settings import Settings
 from .middleware import current_job
 
 
-
 def job_context() -> dict[str, Any]:
     """The job this thread is running, as log fields (empty outside a job).
 

@@ -76,20 +76,30 @@ class JobMetrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.jobs = Counter(
-            "paglets_artifacts_jobs", "Jobs that ended, by kind and outcome (succeeded, failed, skipped).",
-            ["kind", "outcome"], registry=None,
+            "paglets_artifacts_jobs",
+            "Jobs that ended, by kind and outcome (succeeded, failed, skipped).",
+            ["kind", "outcome"],
+            registry=None,
         )
         self.durations = Histogram(
-            "paglets_artifacts_job_duration_seconds", "Time one attempt of a job took, by kind and outcome.",
-            ["kind", "outcome"], buckets=DURATION_BUCKETS, registry=None,
+            "paglets_artifacts_job_duration_seconds",
+            "Time one attempt of a job took, by kind and outcome.",
+            ["kind", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
         )
         self.in_flight = Gauge(
-            "paglets_artifacts_jobs_in_flight", "Jobs running now, by kind.",
-            ["kind"], multiprocess_mode="livesum", registry=None,
+            "paglets_artifacts_jobs_in_flight",
+            "Jobs running now, by kind.",
+            ["kind"],
+            multiprocess_mode="livesum",
+            registry=None,
         )
         self.retries = Counter(
-            "paglets_artifacts_job_retries", "Attempts that failed with a transient error and will be retried.",
-            ["kind", "error"], registry=None,
+            "paglets_artifacts_job_retries",
+            "Attempts that failed with a transient error and will be retried.",
+            ["kind", "error"],
+            registry=None,
         )
         self.bytes_imported = Counter(
             "paglets_artifacts_imported_bytes", "Bytes of artifacts imported into the store.", ["kind"], registry=None
@@ -98,19 +108,19 @@ class JobMetrics:
             "paglets_artifacts_exported_bytes", "Bytes of artifacts exported from the store.", ["kind"], registry=None
         )
         self.sweep_removed = Counter(
-            "paglets_artifacts_sweep_removed", "What sweeps removed: stale .part files, expired artifacts, orphans.",
-            ["what"], registry=None,
+            "paglets_artifacts_sweep_removed",
+            "What sweeps removed: stale .part files, expired artifacts, orphans.",
+            ["what"],
+            registry=None,
         )
-        self.sweep_bytes_freed = Counter(
-            "paglets_artifacts_sweep_freed_bytes", "Bytes sweeps freed.", registry=None
-        )
+        self.sweep_bytes_freed = Counter("paglets_artifacts_sweep_freed_bytes", "Bytes sweeps freed.", registry=None)
         self.sweep_unreadable = Gauge(
-            "paglets_artifacts_sweep_unreadable_metadata", "Unreadable metadata files the last sweep found.",
-            multiprocess_mode="mostrecent", registry=None,
+            "paglets_artifacts_sweep_unreadable_metadata",
+            "Unreadable metadata files the last sweep found.",
+            multiprocess_mode="mostrecent",
+            registry=None,
         )
-        self.owner_deletions = Counter(
-            "paglets_artifacts_owner_deletions", "Owner deletions that ran.", registry=None
-        )
+        self.owner_deletions = Counter("paglets_artifacts_owner_deletions", "Owner deletions that ran.", registry=None)
         self.owner_deleted_artifacts = Counter(
             "paglets_artifacts_owner_deleted_artifacts", "Artifacts removed by owner deletions.", registry=None
         )
@@ -128,7 +138,11 @@ class JobMetrics:
         elif isinstance(size, int) and kind in EXPORT_KINDS:
             self.bytes_exported.labels(kind).inc(size)
         elif kind == contract.SWEEP.name:
-            for what, key in (("parts", "parts_removed"), ("expired", "expired_removed"), ("orphans", "orphans_removed")):
+            for what, key in (
+                ("parts", "parts_removed"),
+                ("expired", "expired_removed"),
+                ("orphans", "orphans_removed"),
+            ):
                 self.sweep_removed.labels(what).inc(int(result.get(key, 0)))
             self.sweep_bytes_freed.inc(int(result.get("bytes_freed", 0)))
             self.sweep_unreadable.set(int(result.get("unreadable_metadata", 0)))

@@ -30,7 +30,9 @@ RECORD_WRITE_PATIENCE_SECONDS = 300.0
 RECORD_WRITE_MAX_DELAY_SECONDS = 5.0
 
 
-def retry_while_unreachable(action: Callable[[], Any], what: str, *, patience: float = RECORD_WRITE_PATIENCE_SECONDS) -> None:
+def retry_while_unreachable(
+    action: Callable[[], Any], what: str, *, patience: float = RECORD_WRITE_PATIENCE_SECONDS
+) -> None:
     """Run ``action`` (a job record update, a retry's enqueue), retrying while Redis cannot be reached."""
     deadline = time.monotonic() + patience
     delay = 0.1

@@ -27,8 +27,14 @@ from .middleware import current_job
 
 @job_actor(contract.IMPORT_URL, time_limit=transfer_time_limit)
 def import_url(
-    *, url: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
-    expected_sha256: str | None, expected_size: int | None,
+    *,
+    url: str,
+    owner_agent_id: str,
+    name: str | None,
+    compression: str,
+    expires_at: float,
+    expected_sha256: str | None,
+    expected_size: int | None,
 ) -> dict[str, Any]:
     ctx = context()
     # The job's own artifact id: a redelivered pull finds what its first attempt committed.
@@ -54,8 +60,13 @@ def import_url(
 
 @job_actor(contract.EXPORT_TO_HOST, time_limit=transfer_time_limit)
 def export_to_host(
-    *, artifact_id: str, host_url: str, owner_agent_id: str | None, name: str | None,
-    expires_at: float | None, move: bool,
+    *,
+    artifact_id: str,
+    host_url: str,
+    owner_agent_id: str | None,
+    name: str | None,
+    expires_at: float | None,
+    move: bool,
 ) -> dict[str, Any]:
     ctx = context()
     job_id = current_job().id
@@ -84,7 +95,13 @@ def export_to_host(
 
 @job_actor(contract.UPLOAD, time_limit=transfer_time_limit)
 def upload(
-    *, path: str, host_url: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
+    *,
+    path: str,
+    host_url: str,
+    owner_agent_id: str,
+    name: str | None,
+    compression: str,
+    expires_at: float,
     expected_sha256: str | None,
 ) -> dict[str, Any]:
     ctx = context()
@@ -101,22 +118,37 @@ def upload(
             sha256 = expected_sha256 or hashed_read(handle)[1]
             handle.seek(0)
             remote_ref = remote.upload(
-                handle, size, sha256, host_url,
-                owner_agent_id=owner_agent_id, name=name or source.name, compression=compression,
-                expires_at=expires_at, progress=current_job().progress, what=f"upload source {source}",
+                handle,
+                size,
+                sha256,
+                host_url,
+                owner_agent_id=owner_agent_id,
+                name=name or source.name,
+                compression=compression,
+                expires_at=expires_at,
+                progress=current_job().progress,
+                what=f"upload source {source}",
             )
         ctx.records.save_checkpoint(job_id, remote_ref.to_wire())
     return remote_ref.to_wire()
 
 
 @job_actor(contract.DOWNLOAD, time_limit=transfer_time_limit)
-def download(*, url: str, target: str, expected_sha256: str | None, expected_size: int | None, move: bool) -> dict[str, Any]:
-    target_path = resolve_beneath(target, context().settings.allowed_roots, what="download target",
-                                  forbidden=[context().store.root])
+def download(
+    *, url: str, target: str, expected_sha256: str | None, expected_size: int | None, move: bool
+) -> dict[str, Any]:
+    target_path = resolve_beneath(
+        target, context().settings.allowed_roots, what="download target", forbidden=[context().store.root]
+    )
     with RemoteTransfers(context().settings) as remote:
         size, sha256 = remote.download(
-            url, target_path, expected_sha256=expected_sha256, expected_size=expected_size,
-            part_token=artifact_id_for_job(), fsync=context().settings.fsync, progress=current_job().progress,
+            url,
+            target_path,
+            expected_sha256=expected_sha256,
+            expected_size=expected_size,
+            part_token=artifact_id_for_job(),
+            fsync=context().settings.fsync,
+            progress=current_job().progress,
         )
         if move:
             remote.delete(url)  # only now: the target holds the verified bytes

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -134,7 +134,7 @@ def default_scheduler_id() -> str:
 
 def format_tick(moment: float) -> str:
     spec = "seconds" if float(moment).is_integer() else "milliseconds"
-    return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 class PeriodicScheduler:
@@ -237,7 +237,11 @@ class PeriodicScheduler:
             except redis.RedisError as exc:
                 logger.warning(
                     "%s tick %s: not decided, Redis failed (%s: %s); retrying in %g s",
-                    periodic.name, format_tick(tick), type(exc).__name__, exc, self.retry_seconds,
+                    periodic.name,
+                    format_tick(tick),
+                    type(exc).__name__,
+                    exc,
+                    self.retry_seconds,
                 )
                 self._retry_at = now + self.retry_seconds
                 continue
@@ -259,8 +263,13 @@ class PeriodicScheduler:
                     state = {_decoded(name): _decoded(value) for name, value in pipe.hgetall(key).items()}
                     if _number(state.get("tick")) >= tick:
                         pipe.reset()
-                        decision = Decision(periodic.name, tick, SKIPPED_CLAIMED, detail=state.get("scheduler", "?"),
-                                            scheduler=self.scheduler_id)
+                        decision = Decision(
+                            periodic.name,
+                            tick,
+                            SKIPPED_CLAIMED,
+                            detail=state.get("scheduler", "?"),
+                            scheduler=self.scheduler_id,
+                        )
                         self._log(decision)
                         return decision
                     busy = self._busy(periodic, state, now)
@@ -278,8 +287,9 @@ class PeriodicScheduler:
                     continue  # another scheduler changed the state meanwhile: read it again
         if busy is not None:
             job_id, state_name = busy
-            decision = Decision(periodic.name, tick, SKIPPED_BUSY, job_id=job_id, detail=state_name,
-                                scheduler=self.scheduler_id)
+            decision = Decision(
+                periodic.name, tick, SKIPPED_BUSY, job_id=job_id, detail=state_name, scheduler=self.scheduler_id
+            )
         else:
             decision = self._fire(periodic, tick, previous_tick=_number(state.get("tick")))
         self._remember(decision)
@@ -303,7 +313,10 @@ class PeriodicScheduler:
             # message was lost (a flushed queue): waiting for it would block forever.
             logger.warning(
                 "%s: previous job %s is recorded %s but queue %s holds no message; presumed lost",
-                periodic.name, job_id, record.state, periodic.kind.queue_name,
+                periodic.name,
+                job_id,
+                record.state,
+                periodic.kind.queue_name,
             )
             return None
         return (job_id, record.state)
@@ -320,8 +333,9 @@ class PeriodicScheduler:
             job = periodic.enqueue(self.jobs)
         except Exception as exc:
             self._release(periodic, tick, previous_tick)
-            return Decision(periodic.name, tick, FAILED, detail=f"{type(exc).__name__}: {exc}",
-                            scheduler=self.scheduler_id)
+            return Decision(
+                periodic.name, tick, FAILED, detail=f"{type(exc).__name__}: {exc}", scheduler=self.scheduler_id
+            )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping={"job_id": job.id, "fired_tick": repr(tick), "fired_at": repr(self.clock())})
         pipe.hdel(key, "enqueuing_since")
@@ -371,16 +385,32 @@ class PeriodicScheduler:
             logger.info("%s tick %s: fired job %s", decision.kind, when, decision.job_id)
         elif decision.outcome == SKIPPED_BUSY:
             if decision.job_id:
-                logger.info("%s tick %s: skipped, previous %s job %s is still %s",
-                            decision.kind, when, decision.kind, decision.job_id, decision.detail)
+                logger.info(
+                    "%s tick %s: skipped, previous %s job %s is still %s",
+                    decision.kind,
+                    when,
+                    decision.kind,
+                    decision.job_id,
+                    decision.detail,
+                )
             else:
-                logger.info("%s tick %s: skipped, previous %s job is still %s",
-                            decision.kind, when, decision.kind, decision.detail)
+                logger.info(
+                    "%s tick %s: skipped, previous %s job is still %s",
+                    decision.kind,
+                    when,
+                    decision.kind,
+                    decision.detail,
+                )
         elif decision.outcome == SKIPPED_CLAIMED:
             logger.info("%s tick %s: skipped, claimed by scheduler %s", decision.kind, when, decision.detail)
         else:
-            logger.error("%s tick %s: could not enqueue (%s); retrying in %g s",
-                         decision.kind, when, decision.detail, self.retry_seconds)
+            logger.error(
+                "%s tick %s: could not enqueue (%s); retrying in %g s",
+                decision.kind,
+                when,
+                decision.detail,
+                self.retry_seconds,
+            )
 
     # ------------------------------------------------------------------ loop
 
@@ -389,8 +419,11 @@ class PeriodicScheduler:
         logger.info("scheduler %s started (namespace %s)", self.scheduler_id, self.namespace)
         for name, moments in self.next_fire_times().items():
             periodic = next(p for p in self.periodics if p.name == name)
-            every = (f"every {periodic.schedule.interval:g} s" if periodic.schedule.interval is not None
-                     else f"cron {periodic.schedule.text!r} (UTC)")
+            every = (
+                f"every {periodic.schedule.interval:g} s"
+                if periodic.schedule.interval is not None
+                else f"cron {periodic.schedule.text!r} (UTC)"
+            )
             logger.info("%s: %s; next fire times %s", name, every, ", ".join(format_tick(m) for m in moments))
 
     def run_until(self, stop: threading.Event) -> None:

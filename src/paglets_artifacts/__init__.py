@@ -23,8 +23,8 @@ from .errors import (
     SourceUnavailable,
     StorageFull,
     TransferError,
-    UploadTooSlow,
     Transient,
+    UploadTooSlow,
 )
 from .jobs import ArtifactJobs, Job
 from .records import JobRecord

@@ -20,7 +20,6 @@ Errors are one line on stderr; ``--debug`` (before the command) adds the traceba
 from __future__ import annotations
 
 import enum
-import importlib.util
 import json
 import os
 import sys
@@ -103,7 +102,11 @@ class ReportingGroup(TyperGroup):
             elif code == EXIT_FAILED and not isinstance(exc, (TransferError, LookupError)):
                 line += " (run with --debug for the traceback)"
             if ctx.meta.get("json"):
-                typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": redact_text(str(exc)), "exit_code": code}}))
+                typer.echo(
+                    json.dumps(
+                        {"error": {"type": type(exc).__name__, "message": redact_text(str(exc)), "exit_code": code}}
+                    )
+                )
             typer.echo(line, err=True)
             raise typer.Exit(code) from None
 
@@ -244,10 +247,17 @@ def import_(
     _submit(
         ctx,
         lambda jobs: jobs.import_file(
-            source, owner_agent_id=owner, name=name, compression=compression, expires_at=expiry,
-            expected_sha256=sha256, delete_source=delete_source,
+            source,
+            owner_agent_id=owner,
+            name=name,
+            compression=compression,
+            expires_at=expiry,
+            expected_sha256=sha256,
+            delete_source=delete_source,
         ),
-        wait=wait, timeout=timeout, as_json=as_json,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
     )
 
 
@@ -266,7 +276,9 @@ def export(
     _submit(
         ctx,
         lambda jobs: jobs.export(artifact_id, destination, expected_sha256=sha256, move=move),
-        wait=wait, timeout=timeout, as_json=as_json,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
     )
 
 
@@ -289,10 +301,17 @@ def import_url(
     _submit(
         ctx,
         lambda jobs: jobs.import_url(
-            url, owner_agent_id=owner, name=name, compression=compression, expires_at=expiry,
-            expected_sha256=sha256, expected_size=size,
+            url,
+            owner_agent_id=owner,
+            name=name,
+            compression=compression,
+            expires_at=expiry,
+            expected_sha256=sha256,
+            expected_size=size,
         ),
-        wait=wait, timeout=timeout, as_json=as_json,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
     )
 
 
@@ -316,7 +335,9 @@ def push(
         lambda jobs: jobs.export_to_host(
             artifact_id, host_url, owner_agent_id=owner, name=name, expires_at=expires_at, move=move
         ),
-        wait=wait, timeout=timeout, as_json=as_json,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
     )
 
 
@@ -355,7 +376,9 @@ def reindex(
 @app.command("jobs")
 def jobs_(
     ctx: typer.Context,
-    job_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="Show this job (default: list recent jobs).")] = None,
+    job_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="Show this job (default: list recent jobs).")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent jobs.")] = 20,
     kind: Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")] = None,
     state: Annotated[JobState | None, typer.Option("--state", help="Only jobs in this state.")] = None,
@@ -487,7 +510,9 @@ def worker(
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = None,
     queues: Annotated[
         list[str] | None,
-        typer.Option("--queues", "-Q", help="Only these queues (artifact-transfers, artifact-maintenance); repeatable."),
+        typer.Option(
+            "--queues", "-Q", help="Only these queues (artifact-transfers, artifact-maintenance); repeatable."
+        ),
     ] = None,
 ) -> None:
     """Start Dramatiq workers (python -m dramatiq workers.registry); other options pass through.
@@ -513,10 +538,16 @@ def scheduler(ctx: typer.Context) -> None:
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="Port (default: PAGLETS_ARTIFACTS_HOST_URL's).")] = None,
-    insecure: Annotated[bool, typer.Option(
-        "--insecure", help="Serve on a non-loopback address without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE=1).",
-    )] = False,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="Port (default: PAGLETS_ARTIFACTS_HOST_URL's).")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve on a non-loopback address without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE=1).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API (paglets' /artifacts routes and job endpoints).
 
@@ -544,16 +575,47 @@ def paglets_host(
     name: Annotated[str, typer.Option("--name", "-n", help="Host name, e.g. alpha.")],
     host: Annotated[str, typer.Option("--host", help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8765,
-    api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the host's API key.")] = "PAGLETS_API_KEY",
-    persistence_dir: Annotated[Path | None, typer.Option("--persistence-dir", help="The host's directory (artifacts/ and work/ below it); default paglets' ~/.paglets/hosts/NAME.")] = None,
-    max_size: Annotated[int | None, typer.Option("--artifact-max-size", min=0, help="Largest artifact in bytes (default PAGLETS_ARTIFACTS_MAX_ARTIFACT_BYTES).")] = None,
-    quota: Annotated[int | None, typer.Option("--artifact-storage-quota", min=0, help="Bytes the store may hold (default PAGLETS_ARTIFACTS_QUOTA_BYTES).")] = None,
-    spool_ttl: Annotated[float | None, typer.Option("--artifact-spool-ttl", min=1.0, help="Age of a stale .part in seconds (default PAGLETS_ARTIFACTS_SPOOL_TTL_SECONDS).")] = None,
+    api_key_env: Annotated[
+        str, typer.Option("--api-key-env", help="Environment variable holding the host's API key.")
+    ] = "PAGLETS_API_KEY",
+    persistence_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--persistence-dir",
+            help="The host's directory (artifacts/ and work/ below it); default paglets' ~/.paglets/hosts/NAME.",
+        ),
+    ] = None,
+    max_size: Annotated[
+        int | None,
+        typer.Option(
+            "--artifact-max-size",
+            min=0,
+            help="Largest artifact in bytes (default PAGLETS_ARTIFACTS_MAX_ARTIFACT_BYTES).",
+        ),
+    ] = None,
+    quota: Annotated[
+        int | None,
+        typer.Option(
+            "--artifact-storage-quota", min=0, help="Bytes the store may hold (default PAGLETS_ARTIFACTS_QUOTA_BYTES)."
+        ),
+    ] = None,
+    spool_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--artifact-spool-ttl",
+            min=1.0,
+            help="Age of a stale .part in seconds (default PAGLETS_ARTIFACTS_SPOOL_TTL_SECONDS).",
+        ),
+    ] = None,
     mesh: Annotated[bool, typer.Option("--mesh/--no-mesh", help="paglets' host mesh discovery.")] = True,
     peer: Annotated[list[str] | None, typer.Option("--peer", help="Peer host URL to join; repeatable.")] = None,
     public_url: Annotated[str | None, typer.Option("--public-url", help="Externally reachable base URL.")] = None,
-    keep_on_dispose: Annotated[bool, typer.Option("--keep-on-dispose", help="Keep a disposed paglet's artifacts (no delete_owner job).")] = False,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Listen beyond loopback without an API key (logged as a warning).")] = False,
+    keep_on_dispose: Annotated[
+        bool, typer.Option("--keep-on-dispose", help="Keep a disposed paglet's artifacts (no delete_owner job).")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Listen beyond loopback without an API key (logged as a warning).")
+    ] = False,
 ) -> None:
     """Run a real paglets host with offloading attached: its artifact work runs as jobs."""
     settings = _begin(ctx)
@@ -575,15 +637,25 @@ def paglets_host(
         raise typer.BadParameter(f"{api_key_env} is not set or is empty", param_hint="--api-key-env")
 
     def started(running: Any, offloading: Any) -> None:
-        _stdout().print(Text(
-            f"paglets host {running.name!r} listening at {running.address}, offloading to Redis "
-            f"{redact_url(settings.redis_url)} (namespace {settings.namespace}, store {offloading.store.root})"
-        ))
+        _stdout().print(
+            Text(
+                f"paglets host {running.name!r} listening at {running.address}, offloading to Redis "
+                f"{redact_url(settings.redis_url)} (namespace {settings.namespace}, store {offloading.store.root})"
+            )
+        )
 
     run_host(
-        settings.with_changes(**changes), name=name, bind=host, port=port, api_key=api_key,
-        persistence_dir=persistence_dir.expanduser().resolve() if persistence_dir else None, mesh=mesh, peers=peer,
-        public_url=public_url, delete_on_dispose=not keep_on_dispose, on_started=started,
+        settings.with_changes(**changes),
+        name=name,
+        bind=host,
+        port=port,
+        api_key=api_key,
+        persistence_dir=persistence_dir.expanduser().resolve() if persistence_dir else None,
+        mesh=mesh,
+        peers=peer,
+        public_url=public_url,
+        delete_on_dispose=not keep_on_dispose,
+        on_started=started,
         # set explicitly, the store root must be the host's own (offloading checks); else it is
         adopt_store_root=not os.environ.get(PREFIX + "STORE_ROOT"),
     )
@@ -643,7 +715,9 @@ def check(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         _emit_json({"ok": True, "redis_url": redact_url(settings.redis_url), "store_root": str(store.root)})
         return
-    _stdout().print(views.plain(f"ok: Redis at {redact_url(settings.redis_url)} answers; store {store.root} is writable"))
+    _stdout().print(
+        views.plain(f"ok: Redis at {redact_url(settings.redis_url)} answers; store {store.root} is writable")
+    )
 
 
 def main() -> None:
@@ -651,8 +725,17 @@ def main() -> None:
     app(prog_name="paglets-artifacts")
 
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_UNAVAILABLE",
-           "EXIT_USAGE", "app", "main"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "app",
+    "main",
+]
 
 if __name__ == "__main__":
     main()

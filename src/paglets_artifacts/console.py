@@ -91,8 +91,13 @@ def follow(
     # The description holds a caller's label and the record's kind: text, never markup.
     columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}", markup=False)]
     if transfer:
-        columns += [BarColumn(), TaskProgressColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                    TimeRemainingColumn()]
+        columns += [
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        ]
     else:
         columns += [TimeElapsedColumn()]
     name = label or f"{record.kind} {job.id[:8]}"
@@ -105,8 +110,9 @@ def follow(
                 attempt = record.attempts
                 progress.reset(task)
             total = record.bytes_total if transfer and record.bytes_total >= 0 else None
-            progress.update(task, total=total, completed=record.bytes_done if transfer else 0,
-                            description=f"{name} {record.state}")
+            progress.update(
+                task, total=total, completed=record.bytes_done if transfer else 0, description=f"{name} {record.state}"
+            )
             if record.done:
                 break
             if deadline is not None and time.monotonic() >= deadline:
@@ -197,8 +203,14 @@ def jobs_table(records: Iterable[JobRecord]) -> Table:
             outcome = ""
         if record.attempts > 1:
             outcome = f"{outcome} (attempt {record.attempts})"
-        table.add_row(plain(record.id[:SHORT_ID]), plain(record.kind), _styled_state(record.state),
-                      _clock(record.enqueued_at), _seconds(duration(record)), plain(outcome))
+        table.add_row(
+            plain(record.id[:SHORT_ID]),
+            plain(record.kind),
+            _styled_state(record.state),
+            _clock(record.enqueued_at),
+            _seconds(duration(record)),
+            plain(outcome),
+        )
     return table
 
 
@@ -218,8 +230,10 @@ def result_summary(kind: str, result: dict[str, Any]) -> str:
             text += f" -> {result['target']}"
         return text
     if kind == contract.SWEEP.name:
-        return (f"parts {result.get('parts_removed', 0)}, expired {result.get('expired_removed', 0)}, "
-                f"orphans {result.get('orphans_removed', 0)}, freed {human_bytes(result.get('bytes_freed', 0))}")
+        return (
+            f"parts {result.get('parts_removed', 0)}, expired {result.get('expired_removed', 0)}, "
+            f"orphans {result.get('orphans_removed', 0)}, freed {human_bytes(result.get('bytes_freed', 0))}"
+        )
     if kind == contract.DELETE_OWNER.name:
         return f"deleted {result.get('deleted', 0)}, freed {human_bytes(result.get('bytes_freed', 0))}"
     return ", ".join(f"{key} {value}" for key, value in result.items())
@@ -234,8 +248,14 @@ def artifacts_table(refs: Iterable[ArtifactRef]) -> Table:
     table.add_column("created", no_wrap=True)
     table.add_column("expires", no_wrap=True)
     for ref in refs:
-        table.add_row(plain(ref.artifact_id), plain(ref.name), human_bytes(ref.size_bytes), plain(ref.owner_agent_id or "-"),
-                      _clock(ref.created_at), _clock(ref.expires_at) if ref.expires_at else "-")
+        table.add_row(
+            plain(ref.artifact_id),
+            plain(ref.name),
+            human_bytes(ref.size_bytes),
+            plain(ref.owner_agent_id or "-"),
+            _clock(ref.created_at),
+            _clock(ref.expires_at) if ref.expires_at else "-",
+        )
     return table
 
 

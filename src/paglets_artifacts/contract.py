@@ -286,7 +286,8 @@ IMPORT_URL = JobKind(
     TRANSFER_QUEUE,
     {
         "url": Argument(
-            HTTP_URL, "http(s) URL of the artifact (its host must be in PAGLETS_ARTIFACTS_ALLOWED_HOSTS).",
+            HTTP_URL,
+            "http(s) URL of the artifact (its host must be in PAGLETS_ARTIFACTS_ALLOWED_HOSTS).",
             required=True,
         ),
         "owner_agent_id": _OWNER,
@@ -367,7 +368,10 @@ DELETE_OWNER = JobKind(
     doc="Delete every artifact of an owner (a disposed paglet).",
 )
 REINDEX = JobKind(
-    "reindex", "paglets_artifacts_reindex", MAINTENANCE_QUEUE, {},
+    "reindex",
+    "paglets_artifacts_reindex",
+    MAINTENANCE_QUEUE,
+    {},
     doc="Rebuild the store's index from the files on disk.",
 )
 

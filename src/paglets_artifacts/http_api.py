@@ -70,8 +70,8 @@ from .errors import (
 from .http_metrics import HostMetrics, RequestMetrics
 from .jobs import ArtifactJobs
 from .records import STATES, JobRecord
-from .refs import STREAM_CHUNK_BYTES, ArtifactRef, validate_artifact_id, validate_expires_at
 from .redaction import redact_url
+from .refs import STREAM_CHUNK_BYTES, ArtifactRef, validate_artifact_id, validate_expires_at
 from .remote import SHA256_HEADER
 from .settings import Settings, SettingsError
 from .store import ArtifactStore, parse_content_length
@@ -254,7 +254,9 @@ class BearerAuth:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token.strip(), self._expected)
+                return (
+                    scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token.strip(), self._expected)
+                )
         return False
 
 
@@ -460,7 +462,9 @@ class ArtifactAPI:
       jobs(ArtifactJobs): where the job endpoints enqueue and read records.
     """
 
-    def __init__(self, settings: Settings, store: ArtifactStore, jobs: ArtifactJobs, metrics: HostMetrics | None = None):
+    def __init__(
+        self, settings: Settings, store: ArtifactStore, jobs: ArtifactJobs, metrics: HostMetrics | None = None
+    ):
         self.settings = settings
         self.store = store
         self.jobs = jobs
@@ -549,7 +553,9 @@ class ArtifactAPI:
     async def enqueue(self, request: Request) -> Response:
         kind = contract.KINDS.get(request.path_params["kind"])
         if kind is None:
-            raise UnknownJobKind(f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}")
+            raise UnknownJobKind(
+                f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}"
+            )
         arguments = await _json_object(request)
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
@@ -572,7 +578,10 @@ class ArtifactAPI:
     async def recent_jobs(self, request: Request) -> Response:
         params = request.query_params
         records = await self._sync(
-            self.jobs.jobs, limit=_query_limit(request), kind=params.get("kind") or None, state=params.get("state") or None
+            self.jobs.jobs,
+            limit=_query_limit(request),
+            kind=params.get("kind") or None,
+            state=params.get("state") or None,
         )
         return JSONResponse({"jobs": [record.to_wire() for record in records]})
 
@@ -783,8 +792,11 @@ def check_exposure(settings: Settings, host: str) -> None:
             f"set PAGLETS_ARTIFACTS_API_KEY, or listen on 127.0.0.1, or pass --insecure "
             f"(PAGLETS_ARTIFACTS_ALLOW_INSECURE=1) to serve without one"
         )
-    logger.warning("serving on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who reaches "
-                   "this address can enqueue jobs", host)
+    logger.warning(
+        "serving on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who reaches "
+        "this address can enqueue jobs",
+        host,
+    )
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_level: str = "info") -> None:
@@ -797,7 +809,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8470, *, log_
     if settings.metrics_port > 0:
         metrics = HostMetrics()
         metrics.serve(settings.metrics_port, host)
-    uvicorn.run(create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level, http=BoundedHttpToolsProtocol)
+    uvicorn.run(
+        create_app(settings, metrics=metrics), host=host, port=port, log_level=log_level, http=BoundedHttpToolsProtocol
+    )
 
 
 class ServerThread:
@@ -812,7 +826,9 @@ class ServerThread:
     """
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http=BoundedHttpToolsProtocol)
+        self.config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, lifespan="on", http=BoundedHttpToolsProtocol
+        )
         redact_access_log()
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
@@ -849,8 +865,14 @@ class ServerThread:
 
 
 #: JSON schema types of the Python types that refs and job records hold.
-_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object",
-                               list: "array"}
+_JSON_TYPES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+}
 
 
 def _json_schema_of(hint: Any) -> dict[str, Any]:
@@ -873,7 +895,10 @@ def _fields_schema(cls: type, **overrides: dict[str, Any]) -> dict[str, dict[str
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
     return {
-        str(status): {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        str(status): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
         for status in statuses
     }
 
@@ -883,7 +908,10 @@ def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
 
 
 def _json(schema_ref: str, description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
+    }
 
 
 @functools.cache
@@ -897,24 +925,51 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "paglets-artifacts host API", "version": "1"},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "when PAGLETS_ARTIFACTS_API_KEY is set"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "when PAGLETS_ARTIFACTS_API_KEY is set"}
+            },
             "schemas": {
                 "ArtifactRef": {"type": "object", "properties": ref_properties, "required": list(ref_properties)},
-                "Artifact": {"type": "object", "properties": {"artifact": {"$ref": "#/components/schemas/ArtifactRef"}}},
-                "Artifacts": {"type": "object", "properties": {"artifacts": {"type": "array", "items": {"$ref": "#/components/schemas/ArtifactRef"}}}},
+                "Artifact": {
+                    "type": "object",
+                    "properties": {"artifact": {"$ref": "#/components/schemas/ArtifactRef"}},
+                },
+                "Artifacts": {
+                    "type": "object",
+                    "properties": {
+                        "artifacts": {"type": "array", "items": {"$ref": "#/components/schemas/ArtifactRef"}}
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "properties": {
-                        "error_type": {"type": "string", "description": "a class paglets' client knows: TransferError, AuthenticationError, ForbiddenError, HostError, RemoteHostError"},
+                        "error_type": {
+                            "type": "string",
+                            "description": "a class paglets' client knows: TransferError, AuthenticationError, "
+                            "ForbiddenError, HostError, RemoteHostError",
+                        },
                         "error": {"type": "string"},
-                        "error_class": {"type": "string", "description": "the precise class: ChecksumMismatch, ArtifactNotFound, QuotaExceeded, ..."},
+                        "error_class": {
+                            "type": "string",
+                            "description": "the precise class: ChecksumMismatch, ArtifactNotFound, QuotaExceeded, ...",
+                        },
                     },
                     "required": ["error_type", "error"],
                 },
-                "JobAccepted": {"type": "object", "properties": {"job_id": {"type": "string"}, "kind": {"type": "string"}, "status_url": {"type": "string"}}},
+                "JobAccepted": {
+                    "type": "object",
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "status_url": {"type": "string"},
+                    },
+                },
                 "JobRecord": {"type": "object", "properties": record_properties},
                 "Job": {"type": "object", "properties": {"job": {"$ref": "#/components/schemas/JobRecord"}}},
-                "Jobs": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}}}},
+                "Jobs": {
+                    "type": "object",
+                    "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}}},
+                },
                 **{f"{name}_arguments": schema for name, schema in job_kinds.items()},
             },
         },
@@ -931,7 +986,10 @@ def openapi_document() -> dict[str, Any]:
                         _query("sha256", {"type": "string"}, "expected SHA-256; checked before commit"),
                         _query("size", {"type": "integer"}, "expected size in bytes"),
                     ],
-                    "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
                     "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 408, 413, 422, 503)},
                 },
                 "get": {
@@ -947,7 +1005,10 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "the bytes",
-                            "headers": {SHA256_HEADER: {"schema": {"type": "string"}}, "Content-Length": {"schema": {"type": "integer"}}},
+                            "headers": {
+                                SHA256_HEADER: {"schema": {"type": "string"}},
+                                "Content-Length": {"schema": {"type": "integer"}},
+                            },
                             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                         },
                         **_error_responses(400, 401, 404),
@@ -956,17 +1017,36 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Delete an artifact",
                     "parameters": [artifact_id],
-                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}}}, **_error_responses(400, 401, 404)},
+                    "responses": {
+                        "200": {
+                            "description": "deleted",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+                                }
+                            },
+                        },
+                        **_error_responses(400, 401, 404),
+                    },
                 },
             },
             "/artifacts/{artifact_id}/metadata": {
-                "get": {"summary": "An artifact's ref", "parameters": [artifact_id], "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 404)}},
+                "get": {
+                    "summary": "An artifact's ref",
+                    "parameters": [artifact_id],
+                    "responses": {"200": _json("Artifact"), **_error_responses(400, 401, 404)},
+                },
             },
             **{
                 f"/jobs/{name}": {
                     "post": {
                         "summary": f"Enqueue a {name} job: {contract.KINDS[name].doc}",
-                        "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}_arguments"}}}},
+                        "requestBody": {
+                            "required": False,
+                            "content": {
+                                "application/json": {"schema": {"$ref": f"#/components/schemas/{name}_arguments"}}
+                            },
+                        },
                         "responses": {"202": _json("JobAccepted", "enqueued"), **_error_responses(400, 401, 503)},
                     }
                 }
@@ -983,13 +1063,19 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Recent jobs, newest first",
                     "parameters": [
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_JOB_LIST, "default": 50}, "how many"),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_JOB_LIST, "default": 50},
+                            "how many",
+                        ),
                         _query("kind", {"type": "string"}, "only this kind"),
                         _query("state", {"type": "string"}, "only this state"),
                     ],
                     "responses": {"200": _json("Jobs"), **_error_responses(400, 401, 503)},
                 }
             },
-            "/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/openapi.json": {
+                "get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
         },
     }

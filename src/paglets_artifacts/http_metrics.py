@@ -42,26 +42,34 @@ class HostMetrics:
 
     def __init__(self) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is set: it is the workers' metrics directory; unset it for the HTTP host")
+            raise RuntimeError(
+                "PROMETHEUS_MULTIPROC_DIR is set: it is the workers' metrics directory; unset it for the HTTP host"
+            )
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "paglets_artifacts_http_requests", "HTTP requests answered, by route template, method and status.",
-            ["route", "method", "status"], registry=self.registry,
+            "paglets_artifacts_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.durations = Histogram(
             "paglets_artifacts_http_request_duration_seconds",
             "Time from a request's arrival to the end of its answer, by route template and method.",
-            ["route", "method"], buckets=DURATION_BUCKETS, registry=self.registry,
+            ["route", "method"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.in_flight = Gauge(
             "paglets_artifacts_http_requests_in_flight", "HTTP requests being answered now.", registry=self.registry
         )
         self.uploaded = Counter(
-            "paglets_artifacts_http_uploaded_bytes", "Bytes of artifacts stored from upload request bodies.",
+            "paglets_artifacts_http_uploaded_bytes",
+            "Bytes of artifacts stored from upload request bodies.",
             registry=self.registry,
         )
         self.downloaded = Counter(
-            "paglets_artifacts_http_downloaded_bytes", "Bytes of artifact bodies sent to clients.",
+            "paglets_artifacts_http_downloaded_bytes",
+            "Bytes of artifact bodies sent to clients.",
             registry=self.registry,
         )
 

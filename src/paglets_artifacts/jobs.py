@@ -21,7 +21,6 @@ from .errors import JobTimeout, error_class
 from .records import FAILED, JobRecord, JobRecords
 from .settings import Settings
 
-
 #: Pause between two attempts to reach Redis while a caller waits for a job.
 RECONNECT_DELAY_SECONDS = 0.2
 

@@ -36,7 +36,8 @@ def resolve_allowed(
     except OSError as exc:
         if exc.errno == errno.EINVAL:  # readlink of what lstat had just seen as a link: swapped meanwhile
             raise PathNotAllowed(
-                f"{what} path {text} refused: {exc.filename} changed between a link and a directory while it was resolved"
+                f"{what} path {text} refused: {exc.filename} changed between a link and a directory while it was "
+                "resolved"
             ) from None
         raise InvalidInput(f"{what} path {text} cannot be resolved: {exc}") from None
     except RuntimeError as exc:  # a symlink loop (RuntimeError before Python 3.13)

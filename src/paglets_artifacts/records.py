@@ -97,7 +97,9 @@ class JobRecord:
             result=json.loads(values["result"]) if values.get("result") else None,
             error=_mapping_or_none(json.loads(values["error"]) if values.get("error") else None, "error"),
             worker=values.get("worker", ""),
-            arguments=_mapping_or_none(json.loads(values["arguments"]) if values.get("arguments") else None, "arguments")
+            arguments=_mapping_or_none(
+                json.loads(values["arguments"]) if values.get("arguments") else None, "arguments"
+            )
             or {},
         )
 
@@ -276,7 +278,7 @@ class JobRecords:
             pipe = self.client.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hgetall(self.key(_s(job_id)))
-            for job_id, data in zip(ids, pipe.execute()):
+            for job_id, data in zip(ids, pipe.execute(), strict=True):
                 if not data:
                     stale.append(job_id)
                     continue

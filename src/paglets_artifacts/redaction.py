@@ -23,10 +23,28 @@ from urllib.parse import unquote_plus
 #: What a secret is replaced with.
 MASK = "***"
 #: Query parameter names whose value is a secret (lower case).
-SECRET_PARAMETERS = frozenset({
-    "password", "passwd", "pass", "pwd", "token", "signature", "sig", "secret", "key", "api_key", "apikey",
-    "access_token", "auth", "authorization", "credential", "credentials", "session", "sessionid",
-})
+SECRET_PARAMETERS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "token",
+        "signature",
+        "sig",
+        "secret",
+        "key",
+        "api_key",
+        "apikey",
+        "access_token",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "session",
+        "sessionid",
+    }
+)
 #: Name prefixes of parameters that are all secret or part of a signature (lower case).
 SECRET_PREFIXES = ("x-amz-", "x-goog-")
 #: Words that make a parameter secret wherever they occur in its name (lower case).
@@ -87,5 +105,12 @@ def redact_text(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
-__all__ = ["MASK", "SECRET_PARAMETERS", "SECRET_PREFIXES", "SECRET_WORDS", "redact_text", "redact_url",
-           "secret_parameter"]
+__all__ = [
+    "MASK",
+    "SECRET_PARAMETERS",
+    "SECRET_PREFIXES",
+    "SECRET_WORDS",
+    "redact_text",
+    "redact_url",
+    "secret_parameter",
+]

@@ -85,8 +85,21 @@ class EmbeddedRedis:
         for _attempt in range(5):
             port = self.port or free_port()
             args = [
-                str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self._dir.name, "--daemonize", "no", "--loglevel", "warning",
+                str(binary),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
             ]
             if self.password:
                 args += ["--requirepass", self.password]
@@ -106,7 +119,11 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         # No client retries: a foreign listener on the port must not stretch the wait past ``timeout``.
         client = redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1,
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_timeout=1,
+            socket_connect_timeout=1,
             retry=Retry(NoBackoff(), 0),
         )
         try:

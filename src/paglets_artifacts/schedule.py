@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from croniter import croniter
 
@@ -25,14 +25,14 @@ class Schedule:
         """The first tick strictly after ``moment`` (Unix seconds)."""
         if self.interval is not None:
             return (math.floor(moment / self.interval) + 1) * self.interval
-        start = datetime.fromtimestamp(moment, tz=timezone.utc)
+        start = datetime.fromtimestamp(moment, tz=UTC)
         return float(croniter(self.text, start).get_next(float))
 
     def last_at_or_before(self, moment: float) -> float:
         """The latest tick at or before ``moment``."""
         if self.interval is not None:
             return math.floor(moment / self.interval) * self.interval
-        start = datetime.fromtimestamp(moment + 1e-6, tz=timezone.utc)
+        start = datetime.fromtimestamp(moment + 1e-6, tz=UTC)
         return float(croniter(self.text, start).get_prev(float))
 
 

@@ -57,37 +57,152 @@ def _meta(env: str, doc: str, parse: str = "str") -> dict[str, Any]:
 class Settings:
     """Configuration of a host, a worker, the scheduler or the HTTP server."""
 
-    redis_url: str = field(default=DEFAULT_REDIS_URL, metadata=_meta("REDIS_URL", "Redis URL (redis://, rediss:// for TLS, unix://)", "url"))
-    redis_timeout_seconds: float = field(default=5.0, metadata=_meta("REDIS_TIMEOUT_SECONDS", "how long a host, the CLI or the HTTP host waits for Redis to connect or to answer a command", "seconds"))
-    namespace: str = field(default=DEFAULT_NAMESPACE, metadata=_meta("NAMESPACE", "prefix of every Redis key (jobs, index, Dramatiq queues)", "name"))
-    store_root: Path = field(default=Path("artifact-store"), metadata=_meta("STORE_ROOT", "the store directory (blobs/, metadata/, tmp/)", "path"))
-    host_url: str = field(default="http://127.0.0.1:8470", metadata=_meta("HOST_URL", "the URL refs of this store carry", "url"))
-    max_artifact_bytes: int = field(default=DEFAULT_ARTIFACT_MAX_BYTES, metadata=_meta("MAX_ARTIFACT_BYTES", "largest artifact in bytes (0: no cap)", "size"))
-    quota_bytes: int | None = field(default=DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES, metadata=_meta("QUOTA_BYTES", "bytes the store may hold ('none': no quota)", "optional_size"))
-    spool_ttl_seconds: float = field(default=float(DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS), metadata=_meta("SPOOL_TTL_SECONDS", "age at which a .part file is stale", "seconds"))
-    fsync: bool = field(default=True, metadata=_meta("FSYNC", "flush blobs and metadata before a ref is returned", "bool"))
-    allowed_roots: tuple[Path, ...] = field(default=(), metadata=_meta("ALLOWED_ROOTS", "directories (':'-separated) import sources and export targets must lie under; empty refuses every path; none may contain the store or lie inside it", "paths"))
-    allowed_hosts: tuple[str, ...] = field(default=(), metadata=_meta("ALLOWED_HOSTS", "remote host URLs (','-separated) pull and push jobs may contact", "urls"))
-    host_api_keys: tuple[tuple[str, str], ...] = field(default=(), metadata=_meta("HOST_API_KEYS", "per-remote-host API keys: 'URL=KEY,URL=KEY'", "keys"))
-    api_key: str = field(default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret"))
-    allow_insecure: bool = field(default=False, metadata=_meta("ALLOW_INSECURE", "let serve and paglets-host listen on a non-loopback address without an API key (a warning at every start)", "bool"))
-    job_retention_seconds: float = field(default=86400.0, metadata=_meta("JOB_RETENTION_SECONDS", "how long job records are kept after they end", "seconds"))
-    transfer_time_limit_seconds: float = field(default=3600.0, metadata=_meta("TRANSFER_TIME_LIMIT_SECONDS", "time limit of one import or export attempt", "seconds"))
-    maintenance_time_limit_seconds: float = field(default=900.0, metadata=_meta("MAINTENANCE_TIME_LIMIT_SECONDS", "time limit of a sweep, owner deletion or reindex", "seconds"))
-    max_retries: int = field(default=5, metadata=_meta("MAX_RETRIES", "retries of a job that failed with a transient error", "count"))
-    min_backoff_ms: int = field(default=1000, metadata=_meta("MIN_BACKOFF_MS", "first retry delay; doubles on each retry", "count"))
+    redis_url: str = field(
+        default=DEFAULT_REDIS_URL,
+        metadata=_meta("REDIS_URL", "Redis URL (redis://, rediss:// for TLS, unix://)", "url"),
+    )
+    redis_timeout_seconds: float = field(
+        default=5.0,
+        metadata=_meta(
+            "REDIS_TIMEOUT_SECONDS",
+            "how long a host, the CLI or the HTTP host waits for Redis to connect or to answer a command",
+            "seconds",
+        ),
+    )
+    namespace: str = field(
+        default=DEFAULT_NAMESPACE,
+        metadata=_meta("NAMESPACE", "prefix of every Redis key (jobs, index, Dramatiq queues)", "name"),
+    )
+    store_root: Path = field(
+        default=Path("artifact-store"),
+        metadata=_meta("STORE_ROOT", "the store directory (blobs/, metadata/, tmp/)", "path"),
+    )
+    host_url: str = field(
+        default="http://127.0.0.1:8470", metadata=_meta("HOST_URL", "the URL refs of this store carry", "url")
+    )
+    max_artifact_bytes: int = field(
+        default=DEFAULT_ARTIFACT_MAX_BYTES,
+        metadata=_meta("MAX_ARTIFACT_BYTES", "largest artifact in bytes (0: no cap)", "size"),
+    )
+    quota_bytes: int | None = field(
+        default=DEFAULT_ARTIFACT_STORAGE_QUOTA_BYTES,
+        metadata=_meta("QUOTA_BYTES", "bytes the store may hold ('none': no quota)", "optional_size"),
+    )
+    spool_ttl_seconds: float = field(
+        default=float(DEFAULT_ARTIFACT_SPOOL_TTL_SECONDS),
+        metadata=_meta("SPOOL_TTL_SECONDS", "age at which a .part file is stale", "seconds"),
+    )
+    fsync: bool = field(
+        default=True, metadata=_meta("FSYNC", "flush blobs and metadata before a ref is returned", "bool")
+    )
+    allowed_roots: tuple[Path, ...] = field(
+        default=(),
+        metadata=_meta(
+            "ALLOWED_ROOTS",
+            "directories (':'-separated) import sources and export targets must lie under; empty refuses every path; "
+            "none may contain the store or lie inside it",
+            "paths",
+        ),
+    )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta("ALLOWED_HOSTS", "remote host URLs (','-separated) pull and push jobs may contact", "urls"),
+    )
+    host_api_keys: tuple[tuple[str, str], ...] = field(
+        default=(), metadata=_meta("HOST_API_KEYS", "per-remote-host API keys: 'URL=KEY,URL=KEY'", "keys")
+    )
+    api_key: str = field(
+        default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret")
+    )
+    allow_insecure: bool = field(
+        default=False,
+        metadata=_meta(
+            "ALLOW_INSECURE",
+            "let serve and paglets-host listen on a non-loopback address without an API key (a warning at every start)",
+            "bool",
+        ),
+    )
+    job_retention_seconds: float = field(
+        default=86400.0,
+        metadata=_meta("JOB_RETENTION_SECONDS", "how long job records are kept after they end", "seconds"),
+    )
+    transfer_time_limit_seconds: float = field(
+        default=3600.0,
+        metadata=_meta("TRANSFER_TIME_LIMIT_SECONDS", "time limit of one import or export attempt", "seconds"),
+    )
+    maintenance_time_limit_seconds: float = field(
+        default=900.0,
+        metadata=_meta("MAINTENANCE_TIME_LIMIT_SECONDS", "time limit of a sweep, owner deletion or reindex", "seconds"),
+    )
+    max_retries: int = field(
+        default=5, metadata=_meta("MAX_RETRIES", "retries of a job that failed with a transient error", "count")
+    )
+    min_backoff_ms: int = field(
+        default=1000, metadata=_meta("MIN_BACKOFF_MS", "first retry delay; doubles on each retry", "count")
+    )
     max_backoff_ms: int = field(default=300000, metadata=_meta("MAX_BACKOFF_MS", "longest retry delay", "count"))
-    heartbeat_timeout_ms: int = field(default=60000, metadata=_meta("HEARTBEAT_TIMEOUT_MS", "silence after which a worker is dead and its jobs are redelivered", "count"))
-    maintenance_chance: int = field(default=1000, metadata=_meta("MAINTENANCE_CHANCE", "per million broker commands: how often dead workers' jobs are looked for", "count"))
-    progress_every_bytes: int = field(default=4 * 1024 * 1024, metadata=_meta("PROGRESS_EVERY_BYTES", "how often a transfer reports progress", "size"))
-    upload_idle_seconds: float = field(default=30.0, metadata=_meta("UPLOAD_IDLE_SECONDS", "an HTTP upload body bringing fewer bytes than the minimum rate asks within this many seconds of waiting is cut (408)", "seconds"))
-    upload_min_bytes_per_second: int = field(default=1024, metadata=_meta("UPLOAD_MIN_BYTES_PER_SECOND", "minimum rate of an HTTP upload body, averaged over each UPLOAD_IDLE_SECONDS of waiting (0: one byte per window)", "size"))
-    uploads_per_client: int = field(default=8, metadata=_meta("UPLOADS_PER_CLIENT", "HTTP uploads one client address may run at once (0: no per-client limit)", "count"))
-    upload_slot_wait_seconds: float = field(default=10.0, metadata=_meta("UPLOAD_SLOT_WAIT_SECONDS", "how long an HTTP upload waits for a free slot before a 503 with Retry-After", "seconds"))
-    owner_tombstone_seconds: float = field(default=86400.0, metadata=_meta("OWNER_TOMBSTONE_SECONDS", "how long a deleted owner's imports are refused", "seconds"))
-    sweep_schedule: str = field(default="300", metadata=_meta("SWEEP_SCHEDULE", "sweep schedule: seconds between sweeps, or a cron expression", "schedule"))
-    reindex_schedule: str = field(default="3600", metadata=_meta("REINDEX_SCHEDULE", "reconciliation schedule: seconds, or a cron expression", "schedule"))
-    metrics_port: int = field(default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or of the HTTP host (0: off)", "count"))
+    heartbeat_timeout_ms: int = field(
+        default=60000,
+        metadata=_meta(
+            "HEARTBEAT_TIMEOUT_MS", "silence after which a worker is dead and its jobs are redelivered", "count"
+        ),
+    )
+    maintenance_chance: int = field(
+        default=1000,
+        metadata=_meta(
+            "MAINTENANCE_CHANCE", "per million broker commands: how often dead workers' jobs are looked for", "count"
+        ),
+    )
+    progress_every_bytes: int = field(
+        default=4 * 1024 * 1024, metadata=_meta("PROGRESS_EVERY_BYTES", "how often a transfer reports progress", "size")
+    )
+    upload_idle_seconds: float = field(
+        default=30.0,
+        metadata=_meta(
+            "UPLOAD_IDLE_SECONDS",
+            "an HTTP upload body bringing fewer bytes than the minimum rate asks within this many seconds of waiting "
+            "is cut (408)",
+            "seconds",
+        ),
+    )
+    upload_min_bytes_per_second: int = field(
+        default=1024,
+        metadata=_meta(
+            "UPLOAD_MIN_BYTES_PER_SECOND",
+            "minimum rate of an HTTP upload body, averaged over each UPLOAD_IDLE_SECONDS of waiting (0: one byte per "
+            "window)",
+            "size",
+        ),
+    )
+    uploads_per_client: int = field(
+        default=8,
+        metadata=_meta(
+            "UPLOADS_PER_CLIENT", "HTTP uploads one client address may run at once (0: no per-client limit)", "count"
+        ),
+    )
+    upload_slot_wait_seconds: float = field(
+        default=10.0,
+        metadata=_meta(
+            "UPLOAD_SLOT_WAIT_SECONDS",
+            "how long an HTTP upload waits for a free slot before a 503 with Retry-After",
+            "seconds",
+        ),
+    )
+    owner_tombstone_seconds: float = field(
+        default=86400.0,
+        metadata=_meta("OWNER_TOMBSTONE_SECONDS", "how long a deleted owner's imports are refused", "seconds"),
+    )
+    sweep_schedule: str = field(
+        default="300",
+        metadata=_meta("SWEEP_SCHEDULE", "sweep schedule: seconds between sweeps, or a cron expression", "schedule"),
+    )
+    reindex_schedule: str = field(
+        default="3600",
+        metadata=_meta("REINDEX_SCHEDULE", "reconciliation schedule: seconds, or a cron expression", "schedule"),
+    )
+    metrics_port: int = field(
+        default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or of the HTTP host (0: off)", "count")
+    )
     log_format: str = field(default="text", metadata=_meta("LOG_FORMAT", "'text' or 'json' log lines", "log_format"))
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, SizeMismatch, SourceUnavailable, TransferError
+from .errors import InvalidInput, SizeMismatch, TransferError
 from .refs import STREAM_CHUNK_BYTES
 
 #: Longest chunk-size line (size, extensions, CRLF) a chunked body may carry.
@@ -339,7 +339,8 @@ class _NoKernelCopy(Exception):
 
 #: errno values with which ``copy_file_range`` says "not between these files".
 _NO_KERNEL_COPY_ERRNOS = frozenset(
-    getattr(errno, name) for name in ("EXDEV", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EINVAL", "EBADF", "EPERM")
+    getattr(errno, name)
+    for name in ("EXDEV", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EINVAL", "EBADF", "EPERM")
     if hasattr(errno, name)
 )
 
@@ -540,7 +541,7 @@ class _Pipeline:
             while True:
                 slot = index % self._depth
                 self._wait_for_slot(index)
-                chunk = self._chunks.next(self._size, lambda: self._buffer(slot))
+                chunk = self._chunks.next(self._size, lambda slot=slot: self._buffer(slot))
                 if chunk is None:
                     break
                 total += len(chunk)
@@ -786,4 +787,3 @@ def create_exclusive(path: Path | str, mode: int = 0o644, *, dir_fd: int | None 
 def open_exclusive(path: Path):
     """``create_exclusive`` as a binary file object."""
     return os.fdopen(create_exclusive(path), "wb")
-

@@ -9,7 +9,6 @@ process and its forks). The worker loads :data:`REGISTRY_MODULE`, which lives in
 from __future__ import annotations
 
 import importlib.util
-
 import os
 import shutil
 import subprocess
@@ -106,9 +105,14 @@ class WorkerProcess:
     ) -> subprocess.Popen:
         """Start it as a child in its own session; its stderr goes where its ``stdout`` goes."""
         return subprocess.Popen(
-            self.argv(), env=self.env(), cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout,
+            self.argv(),
+            env=self.env(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
-            start_new_session=True, preexec_fn=preexec_fn,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
         )
 
 
@@ -118,7 +122,7 @@ def fresh_metrics_dir() -> str:
     process is gone are removed."""
     base = Path(tempfile.gettempdir())
     for stale in base.glob(f"{METRICS_DIR_PREFIX}*"):
-        pid = stale.name[len(METRICS_DIR_PREFIX):]
+        pid = stale.name[len(METRICS_DIR_PREFIX) :]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     path = base / f"{METRICS_DIR_PREFIX}{os.getpid()}"
