@@ -35,7 +35,7 @@ def job_context() -> dict[str, Any]:
         job_id, kind, attempt = job.id, job.kind, job.attempt
     except RuntimeError:
         known = KINDS_BY_ACTOR.get(message.actor_name) if message is not None else None
-        if known is None:
+        if message is None or known is None:
             return {}
         job_id, kind, attempt = message.message_id, known.name, None
     fields: dict[str, Any] = {"job_id": job_id, "job_kind": kind}
@@ -67,11 +67,12 @@ class JobContextFilter(logging.Filter):
         for name in CONTEXT_FIELDS:
             if not hasattr(record, name):
                 setattr(record, name, context.get(name, ""))
-        parts = [f"job={record.job_id}"] if record.job_id else []
-        if record.job_id and record.job_kind:
-            parts.append(f"kind={record.job_kind}")
-        if record.artifact_id:
-            parts.append(f"artifact={record.artifact_id}")
+        job_id, job_kind, artifact_id = (getattr(record, name) for name in ("job_id", "job_kind", "artifact_id"))
+        parts = [f"job={job_id}"] if job_id else []
+        if job_id and job_kind:
+            parts.append(f"kind={job_kind}")
+        if artifact_id:
+            parts.append(f"artifact={artifact_id}")
         record.job_context = f"[{' '.join(parts)}] " if parts else ""
         return True
 

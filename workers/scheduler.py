@@ -273,7 +273,11 @@ class PeriodicScheduler:
                         self._log(decision)
                         return decision
                     busy = self._busy(periodic, state, now)
-                    claim = {"tick": repr(tick), "scheduler": self.scheduler_id, "claimed_at": repr(now)}
+                    claim: dict[Any, Any] = {
+                        "tick": repr(tick),
+                        "scheduler": self.scheduler_id,
+                        "claimed_at": repr(now),
+                    }
                     if busy is None:
                         # Marks the enqueue in progress, so the next tick's winner cannot fire a
                         # second job before this one's id is recorded.

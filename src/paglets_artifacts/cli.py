@@ -49,7 +49,7 @@ from .worker_process import WorkerProcess, scheduler_available
 #: How many recent jobs a job id prefix is looked for in.
 RECENT_JOBS_SEARCHED = 1000
 #: The job states, as ``--state`` accepts them.
-JobState = enum.Enum("JobState", {state: state for state in STATES}, type=str)
+JobState = enum.Enum("JobState", {state: state for state in STATES}, type=str)  # type: ignore[misc]  # from STATES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -86,7 +86,7 @@ def describe_failure(exc: BaseException, *, redis_url: str | None = None) -> tup
 class ReportingGroup(TyperGroup):
     """Turns any error of a command into one line on stderr and a documented exit code."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # click's Context, as TyperGroup's
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):

@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
             if value not in ("", None):
                 line[name] = value
         if record.exc_info or record.exc_text:
-            line["exception"] = record.exc_text or self.formatException(record.exc_info)
+            line["exception"] = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
         return json.dumps(line, default=str)
 
 

@@ -118,6 +118,7 @@ class EmbeddedRedis:
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         # No client retries: a foreign listener on the port must not stretch the wait past ``timeout``.
+        assert self.port is not None  # chosen by start() before it waits
         client = redis.Redis(
             host="127.0.0.1",
             port=self.port,

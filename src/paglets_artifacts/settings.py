@@ -364,10 +364,10 @@ def _parse(var: str, kind: str, raw: str) -> Any:
                 raise ValueError("expected a whole number >= 0, or 'none'")
             return value
         if kind == "seconds":
-            value = float(text)
-            if not math.isfinite(value) or value <= 0:
+            seconds = float(text)
+            if not math.isfinite(seconds) or seconds <= 0:
                 raise ValueError("expected a number of seconds > 0")
-            return value
+            return seconds
         if kind == "schedule":
             from .schedule import parse_schedule
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -271,6 +272,10 @@ class _BufferPool:
 _POOL = _BufferPool()
 
 
+def _no_read(size: int) -> bytes:
+    raise AssertionError("read() of a source that is read with readinto()")
+
+
 class _SourceChunks:
     """Reads ``source`` chunk by chunk, gathering short reads.
 
@@ -280,8 +285,9 @@ class _SourceChunks:
     """
 
     def __init__(self, source: Any, min_fill: int):
-        self._readinto = getattr(source, "readinto", None)
-        self._read = source.read if self._readinto is None else None
+        self._readinto: Callable[[memoryview], int] | None = getattr(source, "readinto", None)
+        # a source with readinto() needs no read() (and may have none)
+        self._read: Callable[[int], bytes] = source.read if self._readinto is None else _no_read
         self._min_fill = min_fill
         self._carry: bytes | None = None
         self._eof = False
@@ -299,6 +305,7 @@ class _SourceChunks:
         filled = 0
         want = min(self._min_fill, len(view))
         while not self._eof and filled < want:
+            assert self._readinto is not None  # chosen by next() only when the source has one
             count = self._readinto(view[filled:])
             if not count:
                 self._eof = True
@@ -521,7 +528,7 @@ class _Pipeline:
         self._size = chunk_size
         self._depth = depth
         self._buffers: list[bytearray | None] = [None] * depth
-        self._slots: list[memoryview | None] = [None] * depth
+        self._slots: list[Any] = [None] * depth  # a chunk: a memoryview, or a landed kernel copy
         self._cond = threading.Condition()
         self._produced = 0  # chunks handed to the stages
         self._consumed = [0] * len(stages)  # chunks each stage has finished
@@ -541,7 +548,7 @@ class _Pipeline:
             while True:
                 slot = index % self._depth
                 self._wait_for_slot(index)
-                chunk = self._chunks.next(self._size, lambda slot=slot: self._buffer(slot))
+                chunk = self._chunks.next(self._size, functools.partial(self._buffer, slot))
                 if chunk is None:
                     break
                 total += len(chunk)
