@@ -337,6 +337,21 @@ def test_non_string_metadata_fields_are_refused(store, field_name):
         store.create_from_stream(NeverRead(), **{field_name: 5})
 
 
+@pytest.mark.parametrize("delete_source", [False, True], ids=["copy", "move-in"])
+@pytest.mark.parametrize("field_name", ["owner_agent_id", "name", "compression"])
+def test_a_file_import_with_non_string_metadata_fields_is_refused_and_leaves_nothing(
+    store, tmp_path, field_name, delete_source
+):
+    # The copy and the move-in share one validation: neither commits an artifact ref() refuses.
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"payload")
+    with pytest.raises(InvalidInput, match=field_name):
+        store.create_from_path(source, delete_source=delete_source, **{field_name: 123})
+    assert leftovers(store) == []
+    assert store.index.used_bytes() == 0
+    assert source.read_bytes() == b"payload"
+
+
 def test_create_with_a_given_artifact_id_is_idempotent(store):
     first = store.create_from_stream(io.BytesIO(b"first"), artifact_id=FIXED_ID, name="a")
     again = store.create_from_stream(NeverRead(), artifact_id=FIXED_ID, name="b")
