@@ -30,7 +30,7 @@ def make_store(root: Path, client: redis.Redis, namespace: str, **options) -> Ar
         "reservation_seconds", "lock_seconds", "build_wait_seconds")}
     options.setdefault("fsync", False)
     store = ArtifactStore(root, host_url=HOST, **options)
-    store.index = RedisIndex(store, client, namespace=namespace, **index_options)
+    store.index = RedisIndex(store.layout, store.layout.read_ref, client, namespace=namespace, **index_options)
     return store
 
 
@@ -94,8 +94,8 @@ def test_reserve_release_commit_and_remove_keep_used_bytes_exact(tmp_path, redis
     index.reserve("bb", 300, 1000)
     ref = ArtifactRef(host_url=HOST, artifact_id="bb", name="b", size_bytes=300, sha256="0" * 64,
                       compression="", created_at=1.0, expires_at=0.0, owner_agent_id="o")
-    index.committed(ref)
-    index.committed(ref)  # twice: still one artifact
+    index.add(ref)
+    index.add(ref)  # twice: still one artifact
     assert index.figures() == {"artifacts": 1, "bytes": 300, "used_bytes": 300, "reservations": 0,
                                "reserved_bytes": 0, "expiring": 0}
     index.reserve("bb", 300, 300)  # a redelivered import of a committed artifact holds nothing more
@@ -160,7 +160,7 @@ def test_sweep_owner_deletion_and_listing_equal_a_full_scan(tmp_path, redis_clie
     shutil.copytree(tmp_path / "indexed", tmp_path / "scanned")
     indexed = make_store(tmp_path / "indexed", redis_client, namespace, quota_bytes=None)
     scanned = ArtifactStore(tmp_path / "scanned", host_url=HOST, quota_bytes=None, fsync=False)
-    assert isinstance(scanned.index, ScanIndex)
+    assert isinstance(scanned.index, ScanIndex) and scanned.index.scans and not indexed.index.scans
     owners = [f"owner-{number}" for number in range(4)] + ["nobody"]
 
     for owner in owners:
@@ -313,7 +313,7 @@ def test_reconcile_picks_up_artifacts_added_and_removed_on_disk(tmp_path, redis_
     assert store.index.reconcile()["added"] == 0  # nothing changed since
 
 
-def test_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, redis_client, namespace):
+def test_a_store_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, redis_client, namespace):
     root = tmp_path / "store"
     store = make_store(root, redis_client, namespace, spool_ttl_seconds=60)
     old_orphan = write_on_disk(root, size=11, age=120)
@@ -324,7 +324,7 @@ def test_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, redis_clie
     (root / "blobs" / f"{blobless.artifact_id}.bin").unlink()
     (root / "blobs" / "not-an-id.bin").write_bytes(b"?")  # not ours: never touched
 
-    report = store.index.reconcile()
+    report = store.reconcile()  # the store's orphan rule, then the index's reconciliation
     assert (report["orphans_removed"], report["orphan_bytes_freed"]) == (2, 11)
     assert sorted(path.name for path in (root / "blobs").iterdir()) == sorted(
         [f"{young_orphan.artifact_id}.bin", "not-an-id.bin"])
@@ -367,7 +367,7 @@ def test_an_artifact_deleted_while_a_pass_reads_it_is_skipped(tmp_path, redis_cl
     refs = fill(root, 6, now=time.time())
     store = make_store(root, redis_client, namespace)
     victims = {refs[1].artifact_id: "blob", refs[4].artifact_id: "metadata"}
-    read = store.ref
+    read = store.index.read_ref  # the reader the index was given
 
     def read_then_lose(artifact_id: str) -> ArtifactRef:
         if victims.get(artifact_id) == "metadata":
@@ -377,7 +377,7 @@ def test_an_artifact_deleted_while_a_pass_reads_it_is_skipped(tmp_path, redis_cl
             (root / "blobs" / f"{artifact_id}.bin").unlink()  # gone after its metadata was read
         return result
 
-    store.ref = read_then_lose
+    store.index.read_ref = read_then_lose
     report = store.index.rebuild()
     assert (report["added"], report["unreadable_metadata"]) == (4, 0)
     assert set(store.index.all_ids()) == {ref.artifact_id for ref in refs} - set(victims)
