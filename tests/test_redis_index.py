@@ -332,6 +332,40 @@ def test_a_store_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, re
     assert store.index.figures()["artifacts"] == 0
 
 
+def test_the_index_removes_no_file_and_the_store_reindex_removes_the_orphans(tmp_path, redis_client, namespace):
+    root = tmp_path / "store"
+    store = make_store(root, redis_client, namespace, spool_ttl_seconds=60)
+    orphan = write_on_disk(root, size=11, age=120)
+    blobless = write_on_disk(root, size=13)
+    store.layout.metadata(orphan.artifact_id).unlink()
+    store.layout.blob(blobless.artifact_id).unlink()
+    on_disk = sorted(str(path) for path in root.rglob("*") if path.is_file())
+
+    store.index.ensure_built()  # built at first use
+    store.index.rebuild()
+    store.index.reconcile()
+    sweep = store.cleanup_temporary()  # with the Redis index the sweep leaves orphans to reindex
+    assert sweep.orphans_removed == 0
+    assert sorted(str(path) for path in root.rglob("*") if path.is_file()) == on_disk
+
+    report = store.reindex()
+    assert (report["mode"], report["orphans_removed"], report["orphan_bytes_freed"]) == ("rebuild", 2, 11)
+    assert [path for path in root.rglob("*") if path.is_file()] == []
+
+
+def test_delete_owner_frees_what_a_deletion_killed_half_way_left(tmp_path, redis_client, namespace):
+    store = make_store(tmp_path / "store", redis_client, namespace)
+    half = store.create_from_stream(io.BytesIO(b"h" * 10), owner_agent_id="o").ref
+    whole = store.create_from_stream(io.BytesIO(b"w" * 7), owner_agent_id="o").ref
+    store.layout.metadata(half.artifact_id).unlink()  # a removal killed between metadata and blob
+
+    deletion = store.delete_owner("o")
+    assert deletion.deleted == [whole]
+    assert deletion.bytes_freed == 10 + 7
+    assert not store.layout.blob(half.artifact_id).exists()
+    assert store.index.owner_ids("o") == [] and store.index.used_bytes() == 0
+
+
 def test_unreadable_metadata_is_counted_and_not_indexed(tmp_path, redis_client, namespace):
     root = tmp_path / "store"
     good = write_on_disk(root, size=10)

@@ -352,6 +352,17 @@ def test_a_file_import_with_non_string_metadata_fields_is_refused_and_leaves_not
     assert source.read_bytes() == b"payload"
 
 
+def test_a_redelivered_move_in_returns_its_artifact_and_removes_the_source_left_behind(store, tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"moved")
+    first = store.create_from_stream(io.BytesIO(b"moved"), artifact_id=FIXED_ID)  # committed, then killed
+    assert store.create_from_path(source, delete_source=True, artifact_id=FIXED_ID) == first
+    assert not source.exists()
+    # the attempt that committed it also removed the source: nothing to open, nothing refused
+    assert store.create_from_path(source, delete_source=True, artifact_id=FIXED_ID) == first
+    assert store.create_from_path(tmp_path / "gone" / "source.bin", delete_source=True, artifact_id=FIXED_ID) == first
+
+
 def test_create_with_a_given_artifact_id_is_idempotent(store):
     first = store.create_from_stream(io.BytesIO(b"first"), artifact_id=FIXED_ID, name="a")
     again = store.create_from_stream(NeverRead(), artifact_id=FIXED_ID, name="b")
