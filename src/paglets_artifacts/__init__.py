@@ -42,7 +42,15 @@ from .refs import (
     PagletFileRef,
 )
 from .settings import Settings, SettingsError
-from .store import ArtifactStore, SweepReport, paglet_file_ref_from_path, safe_target_filename
+from .layout import StoreLayout
+from .store import (
+    ArtifactStore,
+    OwnerDeletion,
+    SweepReport,
+    WritePlan,
+    paglet_file_ref_from_path,
+    safe_target_filename,
+)
 from .streams import ChunkedRequestReader, LimitedRequestReader, copy_path, copy_stream, file_sha256
 
 __all__ = [
@@ -74,6 +82,7 @@ __all__ = [
     "JobTimeout",
     "LimitedRequestReader",
     "OwnerDeleted",
+    "OwnerDeletion",
     "PagletFileRef",
     "PathNotAllowed",
     "QuotaExceeded",
@@ -83,9 +92,11 @@ __all__ = [
     "SizeMismatch",
     "SourceUnavailable",
     "StorageFull",
+    "StoreLayout",
     "SweepReport",
     "TransferError",
     "UploadTooSlow",
+    "WritePlan",
     "copy_path",
     "copy_stream",
     "file_sha256",

@@ -360,6 +360,9 @@ class ArtifactStore:
         (turn off only for tests and benchmarks that do not care about crashes).
       index(StoreIndex|None): where quota, expiry and owner questions are answered;
         by default a :class:`ScanIndex` that scans, as the reference store does.
+
+    Its paths are its ``layout``'s (a :class:`StoreLayout`); ``blobs_dir``, ``metadata_dir``
+    and ``tmp_dir`` are the layout's directories, kept for the callers of the reference API.
     """
 
     def __init__(
