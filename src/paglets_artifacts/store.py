@@ -589,15 +589,17 @@ class ArtifactStore:
             size_bytes=size_bytes, owner_agent_id=owner_agent_id, name=name, compression=compression,
             expires_at=expires_at, expected_sha256=expected_sha256, artifact_id=artifact_id,
         )
-        return self._write(plan, _StreamedBytes(self, source, progress, reserve_ahead_bytes=reserve_ahead_bytes))
-
-    def _write(self, plan: WritePlan, source: _Bytes) -> ArtifactWriteResult:
-        """The one write path: the bytes into ``tmp/<id>.part`` (and verified), the quota
-        held for them, then one commit; on any failure one rollback that leaves nothing of
-        this attempt (its part file, its reservation) and gives a moved-in source back."""
         existing = self.adopt_committed(plan.artifact_id)
         if existing is not None:
             return existing
+        return self._write(plan, _StreamedBytes(self, source, progress, reserve_ahead_bytes=reserve_ahead_bytes))
+
+    def _write(self, plan: WritePlan, source: _Bytes) -> ArtifactWriteResult:
+        """The one write path, once the caller found nothing committed under the plan's id:
+        the bytes into ``tmp/<id>.part`` (and verified), the quota held for them, then one
+        commit; on any failure one rollback that leaves nothing of this attempt (its part
+        file, its reservation) and gives a moved-in source back. Two attempts that overlap
+        meet at the commit, where one gives way (``Superseded``)."""
         self._check_size(plan.size_bytes)
         self._ensure_dirs()
         part = _Part(self.layout.part(plan.artifact_id))
