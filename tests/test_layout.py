@@ -56,3 +56,13 @@ def _spelled_names(path: Path) -> set[str]:
 )
 def test_no_other_module_spells_the_store_paths(module):
     assert _spelled_names(REPO / module) == set()
+
+
+@pytest.mark.parametrize("module", ["layout.py", "index.py", "redis_index.py"])
+def test_the_layout_and_the_indexes_never_import_the_store(module):
+    # The store stands on them: an index is given a layout and a ref reader, never the store.
+    tree = ast.parse((REPO / "src" / "paglets_artifacts" / module).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"store", "paglets_artifacts.store"}
+    assert "store" not in {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                           for alias in node.names}
