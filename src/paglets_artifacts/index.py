@@ -58,7 +58,8 @@ class StoreIndex(Protocol):
         """Bytes held by committed artifacts plus live reservations."""
 
     def owner_ids(self, owner_agent_id: str) -> Iterable[str]:
-        """Ids of the artifacts owned by ``owner_agent_id``."""
+        """Ids of the artifacts owned by ``owner_agent_id``; :class:`IndexUnavailable` when
+        the index cannot answer (a caller that only reads can scan the directory instead)."""
 
     def expired_ids(self, now: float) -> Iterable[str]:
         """Ids of artifacts whose ``expires_at`` is > 0 and <= ``now``."""
