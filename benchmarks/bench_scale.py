@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from paglets_artifacts import ArtifactRef, ArtifactStore  # noqa: E402
+from paglets_artifacts.layout import StoreLayout  # noqa: E402
 from paglets_artifacts.redis_index import RedisIndex  # noqa: E402
 from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
 from paglets_artifacts.store import metadata_json  # noqa: E402
@@ -70,8 +71,7 @@ def cohort_expiry(now: float, cohort: int) -> float:
 def fill(roots: list[Path], count: int, now: float, cohorts: int) -> None:
     """Write ``count`` artifacts into every root, the way a paglets host lays them out."""
     for root in roots:
-        for sub in ("blobs", "metadata", "tmp"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        StoreLayout.at(root).ensure()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for number in range(count):
         artifact_id = uuid.UUID(int=number + 1).hex
@@ -94,11 +94,8 @@ def fill(roots: list[Path], count: int, now: float, cohorts: int) -> None:
             owner_agent_id=f"owner-{number % OWNERS:02d}",
         )
         meta = metadata_json(ref).encode()
-        for root in roots:
-            for path, data in (
-                (root / "blobs" / f"{artifact_id}.bin", BLOB),
-                (root / "metadata" / f"{artifact_id}.json", meta),
-            ):
+        for layout in map(StoreLayout.at, roots):
+            for path, data in ((layout.blob(artifact_id), BLOB), (layout.metadata(artifact_id), meta)):
                 fd = os.open(path, flags, 0o644)
                 os.write(fd, data)
                 os.close(fd)
@@ -151,7 +148,7 @@ def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace
     os.sync()  # measure the operations, not the writeback of the files just written
     namespace = f"bench-scale-{uuid.uuid4().hex[:8]}"
     indexed = ArtifactStore(indexed_root, host_url=HOST, quota_bytes=QUOTA, fsync=False)
-    indexed.index = RedisIndex(indexed, client, namespace=namespace)
+    indexed.index = RedisIndex(indexed.layout, indexed.layout.read_ref, client, namespace=namespace)
     scanned = ArtifactStore(scanned_root, host_url=HOST, quota_bytes=QUOTA, fsync=False)
     build_s, built = timed(indexed.index.rebuild)
     assert built["artifacts"] == size, built
@@ -227,8 +224,8 @@ def measure(size: int, client: redis.Redis, base: Path, args: argparse.Namespace
             index_times, scan_times = [], []
             for number in range(rounds):
                 owner = f"owner-{20 + number:02d}"
-                index_s, index_deleted = timed(lambda owner=owner: indexed.delete_owner(owner))
-                scan_s, scan_deleted = timed(lambda owner=owner: scanned.delete_owner(owner))
+                index_s, index_deleted = timed(lambda owner=owner: indexed.delete_owner(owner).deleted)
+                scan_s, scan_deleted = timed(lambda owner=owner: scanned.delete_owner(owner).deleted)
                 assert sorted(r.artifact_id for r in index_deleted) == sorted(r.artifact_id for r in scan_deleted)
                 index_times.append(index_s)
                 scan_times.append(scan_s)

@@ -334,13 +334,13 @@ class CrashRun:
         self.steps["delete_owner"] = 2 * 120
         self.steps["sweep"] = 2 * 120
         for _ in range(8):  # stale uploads
-            part = self.store.tmp_dir / f"{uuid.uuid4().hex}.part"
+            part = self.store.layout.part(uuid.uuid4().hex)
             part.write_bytes(rng.randbytes(1024))
             os.utime(part, (0, 0))
         for _ in range(2):  # commits interrupted between the blob and the metadata rename
             artifact_id = uuid.uuid4().hex
-            (self.store.blobs_dir / f"{artifact_id}.bin").write_bytes(rng.randbytes(2048))
-            staged = self.store.tmp_dir / f"{artifact_id}.json.part"
+            self.store.layout.blob(artifact_id).write_bytes(rng.randbytes(2048))
+            staged = self.store.layout.staged_metadata(artifact_id)
             staged.write_text("{}")
             os.utime(staged, (0, 0))
         self.steps["sweep"] += 8 + 2 * 2
@@ -528,8 +528,8 @@ class CrashRun:
                     outcome.problems.append(f"{job.kind} job {job.id[:8]} failed without a reason: {error}")
                 outcome.failed.append(f"{job.kind}: {error.get('type')}: {error.get('message')}")
 
-        metas = {p.stem for p in store.metadata_dir.glob("*.json")}
-        blobs = {p.stem for p in store.blobs_dir.glob("*.bin")}
+        metas = set(store.layout.metadata_files())
+        blobs = set(store.layout.blobs())
         for artifact_id in sorted(blobs - metas):
             outcome.problems.append(f"orphan blob {artifact_id[:8]} left after the sweep")
         for artifact_id in sorted(metas - blobs):
@@ -584,12 +584,12 @@ class CrashRun:
         for artifact_id, sha in expected.items():
             if artifact_id not in present:
                 outcome.lost.append(f"artifact {artifact_id[:8]} is gone")
-            elif _file_sha(store.blobs_dir / f"{artifact_id}.bin") != sha:
+            elif _file_sha(store.layout.blob(artifact_id)) != sha:
                 outcome.lost.append(f"artifact {artifact_id[:8]} has the wrong bytes")
         for artifact_id in sorted(present - set(expected)):
             outcome.problems.append(f"unexpected artifact {artifact_id[:8]} (a duplicate?)")
 
-        blob_bytes = sum(p.stat().st_size for p in store.blobs_dir.glob("*.bin"))
+        blob_bytes = store.layout.blob_bytes()
         used = store.index.used_bytes()
         if used != blob_bytes:
             outcome.problems.append(f"quota figure {used} B != {blob_bytes} B of blobs")

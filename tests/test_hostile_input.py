@@ -482,7 +482,7 @@ def test_names_owners_and_compressions_are_stored_as_text_never_as_paths(tmp_pat
     assert _files_under(tmp_path) == [f"store/blobs/{ref.artifact_id}.bin", f"store/metadata/{ref.artifact_id}.json"]
     assert store.ref(ref.artifact_id) == ref and ref.name == hostile
     assert [r.artifact_id for r in store.list(owner_agent_id=hostile)] == [ref.artifact_id]
-    assert store.delete_owner(hostile) == [ref]
+    assert store.delete_owner(hostile).deleted == [ref]
 
 
 @pytest.mark.parametrize("path", ["relative/x.bin", "", "/a\x00b", "~/x"])

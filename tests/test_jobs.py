@@ -92,7 +92,7 @@ def test_import_export_sweep_and_delete_owner_report_their_results(settings, job
     swept = jobs.sweep().wait(30)
     assert swept["expired_removed"] == 1 and swept["parts_removed"] == 1
     assert swept["bytes_freed"] == 3 + 5
-    assert store.committed(expired.ref.artifact_id) is None
+    assert store.find_committed(expired.ref.artifact_id) is None
 
     deleted = jobs.delete_owner("agent-1").wait(30)
     assert deleted == {"owner_agent_id": "agent-1", "deleted": 1, "bytes_freed": 300_000}

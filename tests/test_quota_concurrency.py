@@ -31,7 +31,7 @@ from paglets_artifacts.redis_index import RedisIndex
 cfg = json.loads(sys.argv[1])
 client = redis.Redis.from_url(cfg["redis_url"])
 store = ArtifactStore(cfg["root"], host_url="http://h", quota_bytes=cfg["quota"], fsync=False)
-store.index = RedisIndex(store, client, namespace=cfg["namespace"])
+store.index = RedisIndex(store.layout, store.layout.read_ref, client, namespace=cfg["namespace"])
 rng = random.Random(cfg["seed"])
 
 
@@ -84,7 +84,7 @@ from paglets_artifacts.redis_index import RedisIndex
 cfg = json.loads(sys.argv[1])
 client = redis.Redis.from_url(cfg["redis_url"])
 store = ArtifactStore(cfg["root"], host_url="http://h", quota_bytes=cfg["quota"], fsync=False)
-store.index = RedisIndex(store, client, namespace=cfg["namespace"],
+store.index = RedisIndex(store.layout, store.layout.read_ref, client, namespace=cfg["namespace"],
                          reservation_seconds=cfg["reservation_seconds"])
 
 
@@ -133,7 +133,7 @@ def test_eight_importer_processes_never_push_used_bytes_over_the_quota(tmp_path,
         for _ in processes:
             assert redis_client.blpop([ready_key], timeout=60) is not None
         store = ArtifactStore(root, host_url=HOST, quota_bytes=quota, fsync=False)
-        store.index = RedisIndex(store, redis_client, namespace=namespace)
+        store.index = RedisIndex(store.layout, store.layout.read_ref, redis_client, namespace=namespace)
         used_key = store.index.keys.used
         redis_client.rpush(go_key, *["go"] * len(processes))
         highest = 0
@@ -177,7 +177,7 @@ def test_a_killed_importers_reservation_is_renewed_on_redelivery_and_lapses_othe
 ):
     root = tmp_path / "store"
     store = ArtifactStore(root, host_url=HOST, quota_bytes=10_000, fsync=False)
-    store.index = RedisIndex(store, redis_client, namespace=namespace)
+    store.index = RedisIndex(store.layout, store.layout.read_ref, redis_client, namespace=namespace)
 
     def start_and_kill(artifact_id: str, reservation_seconds: float) -> None:
         process = run_python(HANGING_IMPORT, {

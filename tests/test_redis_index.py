@@ -30,7 +30,7 @@ def make_store(root: Path, client: redis.Redis, namespace: str, **options) -> Ar
         "reservation_seconds", "lock_seconds", "build_wait_seconds")}
     options.setdefault("fsync", False)
     store = ArtifactStore(root, host_url=HOST, **options)
-    store.index = RedisIndex(store, client, namespace=namespace, **index_options)
+    store.index = RedisIndex(store.layout, store.layout.read_ref, client, namespace=namespace, **index_options)
     return store
 
 
@@ -94,8 +94,8 @@ def test_reserve_release_commit_and_remove_keep_used_bytes_exact(tmp_path, redis
     index.reserve("bb", 300, 1000)
     ref = ArtifactRef(host_url=HOST, artifact_id="bb", name="b", size_bytes=300, sha256="0" * 64,
                       compression="", created_at=1.0, expires_at=0.0, owner_agent_id="o")
-    index.committed(ref)
-    index.committed(ref)  # twice: still one artifact
+    index.add(ref)
+    index.add(ref)  # twice: still one artifact
     assert index.figures() == {"artifacts": 1, "bytes": 300, "used_bytes": 300, "reservations": 0,
                                "reserved_bytes": 0, "expiring": 0}
     index.reserve("bb", 300, 300)  # a redelivered import of a committed artifact holds nothing more
@@ -160,7 +160,7 @@ def test_sweep_owner_deletion_and_listing_equal_a_full_scan(tmp_path, redis_clie
     shutil.copytree(tmp_path / "indexed", tmp_path / "scanned")
     indexed = make_store(tmp_path / "indexed", redis_client, namespace, quota_bytes=None)
     scanned = ArtifactStore(tmp_path / "scanned", host_url=HOST, quota_bytes=None, fsync=False)
-    assert isinstance(scanned.index, ScanIndex)
+    assert isinstance(scanned.index, ScanIndex) and scanned.index.scans and not indexed.index.scans
     owners = [f"owner-{number}" for number in range(4)] + ["nobody"]
 
     for owner in owners:
@@ -313,7 +313,7 @@ def test_reconcile_picks_up_artifacts_added_and_removed_on_disk(tmp_path, redis_
     assert store.index.reconcile()["added"] == 0  # nothing changed since
 
 
-def test_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, redis_client, namespace):
+def test_a_store_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, redis_client, namespace):
     root = tmp_path / "store"
     store = make_store(root, redis_client, namespace, spool_ttl_seconds=60)
     old_orphan = write_on_disk(root, size=11, age=120)
@@ -324,12 +324,46 @@ def test_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, redis_clie
     (root / "blobs" / f"{blobless.artifact_id}.bin").unlink()
     (root / "blobs" / "not-an-id.bin").write_bytes(b"?")  # not ours: never touched
 
-    report = store.index.reconcile()
+    report = store.reconcile()  # the store's orphan rule, then the index's reconciliation
     assert (report["orphans_removed"], report["orphan_bytes_freed"]) == (2, 11)
     assert sorted(path.name for path in (root / "blobs").iterdir()) == sorted(
         [f"{young_orphan.artifact_id}.bin", "not-an-id.bin"])
     assert list((root / "metadata").iterdir()) == []
     assert store.index.figures()["artifacts"] == 0
+
+
+def test_the_index_removes_no_file_and_the_store_reindex_removes_the_orphans(tmp_path, redis_client, namespace):
+    root = tmp_path / "store"
+    store = make_store(root, redis_client, namespace, spool_ttl_seconds=60)
+    orphan = write_on_disk(root, size=11, age=120)
+    blobless = write_on_disk(root, size=13)
+    store.layout.metadata(orphan.artifact_id).unlink()
+    store.layout.blob(blobless.artifact_id).unlink()
+    on_disk = sorted(str(path) for path in root.rglob("*") if path.is_file())
+
+    store.index.ensure_built()  # built at first use
+    store.index.rebuild()
+    store.index.reconcile()
+    sweep = store.cleanup_temporary()  # with the Redis index the sweep leaves orphans to reindex
+    assert sweep.orphans_removed == 0
+    assert sorted(str(path) for path in root.rglob("*") if path.is_file()) == on_disk
+
+    report = store.reindex()
+    assert (report["mode"], report["orphans_removed"], report["orphan_bytes_freed"]) == ("rebuild", 2, 11)
+    assert [path for path in root.rglob("*") if path.is_file()] == []
+
+
+def test_delete_owner_frees_what_a_deletion_killed_half_way_left(tmp_path, redis_client, namespace):
+    store = make_store(tmp_path / "store", redis_client, namespace)
+    half = store.create_from_stream(io.BytesIO(b"h" * 10), owner_agent_id="o").ref
+    whole = store.create_from_stream(io.BytesIO(b"w" * 7), owner_agent_id="o").ref
+    store.layout.metadata(half.artifact_id).unlink()  # a removal killed between metadata and blob
+
+    deletion = store.delete_owner("o")
+    assert deletion.deleted == [whole]
+    assert deletion.bytes_freed == 10 + 7
+    assert not store.layout.blob(half.artifact_id).exists()
+    assert store.index.owner_ids("o") == [] and store.index.used_bytes() == 0
 
 
 def test_unreadable_metadata_is_counted_and_not_indexed(tmp_path, redis_client, namespace):
@@ -367,7 +401,7 @@ def test_an_artifact_deleted_while_a_pass_reads_it_is_skipped(tmp_path, redis_cl
     refs = fill(root, 6, now=time.time())
     store = make_store(root, redis_client, namespace)
     victims = {refs[1].artifact_id: "blob", refs[4].artifact_id: "metadata"}
-    read = store.ref
+    read = store.index.read_ref  # the reader the index was given
 
     def read_then_lose(artifact_id: str) -> ArtifactRef:
         if victims.get(artifact_id) == "metadata":
@@ -377,7 +411,7 @@ def test_an_artifact_deleted_while_a_pass_reads_it_is_skipped(tmp_path, redis_cl
             (root / "blobs" / f"{artifact_id}.bin").unlink()  # gone after its metadata was read
         return result
 
-    store.ref = read_then_lose
+    store.index.read_ref = read_then_lose
     report = store.index.rebuild()
     assert (report["added"], report["unreadable_metadata"]) == (4, 0)
     assert set(store.index.all_ids()) == {ref.artifact_id for ref in refs} - set(victims)

@@ -39,7 +39,7 @@ from paglets_artifacts import (
     paglet_file_ref_from_path,
     safe_target_filename,
 )
-from paglets_artifacts.store import metadata_json, parse_content_length
+from paglets_artifacts.store import OwnerDeletion, metadata_json, parse_content_length
 
 HOST = "http://host-a:8470"
 FIXED_ID = "feedface" * 4
@@ -335,6 +335,32 @@ def test_invalid_expected_sha256_is_refused(store, bad):
 def test_non_string_metadata_fields_are_refused(store, field_name):
     with pytest.raises(InvalidInput, match=field_name):
         store.create_from_stream(NeverRead(), **{field_name: 5})
+
+
+@pytest.mark.parametrize("delete_source", [False, True], ids=["copy", "move-in"])
+@pytest.mark.parametrize("field_name", ["owner_agent_id", "name", "compression"])
+def test_a_file_import_with_non_string_metadata_fields_is_refused_and_leaves_nothing(
+    store, tmp_path, field_name, delete_source
+):
+    # The copy and the move-in share one validation: neither commits an artifact ref() refuses.
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"payload")
+    with pytest.raises(InvalidInput, match=field_name):
+        store.create_from_path(source, delete_source=delete_source, **{field_name: 123})
+    assert leftovers(store) == []
+    assert store.index.used_bytes() == 0
+    assert source.read_bytes() == b"payload"
+
+
+def test_a_redelivered_move_in_returns_its_artifact_and_removes_the_source_left_behind(store, tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"moved")
+    first = store.create_from_stream(io.BytesIO(b"moved"), artifact_id=FIXED_ID)  # committed, then killed
+    assert store.create_from_path(source, delete_source=True, artifact_id=FIXED_ID) == first
+    assert not source.exists()
+    # the attempt that committed it also removed the source: nothing to open, nothing refused
+    assert store.create_from_path(source, delete_source=True, artifact_id=FIXED_ID) == first
+    assert store.create_from_path(tmp_path / "gone" / "source.bin", delete_source=True, artifact_id=FIXED_ID) == first
 
 
 def test_create_with_a_given_artifact_id_is_idempotent(store):
@@ -892,10 +918,11 @@ def test_remove_returns_the_bytes_freed(store):
 def test_delete_owner_deletes_only_that_owner(store):
     mine = [store.create_from_stream(io.BytesIO(b"m"), owner_agent_id="me").ref for _ in range(3)]
     theirs = store.create_from_stream(io.BytesIO(b"t"), owner_agent_id="them").ref
-    deleted = store.delete_owner("me")
-    assert sorted(ref.artifact_id for ref in deleted) == sorted(ref.artifact_id for ref in mine)
+    deletion = store.delete_owner("me")
+    assert sorted(ref.artifact_id for ref in deletion.deleted) == sorted(ref.artifact_id for ref in mine)
+    assert deletion.bytes_freed == 3
     assert [ref.artifact_id for ref in store.list()] == [theirs.artifact_id]
-    assert store.delete_owner("me") == []
+    assert store.delete_owner("me") == OwnerDeletion(deleted=[], bytes_freed=0)
 
 
 # ---------------------------------------------------------------- invalid ids never touch a path
@@ -1063,18 +1090,22 @@ def test_sweep_counts_unreadable_metadata_and_keeps_it(store):
 
 
 def test_sweep_never_removes_an_artifact_committed_while_it_scans(store, monkeypatch):
-    real_glob = Path.glob
+    layout = store.layout
+    real_blobs, real_metadata = layout.blobs, layout.metadata_files
     state = {"blobs_listed": False}
     committed = []
 
-    def glob(self, pattern):
-        if self == store.blobs_dir:
-            state["blobs_listed"] = True
-        elif self == store.metadata_dir and state["blobs_listed"] and not committed:
-            committed.append(store.create_from_stream(io.BytesIO(b"late arrival")).ref)
-        return real_glob(self, pattern)
+    def blobs():
+        state["blobs_listed"] = True
+        return real_blobs()
 
-    monkeypatch.setattr(Path, "glob", glob)
+    def metadata_files():
+        if state["blobs_listed"] and not committed:
+            committed.append(store.create_from_stream(io.BytesIO(b"late arrival")).ref)
+        return real_metadata()
+
+    monkeypatch.setattr(layout, "blobs", blobs)
+    monkeypatch.setattr(layout, "metadata_files", metadata_files)
     report = store.cleanup_temporary()
     monkeypatch.undo()
     assert committed, "the sweep listed blobs before metadata"
@@ -1159,17 +1190,27 @@ def test_metadata_json_is_indented_sorted_with_a_trailing_newline():
     assert text.startswith('{\n  "artifact_id": ')
 
 
-# ---------------------------------------------------------------- committed() and the scanning index
+# ---------------------------------------------------------------- find_committed() and the scanning index
 
 
-def test_committed_needs_both_metadata_and_blob(store):
-    assert store.committed(FIXED_ID) is None
+@pytest.mark.parametrize("lookup", ["find_committed", "adopt_committed"])
+def test_committed_needs_both_metadata_and_blob(store, lookup):
+    committed = getattr(store, lookup)
+    assert committed(FIXED_ID) is None
     result = store.create_from_stream(io.BytesIO(b"x"), artifact_id=FIXED_ID)
-    assert store.committed(FIXED_ID) == result
-    (store.blobs_dir / f"{FIXED_ID}.bin").unlink()
-    assert store.committed(FIXED_ID) is None
+    assert committed(FIXED_ID) == result
+    store.layout.blob(FIXED_ID).unlink()
+    assert committed(FIXED_ID) is None
     with pytest.raises(InvalidInput):
-        store.committed("../x")
+        committed("../x")
+
+
+def test_find_committed_only_reads_and_adopt_committed_adds_to_the_index(store):
+    result = store.create_from_stream(io.BytesIO(b"xyz"), artifact_id=FIXED_ID)
+    added = []
+    store.index.add = added.append  # what a redelivered import's lookup records
+    assert store.find_committed(FIXED_ID) == result and added == []
+    assert store.adopt_committed(FIXED_ID) == result and added == [result.ref]
 
 
 def test_scan_index_answers_from_the_directory(store):
@@ -1196,7 +1237,7 @@ def test_scan_index_reservations(store):
     index.release("aa")
     index.release("aa")
     assert index.used_bytes() == 3
-    index.committed(ArtifactRef(host_url="h", artifact_id="bb"))
+    index.add(ArtifactRef(host_url="h", artifact_id="bb"))
     index.removed("bb")
     assert index.used_bytes() == 0
     index.reserve("cc", 10**15, quota_bytes=None)
@@ -1264,7 +1305,7 @@ def test_a_failed_move_in_after_its_commit_keeps_the_blob_mode_and_does_not_reve
         calls.append(ref.artifact_id)
         raise ConnectionError("index unreachable")
 
-    monkeypatch.setattr(store.index, "committed", index_down)
+    monkeypatch.setattr(store.index, "add", index_down)
     with pytest.raises(ConnectionError):
         store.create_from_path(source, delete_source=True, artifact_id="d" * 32)
     blob = store.blobs_dir / f"{'d' * 32}.bin"

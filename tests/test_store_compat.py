@@ -85,7 +85,7 @@ def test_a_hand_laid_store_round_trips_through_our_store(tmp_path):
     # reading never rewrote the host's files
     assert (root / "metadata" / f"{wire['artifact_id']}.json").read_text() == paglets_metadata_text(wire)
 
-    assert [r.artifact_id for r in store.delete_owner("agent-7")] == [other["artifact_id"]]
+    assert [r.artifact_id for r in store.delete_owner("agent-7").deleted] == [other["artifact_id"]]
     store.delete(wire["artifact_id"])
     assert list((root / "blobs").iterdir()) == [] and list((root / "metadata").iterdir()) == []
 

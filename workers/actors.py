@@ -173,25 +173,19 @@ def _import_file(
     # swapped for a symlink after this check is refused, not followed out of the root.
     source = resolve_beneath(path, context().settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
     check_owner_alive(owner_agent_id)
-    result = ctx.store.committed(artifact_id)
-    if result is None:
-        result = ctx.store.create_from_path(
-            source,
-            owner_agent_id=owner_agent_id,
-            name=name or Path(path).name,
-            compression=compression,
-            expires_at=expires_at,
-            expected_sha256=expected_sha256,
-            artifact_id=artifact_id,
-            delete_source=delete_source,
-            progress=current_job().progress,
-        )
-    else:
-        # Committed by an attempt that died (or lost Redis) before it finished: make sure the
-        # index knows the artifact, and that a moved source is gone.
-        ctx.store.index.committed(result.ref)
-        if delete_source:
-            source.unlink()
+    # Idempotent by the job's artifact id: one committed by an attempt that died (or lost
+    # Redis) before it finished is returned, added to the index, and a moved source removed.
+    result = ctx.store.create_from_path(
+        source,
+        owner_agent_id=owner_agent_id,
+        name=name or Path(path).name,
+        compression=compression,
+        expires_at=expires_at,
+        expected_sha256=expected_sha256,
+        artifact_id=artifact_id,
+        delete_source=delete_source,
+        progress=current_job().progress,
+    )
     keep_unless_owner_deleted(artifact_id, owner_agent_id)
     return result.ref.to_wire()
 
@@ -257,38 +251,22 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     # The tombstone first: an import of this owner enqueued before now is refused when it
     # starts, and removes its artifact itself when it commits from now on.
     ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
-    freed, deleted = _remove_owner_artifacts(owner_agent_id)
+    first = ctx.store.delete_owner(owner_agent_id)
     # Then the deletion's end: every import enqueued before it is refused (the tombstone's
     # time is what imports compare their enqueue time with), and a second pass removes what
     # imports committed during the first one, before their post-commit check could see it.
     ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
-    more_freed, more_deleted = _remove_owner_artifacts(owner_agent_id)
-    return {"owner_agent_id": owner_agent_id, "deleted": deleted + more_deleted, "bytes_freed": freed + more_freed}
-
-
-def _remove_owner_artifacts(owner_agent_id: str) -> tuple[int, int]:
-    """Remove every artifact the index lists for the owner; return (bytes freed, artifacts)."""
-    store = context().store
-    freed = 0
-    deleted = 0
-    for ref in store.list(owner_agent_id=owner_agent_id):
-        freed += store.remove(ref.artifact_id)
-        deleted += 1
-    for artifact_id in list(store.index.owner_ids(owner_agent_id)):
-        # What an attempt killed between an artifact's metadata and its blob left behind.
-        freed += store.finish_removal(artifact_id)
-    return freed, deleted
-
+    second = ctx.store.delete_owner(owner_agent_id)
+    return {
+        "owner_agent_id": owner_agent_id,
+        "deleted": len(first.deleted) + len(second.deleted),
+        "bytes_freed": first.bytes_freed + second.bytes_freed,
+    }
 
 
 @job_actor(contract.REINDEX, time_limit=maintenance_time_limit)
 def reindex() -> dict[str, Any]:
-    store = context().store
-    rebuild = getattr(store.index, "rebuild", None)
-    if rebuild is not None:
-        return rebuild()
-    refs = list(store.scan())
-    return {"artifacts": len(refs), "bytes": sum(ref.size_bytes for ref in refs)}
+    return context().store.reindex()
 
 
 @job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)

@@ -43,7 +43,15 @@ from .refs import (
     PagletFileRef,
 )
 from .settings import Settings, SettingsError
-from .store import ArtifactStore, SweepReport, paglet_file_ref_from_path, safe_target_filename
+from .layout import StoreLayout
+from .store import (
+    ArtifactStore,
+    OwnerDeletion,
+    SweepReport,
+    WritePlan,
+    paglet_file_ref_from_path,
+    safe_target_filename,
+)
 from .streams import ChunkedRequestReader, LimitedRequestReader, copy_path, copy_stream, file_sha256
 
 __all__ = [
@@ -75,6 +83,7 @@ __all__ = [
     "JobTimeout",
     "LimitedRequestReader",
     "OwnerDeleted",
+    "OwnerDeletion",
     "PagletFileRef",
     "PathNotAllowed",
     "QuotaExceeded",
@@ -84,10 +93,12 @@ __all__ = [
     "SizeMismatch",
     "SourceUnavailable",
     "StorageFull",
+    "StoreLayout",
     "SweepReport",
     "TransferError",
     "Transient",
     "UploadTooSlow",
+    "WritePlan",
     "copy_path",
     "copy_stream",
     "file_sha256",

@@ -40,6 +40,7 @@ from rich.table import Table
 
 from . import console as views
 from .jobs import ArtifactJobs, Job, connect
+from .layout import StoreLayout
 from .records import FAILED, JobRecord
 from .redaction import redact_url
 from .redis_server import EmbeddedRedis, _die_with_parent, free_port
@@ -312,9 +313,9 @@ class Demo:
         return record
 
     def _plant_stale_part(self, settings: Settings) -> None:
-        tmp = Path(settings.store_root) / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        part = tmp / f"{uuid.uuid4().hex}.part"
+        layout = StoreLayout.at(settings.store_root)
+        layout.ensure()
+        part = layout.part(uuid.uuid4().hex)
         part.write_bytes(os.urandom(64 * 1024))
         old = time.time() - settings.spool_ttl_seconds - 60
         os.utime(part, (old, old))

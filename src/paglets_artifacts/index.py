@@ -8,20 +8,36 @@ by scanning the directory (the reference store's semantics); the Redis-backed in
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
-from .errors import QuotaExceeded
+import redis
+
+from .errors import QuotaExceeded, TransferError, Transient
+from .layout import StoreLayout
 from .refs import ArtifactRef
 
-if TYPE_CHECKING:
-    from .store import ArtifactStore
+#: Reads one artifact's ref from its metadata file (``StoreLayout.read_ref``).
+RefReader = Callable[[str], ArtifactRef]
+
+
+class IndexUnavailable(Transient, redis.exceptions.TimeoutError):
+    """The index is missing and another process did not finish building it in time, or
+    this process lost the build lock while it worked, or Redis cannot be reached.
+    Transient: a job that meets it is retried with backoff."""
 
 
 class StoreIndex(Protocol):
-    """What the store asks of an index. Every method must be safe to call twice."""
+    """What the store asks of an index. Every method must be safe to call twice.
+
+    An index is given the store's layout (its listings) and a ref reader, never the store:
+    it describes the files and removes none of them."""
+
+    @property
+    def scans(self) -> bool:
+        """Whether every answer is a full scan of the store directory (then the store's sweep
+        does the full-scan work too, and the index knows only whole artifacts)."""
 
     def reserve(
         self, artifact_id: str, size_bytes: int, quota_bytes: int | None, *, must_fit_bytes: int | None = None
@@ -32,7 +48,7 @@ class StoreIndex(Protocol):
     def release(self, artifact_id: str) -> None:
         """Drop a reservation that did not become an artifact."""
 
-    def committed(self, ref: ArtifactRef) -> None:
+    def add(self, ref: ArtifactRef) -> None:
         """Record a committed artifact (its reservation, if any, becomes usage)."""
 
     def removed(self, artifact_id: str) -> None:
@@ -42,13 +58,20 @@ class StoreIndex(Protocol):
         """Bytes held by committed artifacts plus live reservations."""
 
     def owner_ids(self, owner_agent_id: str) -> Iterable[str]:
-        """Ids of the artifacts owned by ``owner_agent_id``."""
+        """Ids of the artifacts owned by ``owner_agent_id``; :class:`IndexUnavailable` when
+        the index cannot answer (a caller that only reads can scan the directory instead)."""
 
     def expired_ids(self, now: float) -> Iterable[str]:
         """Ids of artifacts whose ``expires_at`` is > 0 and <= ``now``."""
 
     def all_ids(self) -> Iterable[str]:
         """Ids of every artifact, in id order."""
+
+    def rebuild(self) -> dict[str, Any]:
+        """Bring the index in line with every file (a full scan); return its figures."""
+
+    def reconcile(self) -> dict[str, Any]:
+        """Pick up what changed on disk behind the index's back; return its figures."""
 
 
 class ScanIndex:
@@ -58,11 +81,15 @@ class ScanIndex:
     one process and best-effort between processes (use the Redis index for that).
 
     Parameters:
-      store(ArtifactStore): the store to scan.
+      layout(StoreLayout): the store directory to scan.
+      read_ref(RefReader): reads one artifact's ref.
     """
 
-    def __init__(self, store: ArtifactStore):
-        self._store = store
+    scans = True
+
+    def __init__(self, layout: StoreLayout, read_ref: RefReader):
+        self._layout = layout
+        self._read_ref = read_ref
         self._lock = threading.Lock()
         self._reserved: dict[str, int] = {}
 
@@ -86,7 +113,7 @@ class ScanIndex:
         with self._lock:
             self._reserved.pop(artifact_id, None)
 
-    def committed(self, ref: ArtifactRef) -> None:
+    def add(self, ref: ArtifactRef) -> None:
         self.release(ref.artifact_id)
 
     def removed(self, artifact_id: str) -> None:
@@ -97,17 +124,30 @@ class ScanIndex:
             return self._blob_bytes() + sum(self._reserved.values())
 
     def owner_ids(self, owner_agent_id: str) -> list[str]:
-        return [ref.artifact_id for ref in self._store.scan() if ref.owner_agent_id == owner_agent_id]
+        return [ref.artifact_id for ref in self._refs() if ref.owner_agent_id == owner_agent_id]
 
     def expired_ids(self, now: float) -> list[str]:
-        return [ref.artifact_id for ref in self._store.scan() if 0 < ref.expires_at <= now]
+        return [ref.artifact_id for ref in self._refs() if 0 < ref.expires_at <= now]
 
     def all_ids(self) -> list[str]:
-        return [ref.artifact_id for ref in self._store.scan()]
+        return [ref.artifact_id for ref in self._refs()]
+
+    def rebuild(self) -> dict[str, Any]:
+        """Nothing to rebuild: the figures of a scan."""
+        refs = list(self._refs())
+        return {"artifacts": len(refs), "bytes": sum(ref.size_bytes for ref in refs)}
+
+    def reconcile(self) -> dict[str, Any]:
+        return self.rebuild()
+
+    def _refs(self) -> Iterator[ArtifactRef]:
+        """Every readable artifact (unreadable metadata is skipped, as a listing skips it)."""
+        self._layout.ensure()
+        for name in self._layout.metadata_names():
+            try:
+                yield self._read_ref(name)
+            except TransferError:
+                continue
 
     def _blob_bytes(self) -> int:
-        used = 0
-        for path in self._store.blobs_dir.glob("*.bin"):
-            with contextlib.suppress(OSError):
-                used += path.stat().st_size
-        return used
+        return self._layout.blob_bytes()

@@ -296,7 +296,7 @@ class OffloadedStore(ArtifactStore):
             )
         wire = self.offloading.run(job, what)
         ref = self._with_host(ArtifactRef.from_wire(wire))
-        return ArtifactWriteResult(ref=ref, path=self.blobs_dir / f"{ref.artifact_id}.bin")
+        return ArtifactWriteResult(ref=ref, path=self.layout.blob(ref.artifact_id))
 
     def export_to_path(
         self,

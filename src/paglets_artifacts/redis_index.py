@@ -28,21 +28,20 @@ bring the index back in line with them (see the README, "Index, quota and scale"
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
-from .errors import ArtifactNotFound, InvalidInput, QuotaExceeded, TransferError, Transient
-from .refs import ArtifactRef, validate_artifact_id
+from .errors import ArtifactNotFound, QuotaExceeded, TransferError
+from .index import IndexUnavailable, RefReader
+from .layout import StoreLayout
+from .refs import ArtifactRef
 
-if TYPE_CHECKING:
-    from .store import ArtifactStore
+__all__ = ["IndexUnavailable", "IndexKeys", "RedisIndex", "ReconcileReport"]
 
 #: How long a reservation holds unless committed, released or renewed (an import attempt
 #: that runs longer is killed by its time limit first; ``from_settings`` derives it from that).
@@ -216,12 +215,6 @@ return 0
 """
 
 
-class IndexUnavailable(Transient, redis.exceptions.TimeoutError):
-    """The index is missing and another process did not finish building it in time, or
-    this process lost the build lock while it worked. Transient: a job that meets it is
-    retried with backoff."""
-
-
 class IndexKeys:
     """The Redis keys of one namespace's index (the table in this module's docstring).
 
@@ -264,8 +257,6 @@ class ReconcileReport:
     updated: int = 0
     removed: int = 0
     lapsed_reservations: int = 0
-    orphans_removed: int = 0
-    orphan_bytes_freed: int = 0
     unreadable_metadata: int = 0
     unreadable_ids: list[str] = field(default_factory=list)
     counter_drift: int = 0
@@ -320,7 +311,8 @@ class RedisIndex:
     an existing store directory adopted), by exactly one process at a time.
 
     Parameters:
-      store(ArtifactStore): the store whose files this index describes.
+      layout(StoreLayout): the store directory this index describes (its listings).
+      read_ref(RefReader): reads one artifact's ref from its metadata file.
       client(redis.Redis): a client of the Redis every process shares.
       namespace(str): key prefix (the settings' namespace); one namespace describes one store.
       reservation_seconds(float): how long a reservation holds unless it is committed,
@@ -332,7 +324,8 @@ class RedisIndex:
 
     def __init__(
         self,
-        store: ArtifactStore,
+        layout: StoreLayout,
+        read_ref: RefReader,
         client: redis.Redis,
         *,
         namespace: str,
@@ -340,7 +333,8 @@ class RedisIndex:
         lock_seconds: float = DEFAULT_LOCK_SECONDS,
         build_wait_seconds: float = DEFAULT_BUILD_WAIT_SECONDS,
     ):
-        self.store = store
+        self.layout = layout
+        self.read_ref = read_ref
         self.client = client
         self.keys = IndexKeys(namespace)
         self.reservation_ms = max(1, int(reservation_seconds * 1000))
@@ -382,7 +376,9 @@ class RedisIndex:
         k = self.keys
         self._release(keys=[k.used, k.reservations, k.reservation_deadlines], args=[artifact_id])
 
-    def committed(self, ref: ArtifactRef) -> None:
+    scans = False
+
+    def add(self, ref: ArtifactRef) -> None:
         self._upsert_many([(ref.artifact_id, ref.size_bytes, ref.owner_agent_id, ref.expires_at)], "commit", 0)
 
     def removed(self, artifact_id: str) -> None:
@@ -466,14 +462,15 @@ class RedisIndex:
 
     def rebuild(self) -> dict[str, Any]:
         """Bring every entry in line with the files: read every metadata file, add, correct
-        and drop entries, drop lapsed reservations, remove orphans, recount the quota
-        counter. Returns the figures (a :class:`ReconcileReport` wire form)."""
+        and drop entries, drop lapsed reservations, recount the quota counter. Returns the
+        figures (a :class:`ReconcileReport` wire form). Files are never touched: orphans are
+        the store's sweep's (``ArtifactStore.reindex`` removes them, then calls this)."""
         return self._locked("rebuild")
 
     def reconcile(self) -> dict[str, Any]:
         """Pick up what changed on disk behind the index's back: artifacts added (their
-        metadata is read) or removed (ids compared, nothing read), lapsed reservations,
-        orphans. Cheaper than :meth:`rebuild`: known artifacts are not re-read. Builds the
+        metadata is read) or removed (ids compared, nothing read), lapsed reservations.
+        Cheaper than :meth:`rebuild`: known artifacts are not re-read. Builds the
         index when it is missing. Returns the figures."""
         return self._locked("reconcile")
 
@@ -510,9 +507,9 @@ class RedisIndex:
         current = time.time()
         # Blobs first, metadata second: our commits rename the blob before the metadata, so
         # an artifact committed between the two listings shows up as metadata without blob
-        # and is re-checked below instead of being taken for an orphan.
-        blobs = _listing(self.store.blobs_dir, ".bin")
-        metas = _listing(self.store.metadata_dir, ".json")
+        # and is re-checked below instead of being taken for gone.
+        blobs = self.layout.blobs()
+        metas = self.layout.metadata_files()
         indexed = {_text(key): int(value) for key, value in self.client.hscan_iter(k.sizes, count=BATCH_SIZE)}
         on_disk = [artifact_id for artifact_id in metas if artifact_id in blobs]
         to_read = on_disk if mode in ("build", "rebuild") else [i for i in on_disk if i not in indexed]
@@ -523,7 +520,7 @@ class RedisIndex:
             entries = []
             for artifact_id in batch:
                 try:
-                    ref = self.store.ref(artifact_id)
+                    ref = self.read_ref(artifact_id)
                     size = blobs[artifact_id].stat(follow_symlinks=False).st_size
                 except (ArtifactNotFound, FileNotFoundError):
                     continue  # deleted since the listing
@@ -546,7 +543,6 @@ class RedisIndex:
             if gone:
                 report.removed += int(self._remove_many(gone))
 
-        self._remove_orphans(blobs, metas, current, report)
         report.lapsed_reservations = int(
             self._drop_lapsed(keys=[k.used, k.reservations, k.reservation_deadlines])
         )
@@ -567,46 +563,10 @@ class RedisIndex:
         pipe.execute()
         return report
 
-    def _remove_orphans(
-        self, blobs: dict[str, os.DirEntry], metas: dict[str, os.DirEntry], current: float, report: ReconcileReport
-    ) -> None:
-        """The store's orphan rule (``ArtifactStore._sweep_orphans``) on this pass's listings:
-        a blob without metadata older than the spool TTL (a commit that died; a paglets
-        host's commit in progress is younger), and metadata without a blob."""
-        store = self.store
-        for artifact_id, entry in blobs.items():
-            if artifact_id in metas:
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if current - info.st_mtime < store.spool_ttl_seconds:
-                continue
-            if (store.metadata_dir / f"{artifact_id}.json").exists():
-                continue  # committed since the listing
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            report.orphans_removed += 1
-            report.orphan_bytes_freed += info.st_size
-        for artifact_id, entry in metas.items():
-            if artifact_id in blobs or (store.blobs_dir / f"{artifact_id}.bin").exists():
-                continue
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            report.orphans_removed += 1
-
     # ------------------------------------------------------------------ internals
 
     def _present(self, artifact_id: str) -> bool:
-        store = self.store
-        return (store.metadata_dir / f"{artifact_id}.json").exists() and (
-            store.blobs_dir / f"{artifact_id}.bin"
-        ).exists()
+        return self.layout.present(artifact_id)
 
     def _upsert_many(
         self, entries: list[tuple[str, int, str, float]], mode: str, scan_start_ms: int
@@ -630,23 +590,6 @@ class RedisIndex:
                 args=[k.owner_prefix, *artifact_ids],
             )
         )
-
-
-def _listing(directory: Path, suffix: str) -> dict[str, os.DirEntry]:
-    """Artifact id -> directory entry of every ``<id><suffix>`` file (other names are ignored)."""
-    entries: dict[str, os.DirEntry] = {}
-    with os.scandir(directory) as iterator:
-        for entry in iterator:
-            name = entry.name
-            if not name.endswith(suffix):
-                continue
-            artifact_id = name[: -len(suffix)]
-            try:
-                validate_artifact_id(artifact_id)
-            except InvalidInput:
-                continue
-            entries[artifact_id] = entry
-    return entries
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

@@ -193,7 +193,7 @@ class RemoteTransfers:
         """
         self.check_allowed(url)
         if artifact_id is not None:
-            existing = store.committed(artifact_id)
+            existing = store.adopt_committed(artifact_id)  # before a request: none is needed then
             if existing is not None:
                 return existing
         expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None

@@ -9,8 +9,8 @@ input is validated with an error that names the problem; a short body is an erro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
-import json
 import logging
 import os
 import stat
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import (
     ArtifactNotFound,
@@ -32,9 +32,10 @@ from .errors import (
     StorageFull,
     TransferError,
 )
-from .index import ScanIndex, StoreIndex
+from .index import IndexUnavailable, ScanIndex, StoreIndex
+from .layout import StoreLayout, metadata_json
 from .paths import AllowedPath
-from .redis_index import IndexUnavailable, RedisIndex
+from .redis_index import RedisIndex
 from .refs import (
     ARTIFACT_COPY,
     ARTIFACT_STATUS_REGISTERED,
@@ -94,9 +95,13 @@ class SweepReport:
         }
 
 
-def metadata_json(ref: ArtifactRef) -> str:
-    """The metadata file's text: the wire form, indent 2, sorted keys, trailing newline."""
-    return json.dumps(ref.to_wire(), indent=2, sort_keys=True) + "\n"
+@dataclass(slots=True)
+class OwnerDeletion:
+    """What ``ArtifactStore.delete_owner`` removed: the refs deleted and the bytes freed
+    (theirs, and the remains of earlier deletions that died half-way)."""
+
+    deleted: list[ArtifactRef] = field(default_factory=list)
+    bytes_freed: int = 0
 
 
 #: Errors of a full filesystem: retrying cannot help until someone frees space.
@@ -144,6 +149,204 @@ def _cleanup(*paths: Path) -> None:
             path.unlink()
 
 
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """An artifact about to be written, every field validated (``ArtifactStore.plan``).
+
+    Parameters:
+      artifact_id(str): its id (hex), given or new.
+      owner_agent_id(str), name(str), compression(str): as its ref will carry them.
+      expires_at(float): 0 for never.
+      expected_sha256(str|None): the digest its bytes must have.
+      size_bytes(int): the declared size, -1 when unknown.
+    """
+
+    artifact_id: str
+    owner_agent_id: str
+    name: str
+    compression: str
+    expires_at: float
+    expected_sha256: str | None
+    size_bytes: int = -1
+
+    def ref(self, host_url: str, size_bytes: int, sha256: str) -> ArtifactRef:
+        """The ref of the artifact once its bytes are in, dated now."""
+        return ArtifactRef(
+            host_url=host_url,
+            artifact_id=self.artifact_id,
+            name=self.name,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            compression=self.compression,
+            created_at=time.time(),
+            expires_at=self.expires_at,
+            owner_agent_id=self.owner_agent_id,
+        )
+
+
+class _Part:
+    """The ``tmp/<id>.part`` of one write, and the inode this attempt put there (-1: none yet)."""
+
+    __slots__ = ("path", "inode")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.inode = -1
+
+
+class _Reservation:
+    """The quota one write holds in the index (``held`` bytes; ``None`` before the first hold)."""
+
+    __slots__ = ("index", "artifact_id", "quota_bytes", "held")
+
+    def __init__(self, index: StoreIndex, artifact_id: str, quota_bytes: int | None):
+        self.index = index
+        self.artifact_id = artifact_id
+        self.quota_bytes = quota_bytes
+        self.held: int | None = None
+
+    def hold(self, size_bytes: int, *, must_fit: int | None = None) -> None:
+        """Hold ``size_bytes`` (replacing what was held) or raise ``QuotaExceeded``."""
+        self.index.reserve(self.artifact_id, size_bytes, self.quota_bytes, must_fit_bytes=must_fit)
+        self.held = size_bytes
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.index.release(self.artifact_id)
+            self.held = None
+
+
+class _Bytes(Protocol):
+    """Where a write's bytes come from: ``read`` them (into the part, or hashed in place),
+    ``place`` them as the part, ``undo`` what was done to the source when the write fails."""
+
+    def read(self, plan: WritePlan, part: _Part, hold: _Reservation) -> tuple[int, str]: ...
+
+    def place(self, part: _Part) -> None: ...
+
+    def undo(self, *, committed: bool) -> None: ...
+
+
+class _StreamedBytes:
+    """Bytes copied from a file object into a new, exclusively created part file.
+
+    With ``reserve_ahead_bytes`` the quota held grows with the bytes that arrived instead of
+    covering the declared size from the start (a client that may never send it)."""
+
+    def __init__(self, store: ArtifactStore, source: Any, progress: Progress | None, *,
+                 reserve_ahead_bytes: int | None = None):
+        self.store = store
+        self.source = source
+        self.progress = progress
+        self.ahead = reserve_ahead_bytes
+        self.fd = -1
+
+    def read(self, plan: WritePlan, part: _Part, hold: _Reservation) -> tuple[int, str]:
+        store, size_bytes, ahead, progress = self.store, plan.size_bytes, self.ahead, self.progress
+        if size_bytes >= 0:
+            hold.hold(size_bytes if ahead is None else min(size_bytes, ahead), must_fit=size_bytes)
+        self.fd = store._create_part(part.path)
+        part.inode = os.fstat(self.fd).st_ino
+
+        def on_chunk(total: int) -> None:
+            store._check_size(total)
+            if 0 <= size_bytes < total:
+                raise SizeMismatch(f"body is longer than its declared {size_bytes} bytes")
+            if ahead is not None and total > (hold.held or 0):
+                grown = total + ahead
+                hold.hold(grown if size_bytes < 0 else min(size_bytes, grown))
+            if progress is not None:
+                progress(total, size_bytes)
+
+        written, sha256 = hashed_copy(self.source, self.fd, on_chunk=on_chunk, write_behind=store.fsync)
+        if 0 <= size_bytes != written:
+            raise SizeMismatch(f"body ended after {written} of {size_bytes} declared bytes")
+        return written, sha256
+
+    def place(self, part: _Part) -> None:
+        if self.store.fsync:
+            os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def undo(self, *, committed: bool) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _LinkedBytes:
+    """A same-filesystem source hashed in place and hard-linked as the part: no byte copied.
+
+    The source stays where it is until the artifact is committed (its caller removes it
+    then), so an import killed at any point loses nothing. It is named relative to
+    ``dir_fd``, the directory it was opened in; ``handle`` is open on it."""
+
+    def __init__(self, store: ArtifactStore, dir_fd: int, path: Path, handle: Any, info: os.stat_result,
+                 progress: Progress | None):
+        self.store = store
+        self.dir_fd = dir_fd
+        self.path = path
+        self.handle = handle
+        self.info = info
+        self.progress = progress
+        self.linked = False
+
+    def read(self, plan: WritePlan, part: _Part, hold: _Reservation) -> tuple[int, str]:
+        size, handle, progress, fsync = self.info.st_size, self.handle, self.progress, self.store.fsync
+        read = 0
+
+        def on_chunk(done: int) -> None:
+            nonlocal read
+            if done > size:
+                raise SizeMismatch(f"source changed while it was read: more than its {size} bytes")
+            if fsync:  # the disk writes what the source may still hold in memory while it is hashed
+                start_writeback(handle.fileno(), read, done - read)
+                read = done
+            if progress is not None:
+                progress(done, size)
+
+        done, sha256 = hashed_read(handle, on_chunk=on_chunk)  # one read, overlapped with hashing
+        if done != size:
+            raise SizeMismatch(f"source changed while it was read: {done} of {size} bytes")
+        return done, sha256
+
+    def place(self, part: _Part) -> None:
+        info = self.info
+        self.store._clear_stale_part(part.path)
+        # A second name, not a rename: the source stays where it is until the artifact is
+        # committed, so an import killed at any point loses nothing (its retry clears the link).
+        try:
+            os.link(self.path.name, part.path, src_dir_fd=self.dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_LINK_ERRNOS:
+                raise _LinkRefused(self.path) from exc
+            raise
+        linked = os.lstat(part.path)
+        if (linked.st_ino, linked.st_dev, linked.st_size) != (info.st_ino, info.st_dev, info.st_size):
+            _cleanup(part.path)
+            raise SourceUnavailable(f"artifact source was replaced while it was imported: {self.path}")
+        part.inode = info.st_ino
+        self.linked = True
+        os.utime(part.path)  # at once: a sweep must never take the new link for a stale file
+        if info.st_mode & 0o022:  # the inode becomes the blob: nobody else may rewrite it
+            os.chmod(part.path, stat.S_IMODE(info.st_mode) & ~0o022)
+        if self.store.fsync:  # the source's bytes may still sit in the page cache: flush them before they count
+            os.fsync(self.handle.fileno())
+
+    def undo(self, *, committed: bool) -> None:
+        if not self.linked or committed:
+            # Once committed, the source is a second name of the blob, which must keep its safer mode.
+            return
+        # Not committed: the source keeps its own mode and times. Through the open descriptor:
+        # whatever its name now leads to, it is the same inode.
+        info = self.info
+        with contextlib.suppress(OSError):
+            if info.st_mode & 0o022:
+                os.fchmod(self.handle.fileno(), stat.S_IMODE(info.st_mode))
+            os.utime(self.handle.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
 class ArtifactStore:
     """Host-owned binary artifact storage with atomic, durable commits.
 
@@ -157,6 +360,9 @@ class ArtifactStore:
         (turn off only for tests and benchmarks that do not care about crashes).
       index(StoreIndex|None): where quota, expiry and owner questions are answered;
         by default a :class:`ScanIndex` that scans, as the reference store does.
+
+    Its paths are its ``layout``'s (a :class:`StoreLayout`); ``blobs_dir``, ``metadata_dir``
+    and ``tmp_dir`` are the layout's directories, kept for the callers of the reference API.
     """
 
     def __init__(
@@ -170,40 +376,44 @@ class ArtifactStore:
         fsync: bool = True,
         index: StoreIndex | None = None,
     ):
-        self.root = Path(root).expanduser().resolve(strict=False)
+        self.layout = StoreLayout.at(root)
+        self.root = self.layout.root
         self.host_url = str(host_url).rstrip("/")
         self.max_artifact_bytes = 0 if max_artifact_bytes is None else max(0, int(max_artifact_bytes))
         self.quota_bytes = None if quota_bytes is None else max(0, int(quota_bytes))
         self.spool_ttl_seconds = max(1.0, float(spool_ttl_seconds))
         self.fsync = fsync
-        self.blobs_dir = self.root / "blobs"
-        self.metadata_dir = self.root / "metadata"
-        self.tmp_dir = self.root / "tmp"
+        self.blobs_dir = self.layout.blobs_dir
+        self.metadata_dir = self.layout.metadata_dir
+        self.tmp_dir = self.layout.tmp_dir
         self._ensure_dirs()
-        self.index: StoreIndex = index if index is not None else ScanIndex(self)
+        self.index: StoreIndex = index if index is not None else ScanIndex(self.layout, self.layout.read_ref)
 
     @classmethod
     def from_settings(cls, settings: Any, *, redis: Any = None) -> ArtifactStore:
         """The store a worker or server of these ``Settings`` uses (``redis``: the shared
         client, for an index every process shares)."""
-        store = cls(
+        index = None
+        if redis is not None:
+            layout = StoreLayout.at(settings.store_root)
+            # A reservation outlives any import attempt: the time limit kills an attempt first.
+            index = RedisIndex(
+                layout,
+                layout.read_ref,
+                redis,
+                namespace=settings.namespace,
+                reservation_seconds=settings.transfer_time_limit_seconds + 60.0,
+                build_wait_seconds=settings.maintenance_time_limit_seconds,
+            )
+        return cls(
             settings.store_root,
             host_url=settings.host_url,
             max_artifact_bytes=settings.max_artifact_bytes,
             quota_bytes=settings.quota_bytes,
             spool_ttl_seconds=settings.spool_ttl_seconds,
             fsync=settings.fsync,
+            index=index,
         )
-        if redis is not None:
-            # A reservation outlives any import attempt: the time limit kills an attempt first.
-            store.index = RedisIndex(
-                store,
-                redis,
-                namespace=settings.namespace,
-                reservation_seconds=settings.transfer_time_limit_seconds + 60.0,
-                build_wait_seconds=settings.maintenance_time_limit_seconds,
-            )
-        return store
 
     # ------------------------------------------------------------------ configuration
 
@@ -211,6 +421,35 @@ class ArtifactStore:
         self.host_url = str(host_url).rstrip("/")
 
     # ------------------------------------------------------------------ writing
+
+    def plan(
+        self,
+        *,
+        size_bytes: int = -1,
+        owner_agent_id: str = "",
+        name: str = "",
+        compression: str = "",
+        expires_at: float = 0.0,
+        expected_sha256: str | None = None,
+        artifact_id: str | None = None,
+    ) -> WritePlan:
+        """Validate what a write was asked for, before any byte moves or any path is named."""
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < -1:
+            raise InvalidInput(f"invalid size_bytes {size_bytes!r}: expected a whole number >= 0, or -1 if unknown")
+        expires = validate_expires_at(expires_at)
+        expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
+        for label, value in (("owner_agent_id", owner_agent_id), ("name", name), ("compression", compression)):
+            if not isinstance(value, str):
+                raise InvalidInput(f"invalid {label} {value!r}: expected a string")
+        return WritePlan(
+            artifact_id=uuid.uuid4().hex if artifact_id is None else validate_artifact_id(artifact_id),
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires,
+            expected_sha256=expected,
+            size_bytes=size_bytes,
+        )
 
     def create_from_path(
         self,
@@ -229,29 +468,43 @@ class ArtifactStore:
         the artifact is committed; on the store's filesystem it is hashed in place and
         linked into the store, so no byte is copied.
 
+        ``artifact_id`` makes the import idempotent: when that artifact is already committed
+        (a redelivered job), its ref is returned and, with ``delete_source``, the source is
+        removed if it is still there; the source need not exist any more.
+
         An :class:`AllowedPath` source (what workers pass) is opened beneath its allowed
         root, no link below it followed; opening, linking and removing the source are all
         done relative to its directory's descriptor (``PathNotAllowed`` when a component
         is, or was swapped for, a symlink)."""
         beneath = source if isinstance(source, AllowedPath) else None
         path = beneath.path if beneath is not None else Path(source)
+        plan = self.plan(
+            owner_agent_id=owner_agent_id, name=path.name if name is None or name == "" else name,
+            compression=compression, expires_at=expires_at, expected_sha256=expected_sha256, artifact_id=artifact_id,
+        )
+        existing = self.adopt_committed(plan.artifact_id)
+        if existing is not None and not delete_source:
+            return existing
         try:
             dir_fd = beneath.open_parent() if beneath is not None else os.open(path.parent, _PARENT_FLAGS)
         except FileNotFoundError:
+            if existing is not None:
+                return existing  # a moved source went with the attempt that committed it
             raise SourceUnavailable(f"artifact source does not exist: {path}") from None
         except OSError as exc:
             raise SourceUnavailable(f"artifact source cannot be opened: {path}: {exc.strerror}") from None
         try:
-            return self._create_from_file(
-                dir_fd, path, beneath, delete_source=delete_source, owner_agent_id=owner_agent_id,
-                name=name or path.name, compression=compression, expires_at=expires_at,
-                expected_sha256=expected_sha256, artifact_id=artifact_id, progress=progress,
-            )
+            if existing is not None:
+                # Committed by an attempt that died before it removed the moved source.
+                _unlink_quietly(dir_fd, path.name)
+                return existing
+            return self._create_from_file(dir_fd, path, beneath, plan, delete_source=delete_source, progress=progress)
         finally:
             os.close(dir_fd)
 
     def _create_from_file(
-        self, dir_fd: int, path: Path, beneath: AllowedPath | None, *, delete_source: bool, **options: Any
+        self, dir_fd: int, path: Path, beneath: AllowedPath | None, plan: WritePlan, *, delete_source: bool,
+        progress: Progress | None,
     ) -> ArtifactWriteResult:
         try:
             fd = os.open(path.name, _SOURCE_FLAGS, dir_fd=dir_fd)
@@ -265,14 +518,17 @@ class ArtifactStore:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise SourceUnavailable(f"artifact source is not a file: {path}")
+        plan = dataclasses.replace(plan, size_bytes=info.st_size)
         with open(fd, "rb", buffering=0, closefd=True) as handle:
+            result = None
             # A file with other hard links is copied: through them its bytes could change later.
             if delete_source and info.st_dev == self._tmp_device() and info.st_nlink == 1:
                 try:
-                    return self._move_in(dir_fd, path, handle, info, **options)
+                    result = self._write(plan, _LinkedBytes(self, dir_fd, path, handle, info, progress))
                 except _LinkRefused:
                     handle.seek(0)  # no hard links here (filesystem or protected_hardlinks): copy
-            result = self.create_from_stream(handle, size_bytes=info.st_size, **options)
+            if result is None:
+                result = self._write(plan, _StreamedBytes(self, handle, progress))
         if delete_source:
             _unlink_if_same(dir_fd, path.name, info.st_ino)
         return result
@@ -325,169 +581,44 @@ class ArtifactStore:
         bytes more than have arrived, and grows as they arrive (refused mid-body when the
         quota filled meanwhile).
         """
-        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < -1:
-            raise InvalidInput(f"invalid size_bytes {size_bytes!r}: expected a whole number >= 0, or -1 if unknown")
         if reserve_ahead_bytes is not None and (
             isinstance(reserve_ahead_bytes, bool) or not isinstance(reserve_ahead_bytes, int) or reserve_ahead_bytes < 1
         ):
             raise InvalidInput(f"invalid reserve_ahead_bytes {reserve_ahead_bytes!r}: expected a whole number >= 1")
-        expires = validate_expires_at(expires_at)
-        expected = validate_sha256(expected_sha256, field="expected sha256") if expected_sha256 else None
-        for label, value in (("owner_agent_id", owner_agent_id), ("name", name), ("compression", compression)):
-            if not isinstance(value, str):
-                raise InvalidInput(f"invalid {label} {value!r}: expected a string")
-        artifact_id = uuid.uuid4().hex if artifact_id is None else validate_artifact_id(artifact_id)
-        existing = self.committed(artifact_id)
+        plan = self.plan(
+            size_bytes=size_bytes, owner_agent_id=owner_agent_id, name=name, compression=compression,
+            expires_at=expires_at, expected_sha256=expected_sha256, artifact_id=artifact_id,
+        )
+        existing = self.adopt_committed(plan.artifact_id)
         if existing is not None:
             return existing
-        self._check_size(size_bytes)
+        return self._write(plan, _StreamedBytes(self, source, progress, reserve_ahead_bytes=reserve_ahead_bytes))
+
+    def _write(self, plan: WritePlan, source: _Bytes) -> ArtifactWriteResult:
+        """The one write path, once the caller found nothing committed under the plan's id:
+        the bytes into ``tmp/<id>.part`` (and verified), the quota held for them, then one
+        commit; on any failure one rollback that leaves nothing of this attempt (its part
+        file, its reservation) and gives a moved-in source back. Two attempts that overlap
+        meet at the commit, where one gives way (``Superseded``)."""
+        self._check_size(plan.size_bytes)
         self._ensure_dirs()
-        tmp_path = self.tmp_dir / f"{artifact_id}.part"
-        reserved = False
-        held = 0  # bytes the reservation holds
-        fd = -1
-        inode = -1
+        part = _Part(self.layout.part(plan.artifact_id))
+        hold = _Reservation(self.index, plan.artifact_id, self.quota_bytes)
         try:
-            if size_bytes >= 0:
-                held = size_bytes if reserve_ahead_bytes is None else min(size_bytes, reserve_ahead_bytes)
-                self.index.reserve(artifact_id, held, self.quota_bytes, must_fit_bytes=size_bytes)
-                reserved = True
-            fd = self._create_part(tmp_path)
-            inode = os.fstat(fd).st_ino
-
-            def on_chunk(total: int) -> None:
-                nonlocal held, reserved
-                self._check_size(total)
-                if 0 <= size_bytes < total:
-                    raise SizeMismatch(f"body is longer than its declared {size_bytes} bytes")
-                if reserve_ahead_bytes is not None and total > held:
-                    grown = total + reserve_ahead_bytes
-                    held = grown if size_bytes < 0 else min(size_bytes, grown)
-                    self.index.reserve(artifact_id, held, self.quota_bytes)
-                    reserved = True
-                if progress is not None:
-                    progress(total, size_bytes)
-
-            written, sha256 = hashed_copy(source, fd, on_chunk=on_chunk, write_behind=self.fsync)
-            if 0 <= size_bytes != written:
-                raise SizeMismatch(f"body ended after {written} of {size_bytes} declared bytes")
-            if expected and sha256 != expected:
-                raise ChecksumMismatch(f"artifact checksum mismatch: expected {expected}, got {sha256}")
-            if not reserved or held != written:
-                self.index.reserve(artifact_id, written, self.quota_bytes)
-                reserved = True
-            if self.fsync:
-                os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            ref = ArtifactRef(
-                host_url=self.host_url,
-                artifact_id=artifact_id,
-                name=name,
-                size_bytes=written,
-                sha256=sha256,
-                compression=compression,
-                created_at=time.time(),
-                expires_at=expires,
-                owner_agent_id=owner_agent_id,
-            )
-            return self._commit(tmp_path, ref, inode=inode)
+            size, sha256 = source.read(plan, part, hold)
+            if plan.expected_sha256 and sha256 != plan.expected_sha256:
+                raise ChecksumMismatch(f"artifact checksum mismatch: expected {plan.expected_sha256}, got {sha256}")
+            if hold.held != size:
+                hold.hold(size)
+            source.place(part)
+            return self._commit(part.path, plan.ref(self.host_url, size, sha256), inode=part.inode)
         except BaseException as exc:
-            if fd >= 0:
-                os.close(fd)
-            _cleanup_own(tmp_path, inode)
-            if reserved:
-                self.index.release(artifact_id)
+            source.undo(committed=self.layout.metadata(plan.artifact_id).exists())
+            if part.inode >= 0:
+                _cleanup_own(part.path, part.inode)
+            hold.release()
             _raise_if_no_space(exc, self.root)
             raise
-
-    def _move_in(
-        self, dir_fd: int, path: Path, handle: Any, info: os.stat_result, **options: Any
-    ) -> ArtifactWriteResult:
-        """Hash a same-filesystem source in place, link it into the store, commit, and only
-        then remove the source (no byte copied, nothing lost wherever it is interrupted).
-        The source is named relative to ``dir_fd``, the directory it was opened in."""
-        artifact_id = options["artifact_id"] or uuid.uuid4().hex
-        artifact_id = validate_artifact_id(artifact_id)
-        existing = self.committed(artifact_id)
-        if existing is not None:
-            return existing
-        expires = validate_expires_at(options["expires_at"])
-        expected = options["expected_sha256"]
-        expected = validate_sha256(expected, field="expected sha256") if expected else None
-        size = info.st_size
-        self._check_size(size)
-        progress = options["progress"]
-
-        read = 0
-
-        def on_chunk(done: int) -> None:
-            nonlocal read
-            if done > size:
-                raise SizeMismatch(f"source changed while it was read: more than its {size} bytes")
-            if self.fsync:  # the disk writes what the source may still hold in memory while it is hashed
-                start_writeback(handle.fileno(), read, done - read)
-                read = done
-            if progress is not None:
-                progress(done, size)
-
-        done, sha256 = hashed_read(handle, on_chunk=on_chunk)  # one read, overlapped with hashing
-        if done != size:
-            raise SizeMismatch(f"source changed while it was read: {done} of {size} bytes")
-        if expected and sha256 != expected:
-            raise ChecksumMismatch(f"artifact checksum mismatch: expected {expected}, got {sha256}")
-        self.index.reserve(artifact_id, size, self.quota_bytes)
-        tmp_path = self.tmp_dir / f"{artifact_id}.part"
-        try:
-            self._clear_stale_part(tmp_path)
-            # A second name, not a rename: the source stays where it is until the artifact is
-            # committed, so an import killed at any point loses nothing (its retry clears the link).
-            try:
-                os.link(path.name, tmp_path, src_dir_fd=dir_fd, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno in _NO_LINK_ERRNOS:
-                    raise _LinkRefused(path) from exc
-                raise
-            linked = os.lstat(tmp_path)
-            if (linked.st_ino, linked.st_dev, linked.st_size) != (info.st_ino, info.st_dev, info.st_size):
-                _cleanup(tmp_path)
-                raise SourceUnavailable(f"artifact source was replaced while it was imported: {path}")
-            os.utime(tmp_path)  # at once: a sweep must never take the new link for a stale file
-            if info.st_mode & 0o022:  # the inode becomes the blob: nobody else may rewrite it
-                os.chmod(tmp_path, stat.S_IMODE(info.st_mode) & ~0o022)
-        except BaseException:
-            self.index.release(artifact_id)
-            raise
-        try:
-            if self.fsync:  # the source's bytes may still sit in the page cache: flush them before they count
-                os.fsync(handle.fileno())
-            ref = ArtifactRef(
-                host_url=self.host_url,
-                artifact_id=artifact_id,
-                name=options["name"],
-                size_bytes=size,
-                sha256=sha256,
-                compression=options["compression"],
-                created_at=time.time(),
-                expires_at=expires,
-                owner_agent_id=options["owner_agent_id"],
-            )
-            result = self._commit(tmp_path, ref, inode=info.st_ino)
-        except BaseException as exc:
-            _cleanup_own(tmp_path, info.st_ino)
-            if not self._metadata_path(artifact_id).exists():
-                # Not committed: the source keeps its own mode and times. (Once committed, the
-                # source is a second name of the blob, which must keep its safer mode.) Through
-                # the open descriptor: whatever its name now leads to, it is the same inode.
-                with contextlib.suppress(OSError):
-                    if info.st_mode & 0o022:
-                        os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
-                    os.utime(handle.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
-            self.index.release(artifact_id)
-            _raise_if_no_space(exc, self.root)
-            raise
-        _unlink_if_same(dir_fd, path.name, info.st_ino)
-        return result
 
     def _commit(self, tmp_path: Path, ref: ArtifactRef, *, inode: int) -> ArtifactWriteResult:
         """Make a fully written ``.part`` visible: blob, then metadata, each renamed into place.
@@ -497,9 +628,9 @@ class ArtifactStore:
         the bytes are back at ``tmp_path`` and the caller decides what becomes of them (a
         moved-in source is given back, not deleted).
         """
-        blob_path = self._blob_path(ref.artifact_id)
-        meta_path = self._metadata_path(ref.artifact_id)
-        meta_tmp = self.tmp_dir / f"{ref.artifact_id}.json.part"
+        blob_path = self.layout.blob(ref.artifact_id)
+        meta_path = self.layout.metadata(ref.artifact_id)
+        meta_tmp = self.layout.staged_metadata(ref.artifact_id)
         self._clear_stale_part(meta_tmp)
         try:
             fd = create_exclusive(meta_tmp)
@@ -539,28 +670,14 @@ class ArtifactStore:
                 except OSError:
                     _cleanup(blob_path)
             raise
-        self.index.committed(ref)
+        self.index.add(ref)
         return ArtifactWriteResult(ref=self._with_host(ref), path=blob_path)
 
     # ------------------------------------------------------------------ reading
 
     def ref(self, artifact_id: str) -> ArtifactRef:
         """The artifact's ref, carrying this store's *current* host URL."""
-        path = self._metadata_path(artifact_id)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ArtifactNotFound(f"No artifact {artifact_id!r}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TransferError(f"artifact {artifact_id!r} metadata is unreadable: {exc}") from None
-        try:
-            payload = json.loads(text)
-        except ValueError as exc:
-            raise InvalidInput(f"artifact {artifact_id!r} metadata is not JSON: {exc}") from None
-        ref = ArtifactRef.from_wire(payload)
-        if ref.artifact_id != artifact_id:
-            raise InvalidInput(f"artifact {artifact_id!r} metadata names another id {ref.artifact_id!r}")
-        return self._with_host(ref)
+        return self._with_host(self.layout.read_ref(artifact_id))
 
     def list(self, *, owner_agent_id: str | None = None) -> list[ArtifactRef]:
         """Every readable artifact (of one owner, if given), in id order."""
@@ -583,18 +700,18 @@ class ArtifactStore:
     def scan(self, unreadable: list[str] | None = None) -> Iterator[ArtifactRef]:
         """Read every metadata file (a full scan); ids that fail to parse go to ``unreadable``."""
         self._ensure_dirs()
-        for path in sorted(self.metadata_dir.glob("*.json")):
+        for name in self.layout.metadata_names():
             try:
-                yield self.ref(path.stem)
+                yield self.ref(name)
             except TransferError:
                 if unreadable is not None:
-                    unreadable.append(path.stem)
+                    unreadable.append(name)
 
     def open_reader(self, artifact_id: str):
         """A binary file object over the blob (never follows a symlink)."""
         self.ref(artifact_id)
         try:
-            fd = os.open(self._blob_path(artifact_id), _READ_FLAGS)
+            fd = os.open(self.layout.blob(artifact_id), _READ_FLAGS)
         except FileNotFoundError:
             raise ArtifactNotFound(f"artifact {artifact_id!r} has metadata but no blob") from None
         except OSError as exc:  # ELOOP: the blob is a symlink
@@ -603,7 +720,7 @@ class ArtifactStore:
 
     def blob_path(self, artifact_id: str) -> Path:
         self.ref(artifact_id)
-        return self._blob_path(artifact_id)
+        return self.layout.blob(artifact_id)
 
     def export_to_path(
         self,
@@ -689,8 +806,8 @@ class ArtifactStore:
 
     def remove(self, artifact_id: str) -> int:
         """``delete``, returning the bytes freed (0 if it was not there)."""
-        blob = self._blob_path(artifact_id)
-        meta = self._metadata_path(artifact_id)
+        blob = self.layout.blob(artifact_id)
+        meta = self.layout.metadata(artifact_id)
         try:
             size = blob.stat().st_size
         except FileNotFoundError:
@@ -702,7 +819,7 @@ class ArtifactStore:
     def finish_removal(self, artifact_id: str) -> int:
         """Remove what a removal killed between the metadata and the blob left behind (the
         blob and the index entry), when the metadata is gone; return the bytes freed."""
-        if self._metadata_path(artifact_id).exists():
+        if self.layout.metadata(artifact_id).exists():
             return 0  # a whole artifact (or one being committed): not remains
         return self.remove(artifact_id)
 
@@ -714,35 +831,37 @@ class ArtifactStore:
         its job's earlier attempts were killed, and nothing else writes under that id."""
         artifact_id = validate_artifact_id(artifact_id)
         freed = 0
-        for path in (self.tmp_dir / f"{artifact_id}.part", self.tmp_dir / f"{artifact_id}.json.part"):
+        for path in (self.layout.part(artifact_id), self.layout.staged_metadata(artifact_id)):
             with contextlib.suppress(FileNotFoundError):
                 size = path.lstat().st_size
                 path.unlink()
                 freed += size
         if remove_committed:
             freed += self.remove(artifact_id)  # files, index entry and reservation
-        elif self.committed(artifact_id) is None:  # (a whole one is recorded: its hold becomes usage)
+        elif self.adopt_committed(artifact_id) is None:  # (a whole one is recorded: its hold becomes usage)
             freed += self.finish_removal(artifact_id)
             self.index.release(artifact_id)
         return freed
 
-    def delete_owner(self, owner_agent_id: str) -> list[ArtifactRef]:
-        """Delete every artifact of ``owner_agent_id``; return the refs deleted."""
-        deleted = []
+    def delete_owner(self, owner_agent_id: str) -> OwnerDeletion:
+        """Delete every artifact of ``owner_agent_id``, and what an earlier deletion killed
+        half-way left of its artifacts; return the refs deleted and the bytes freed."""
+        deletion = OwnerDeletion()
         for ref in self.list(owner_agent_id=owner_agent_id):
-            self.remove(ref.artifact_id)
-            deleted.append(ref)
-        if not isinstance(self.index, ScanIndex):  # a scan lists whole artifacts only
+            deletion.bytes_freed += self.remove(ref.artifact_id)
+            deletion.deleted.append(ref)
+        if not self.index.scans:  # a scan lists whole artifacts only
             for artifact_id in list(self.index.owner_ids(owner_agent_id)):
-                self.finish_removal(artifact_id)  # remains of an earlier deletion that died half-way
-        return deleted
+                # What a removal killed between an artifact's metadata and its blob left behind.
+                deletion.bytes_freed += self.finish_removal(artifact_id)
+        return deletion
 
     def cleanup_temporary(self, *, now: float | None = None) -> SweepReport:
         """Sweep: stale ``.part`` files, expired artifacts and orphans.
 
         Orphans are blobs whose commit was interrupted (found through their staged
-        metadata in ``tmp/``) and, on a full scan, blobs without metadata older than the
-        spool TTL and metadata without a blob. Unreadable metadata is counted, not hidden.
+        metadata in ``tmp/``) and, when the index scans anyway, those of
+        :meth:`remove_orphans`. Unreadable metadata is counted, not hidden.
 
         ``now`` dates the expiry of artifacts only. Temporary files and orphan blobs are
         judged by the real clock: a ``.part`` may belong to an upload still in progress, and
@@ -752,7 +871,7 @@ class ArtifactStore:
         clock = time.time()
         self._ensure_dirs()
         report = SweepReport()
-        for path in self.tmp_dir.glob("*.part"):
+        for path in self.layout.parts():
             try:
                 info = path.lstat()
             except FileNotFoundError:
@@ -762,11 +881,11 @@ class ArtifactStore:
             _cleanup(path)
             report.parts_removed += 1
             report.bytes_freed += info.st_size
-            if path.name.endswith(".json.part"):  # an interrupted commit: its blob is an orphan
-                artifact_id = path.name[: -len(".json.part")]
+            artifact_id = self.layout.staged_id(path)
+            if artifact_id is not None:  # an interrupted commit: its blob is an orphan
                 with contextlib.suppress(TransferError):
-                    if not self._metadata_path(artifact_id).exists():
-                        blob = self._blob_path(artifact_id)
+                    if not self.layout.metadata(artifact_id).exists():
+                        blob = self.layout.blob(artifact_id)
                         with contextlib.suppress(FileNotFoundError):
                             report.bytes_freed += blob.stat().st_size
                             blob.unlink()
@@ -788,28 +907,14 @@ class ArtifactStore:
             if 0 < ref.expires_at <= current:
                 report.bytes_freed += self.remove(artifact_id)
                 report.expired_removed += 1
-        if isinstance(self.index, ScanIndex):
-            self._sweep_orphans(clock, report)
-        return report
-
-    def _sweep_orphans(self, current: float, report: SweepReport) -> None:
-        """Full-scan orphan removal (the scanning index scans anyway; the Redis index
-        leaves this to reindex)."""
-        blobs = {path.stem: path for path in self.blobs_dir.glob("*.bin")}
-        metas = {path.stem: path for path in self.metadata_dir.glob("*.json")}
-        for artifact_id, blob in blobs.items():
-            if artifact_id in metas:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                info = blob.lstat()
-                if current - info.st_mtime >= self.spool_ttl_seconds:
-                    if (self.metadata_dir / f"{artifact_id}.json").exists():
-                        continue  # committed since the listing
-                    blob.unlink()
-                    report.orphans_removed += 1
-                    report.bytes_freed += info.st_size
-        for artifact_id, meta in metas.items():
-            if artifact_id in blobs:
+        if self.index.scans:  # it reads every file anyway; otherwise reindex does this full-scan work
+            blobs, metas = self._listings()
+            removed, freed = self._remove_orphans(blobs, metas, clock)
+            report.orphans_removed += removed
+            report.bytes_freed += freed
+            for artifact_id in metas:
+                if artifact_id not in blobs:
+                    continue
                 try:
                     self.ref(artifact_id)
                 except ArtifactNotFound:
@@ -817,30 +922,91 @@ class ArtifactStore:
                 except TransferError:
                     report.unreadable_metadata += 1
                     report.unreadable_ids.append(artifact_id)
+        return report
+
+    def remove_orphans(self) -> tuple[int, int]:
+        """Remove, by a full scan, blobs without metadata older than the spool TTL (a commit
+        that died; one in progress is younger) and metadata without a blob; return how many
+        files were removed and the bytes freed."""
+        self._ensure_dirs()
+        return self._remove_orphans(*self._listings(), time.time())
+
+    def reindex(self) -> dict[str, Any]:
+        """The reindex job: remove orphans, then bring the index in line with the files
+        (``StoreIndex.rebuild``); return the index's figures and the orphans removed. A
+        scanning index has nothing to rebuild and its sweep removes orphans: its figures."""
+        return self._reindexed(self.index.rebuild)
+
+    def reconcile(self) -> dict[str, Any]:
+        """:meth:`reindex`, reading only the metadata the index does not know
+        (``StoreIndex.reconcile``): the cheaper call for a host that knows it changed files."""
+        return self._reindexed(self.index.reconcile)
+
+    def _reindexed(self, scan: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if self.index.scans:
+            return scan()
+        removed, freed = self.remove_orphans()
+        return {**scan(), "orphans_removed": removed, "orphan_bytes_freed": freed}
+
+    def _listings(self) -> tuple[dict[str, os.DirEntry], dict[str, os.DirEntry]]:
+        # Blobs first, metadata second: a commit renames the blob before the metadata, so an
+        # artifact committed between the two listings shows up as metadata without a blob and
+        # is re-checked instead of being taken for an orphan.
+        blobs = self.layout.blobs()
+        return blobs, self.layout.metadata_files()
+
+    def _remove_orphans(
+        self, blobs: dict[str, os.DirEntry], metas: dict[str, os.DirEntry], clock: float
+    ) -> tuple[int, int]:
+        removed = freed = 0
+        for artifact_id, entry in blobs.items():
+            if artifact_id in metas:
                 continue
-            if (self.blobs_dir / f"{artifact_id}.bin").exists():
-                continue  # committed between the two listings (the blob is renamed in first)
-            _cleanup(meta)
-            report.orphans_removed += 1
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if clock - info.st_mtime < self.spool_ttl_seconds:
+                continue
+            if self.layout.metadata(artifact_id).exists():
+                continue  # committed since the listing
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += info.st_size
+        for artifact_id, entry in metas.items():
+            if artifact_id in blobs or self.layout.blob(artifact_id).exists():
+                continue  # whole, or committed between the two listings
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed, freed
 
     # ------------------------------------------------------------------ internals
 
-    def committed(self, artifact_id: str) -> ArtifactWriteResult | None:
-        """The artifact if it is fully committed (metadata and blob), else ``None``.
-
-        A found artifact is recorded in the index again (idempotent): an import attempt
-        killed between its renames and its index update is redelivered, finds its
-        artifact here, and must not leave it out of the quota and owner sets.
-        """
+    def find_committed(self, artifact_id: str) -> ArtifactWriteResult | None:
+        """The artifact if it is fully committed (metadata and blob), else ``None``; only reads."""
         try:
             ref = self.ref(artifact_id)
         except ArtifactNotFound:
             return None
-        blob = self._blob_path(artifact_id)
+        blob = self.layout.blob(artifact_id)
         if not blob.exists():
             return None
-        self.index.committed(ref)
         return ArtifactWriteResult(ref=ref, path=blob)
+
+    def adopt_committed(self, artifact_id: str) -> ArtifactWriteResult | None:
+        """:meth:`find_committed`, and a found artifact added to the index again (idempotent):
+        an import attempt killed between its renames and its index update is redelivered,
+        finds its artifact here, and must not leave it out of the quota and owner sets."""
+        found = self.find_committed(artifact_id)
+        if found is not None:
+            self.index.add(found.ref)
+        return found
 
     def _create_part(self, tmp_path: Path) -> int:
         self._clear_stale_part(tmp_path)
@@ -866,10 +1032,7 @@ class ArtifactStore:
         return ArtifactRef(**{**ref.to_wire(), "host_url": self.host_url})
 
     def _ensure_dirs(self) -> None:
-        for directory in (self.blobs_dir, self.metadata_dir, self.tmp_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-            if directory.is_symlink():
-                raise TransferError(f"store directory {directory} is a symlink; refusing to use it")
+        self.layout.ensure()
 
     def _tmp_device(self) -> int:
         return os.stat(self.tmp_dir).st_dev
@@ -882,11 +1045,6 @@ class ArtifactStore:
         finally:
             os.close(fd)
 
-    def _blob_path(self, artifact_id: str) -> Path:
-        return self.blobs_dir / f"{validate_artifact_id(artifact_id)}.bin"
-
-    def _metadata_path(self, artifact_id: str) -> Path:
-        return self.metadata_dir / f"{validate_artifact_id(artifact_id)}.json"
 
 
 def request_body(headers: Any, source: Any) -> tuple[Any, int]:
