@@ -47,7 +47,8 @@ def _spelled_names(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", sorted(
+    "module",
+    sorted(
         str(path.relative_to(REPO))
         for folder in ("src/paglets_artifacts", "workers")
         for path in (REPO / folder).glob("*.py")
@@ -64,5 +65,6 @@ def test_the_layout_and_the_indexes_never_import_the_store(module):
     tree = ast.parse((REPO / "src" / "paglets_artifacts" / module).read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"store", "paglets_artifacts.store"}
-    assert "store" not in {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                           for alias in node.names}
+    assert "store" not in {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
+    }

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import paglets.runtime.lifecycle as lifecycle
 import pytest
 import redis
-from conftest import ROOT, Workers, wait_until
 from paglets.artifacts import PagletFileRef
 from paglets.core.errors import RemoteHostError
 from paglets.core.errors import TransferError as PagletsTransferError
@@ -31,14 +31,14 @@ from paglets.remote.transfer import TransferTicket
 from paglets.runtime.envelope import PagletEnvelope
 from paglets.runtime.host import Host
 from paglets.serialization.codec import dataclass_to_wire, qualified_name
-from paglets_agents import Carrier, CarrierState, payload
-from peers import Peer, offloaded_host, paglets_host, serve
 
-import paglets.runtime.lifecycle as lifecycle
+from conftest import ROOT, wait_until
+from paglets_agents import Carrier, CarrierState, payload
 from paglets_artifacts import ArtifactJobs, Settings, SettingsError
 from paglets_artifacts.paglets_host import OffloadedStore, OffloadingClient, PagletsFacingStore, offload
 from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 from paglets_artifacts.settings import delete_namespace
+from peers import Peer, offloaded_host, paglets_host, serve
 
 sys.path.insert(0, str(ROOT))
 from benchmarks.stress import CRASH_KIND_ENV, CRASH_STEP_ENV, kill_worker, start_worker  # noqa: E402
@@ -64,8 +64,15 @@ def _store_files(root: Path) -> list[str]:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:
-    made = Host("attach", port=0, mesh=False, persistence_dir=tmp_path / "host", artifact_max_bytes=5 * MiB,
-                artifact_storage_quota_bytes=50 * MiB, artifact_spool_ttl_seconds=120)
+    made = Host(
+        "attach",
+        port=0,
+        mesh=False,
+        persistence_dir=tmp_path / "host",
+        artifact_max_bytes=5 * MiB,
+        artifact_storage_quota_bytes=50 * MiB,
+        artifact_spool_ttl_seconds=120,
+    )
     yield made
     made.stop()
 
@@ -130,7 +137,9 @@ def test_registered_file_work_runs_as_jobs_and_errors_reach_paglets_as_its_own(h
         source.write_bytes(os.urandom(2 * MiB + 3))
         sha = hashlib.sha256(source.read_bytes()).hexdigest()
         assert lifecycle.file_sha256(source) == sha  # the dispatch's hash: a checksum job
-        ref = host.artifacts.create_from_path(source, owner_agent_id="agent-1", name="data.bin", expected_sha256=sha).ref
+        ref = host.artifacts.create_from_path(
+            source, owner_agent_id="agent-1", name="data.bin", expected_sha256=sha
+        ).ref
         assert (ref.sha256, ref.owner_agent_id, ref.host_url) == (sha, "agent-1", host.address)
         target = offloading.work_root / "agent-2" / "data.bin"
         host.artifacts.export_to_path(ref.artifact_id, target, expected_sha256=sha)
@@ -199,11 +208,20 @@ def two_hosts(settings: Settings, tmp_path: Path, redis_url: str) -> Iterator[tu
     for name, other in (("a", "b"), ("b", "a")):
         persistence = tmp_path / f"host-{name}"
         host_settings = _host_settings(
-            settings, persistence, f"{settings.namespace}-{name}",
-            host_url=f"http://127.0.0.1:{ports[name]}", allowed_hosts=(f"http://127.0.0.1:{ports[other]}",),
+            settings,
+            persistence,
+            f"{settings.namespace}-{name}",
+            host_url=f"http://127.0.0.1:{ports[name]}",
+            allowed_hosts=(f"http://127.0.0.1:{ports[other]}",),
         )
-        peer = offloaded_host(name, host_settings.to_env(), persistence, tmp_path / f"host-{name}.log",
-                              port=ports[name], extra_args=("--no-mesh",))
+        peer = offloaded_host(
+            name,
+            host_settings.to_env(),
+            persistence,
+            tmp_path / f"host-{name}.log",
+            port=ports[name],
+            extra_args=("--no-mesh",),
+        )
         rigs.append(Rig(name, host_settings, persistence, peer))
     for rig in rigs:
         rig.peer.start(ready_path="/health")
@@ -217,13 +235,16 @@ def two_hosts(settings: Settings, tmp_path: Path, redis_url: str) -> Iterator[tu
 
 
 def _create_carrier(client: HostClient, url: str, size: int, seed: int) -> str:
-    answer = client.post_pickle(f"{url}/agents", {
-        "agent_class_name": qualified_name(Carrier),
-        "state_class_name": qualified_name(CarrierState),
-        "state": dataclass_to_wire(CarrierState(size=size, seed=seed)),
-        "init": None,
-        "agent_id": None,
-    })
+    answer = client.post_pickle(
+        f"{url}/agents",
+        {
+            "agent_class_name": qualified_name(Carrier),
+            "state_class_name": qualified_name(CarrierState),
+            "state": dataclass_to_wire(CarrierState(size=size, seed=seed)),
+            "init": None,
+            "agent_id": None,
+        },
+    )
     return str(answer["proxy"]["agent_id"])
 
 
@@ -251,7 +272,9 @@ def test_a_paglet_dispatched_between_offloaded_hosts_moves_its_file_through_jobs
     scheduler_settings = b.settings.with_changes(sweep_schedule="3600", reindex_schedule="1")
     scheduler = subprocess.Popen(
         [str(Path(sys.executable).parent / "paglets-artifacts"), "scheduler"],
-        env={**os.environ, **scheduler_settings.to_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **scheduler_settings.to_env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -323,8 +346,9 @@ def test_a_worker_killed_while_a_host_waits_on_a_materialization_the_host_gets_i
     workers.start(settings=a.settings)
     # B's first worker dies just before the verified copy is renamed into place (the worst
     # moment: the .part is whole); a clean worker finishes the redelivered export.
-    doomed = start_worker(b.settings, tmp_path / "doomed.log", env={CRASH_KIND_ENV: "export", CRASH_STEP_ENV: "replace:1"},
-                          threads=1)
+    doomed = start_worker(
+        b.settings, tmp_path / "doomed.log", env={CRASH_KIND_ENV: "export", CRASH_STEP_ENV: "replace:1"}, threads=1
+    )
     try:
         client = HostClient(timeout=60)
         size, seed = 8 * MiB + 5, 7
@@ -362,7 +386,9 @@ def plain_host(tmp_path: Path) -> Iterator[Peer]:
     peer.stop()
 
 
-def test_import_url_and_export_to_host_with_move_against_a_real_paglets_host(plain_host, settings, jobs, workers, tmp_path):
+def test_import_url_and_export_to_host_with_move_against_a_real_paglets_host(
+    plain_host, settings, jobs, workers, tmp_path
+):
     ours = settings.with_changes(allowed_hosts=(plain_host.url,))
     workers.start(settings=ours)
     client = HostClient()
@@ -397,19 +423,41 @@ def test_a_real_paglets_host_materializes_a_registered_file_whose_artifact_lives
         agent_id = "c0ffee" * 5 + "00"
         artifact = client.upload_artifact(server.url, staged_file, owner_agent_id=agent_id, name="payload.bin")
         file_ref = PagletFileRef(
-            name="payload.bin", mode="copy", source_host_name="elsewhere", source_host_url="http://elsewhere:1",
-            source_path="/nowhere/payload.bin", source_created_at=0.0, source_modified_at=0.0,
-            size_bytes=len(data), sha256=artifact.sha256, current_host_name="elsewhere",
-            current_host_url="http://elsewhere:1", current_path="/nowhere/payload.bin", status="registered",
+            name="payload.bin",
+            mode="copy",
+            source_host_name="elsewhere",
+            source_host_url="http://elsewhere:1",
+            source_path="/nowhere/payload.bin",
+            source_created_at=0.0,
+            source_modified_at=0.0,
+            size_bytes=len(data),
+            sha256=artifact.sha256,
+            current_host_name="elsewhere",
+            current_host_url="http://elsewhere:1",
+            current_path="/nowhere/payload.bin",
+            status="registered",
             last_error="",
         )
         envelope = PagletEnvelope(
-            kind=EnvelopeKind.DISPATCH, agent_id=agent_id, agent_class_name=qualified_name(Carrier),
-            state_class_name=qualified_name(CarrierState), state=dataclass_to_wire(CarrierState()),
-            source_host_name="elsewhere", source_host_address="http://elsewhere:1", target_host_name="plain",
+            kind=EnvelopeKind.DISPATCH,
+            agent_id=agent_id,
+            agent_class_name=qualified_name(Carrier),
+            state_class_name=qualified_name(CarrierState),
+            state=dataclass_to_wire(CarrierState()),
+            source_host_name="elsewhere",
+            source_host_address="http://elsewhere:1",
+            target_host_name="plain",
             target_host_address=plain_host.url,
-            metadata={"registered_files": [{"file": file_ref.to_wire(), "artifact": artifact.to_wire(),
-                                            "transfer_mode": "copy", "source_path": "/nowhere/payload.bin"}]},
+            metadata={
+                "registered_files": [
+                    {
+                        "file": file_ref.to_wire(),
+                        "artifact": artifact.to_wire(),
+                        "transfer_mode": "copy",
+                        "source_path": "/nowhere/payload.bin",
+                    }
+                ]
+            },
         )
         client.post_pickle(f"{plain_host.url}/agents", {"envelope": envelope.to_wire()})
         [arrived] = _files(client, plain_host.url, agent_id)
@@ -424,8 +472,9 @@ def test_a_real_paglets_host_materializes_a_registered_file_whose_artifact_lives
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator[Host]:
-    made = Host("started", port=0, mesh=False, persistence_dir=tmp_path / "started",
-                artifact_storage_quota_bytes=4 * MiB)
+    made = Host(
+        "started", port=0, mesh=False, persistence_dir=tmp_path / "started", artifact_storage_quota_bytes=4 * MiB
+    )
     yield made
     made.stop()
 
@@ -483,9 +532,14 @@ def _job_wait(offloading, job_id: str) -> dict:
 
 
 def test_downloads_run_as_jobs_and_hosts_off_the_allow_list_are_done_in_the_host(started, settings, workers, tmp_path):
-    remote = serve(settings.with_changes(namespace=settings.namespace + "-remote", store_root=tmp_path / "remote",
-                                         allowed_roots=(tmp_path / "remote-files",)).to_env(),
-                   tmp_path / "remote.log").start()
+    remote = serve(
+        settings.with_changes(
+            namespace=settings.namespace + "-remote",
+            store_root=tmp_path / "remote",
+            allowed_roots=(tmp_path / "remote-files",),
+        ).to_env(),
+        tmp_path / "remote.log",
+    ).start()
     try:
         host_settings = _started_settings(settings, started).with_changes(allowed_hosts=(remote.url,))
         with offload(started, host_settings) as offloading:
@@ -515,7 +569,8 @@ def test_a_path_outside_the_work_directories_is_hashed_by_paglets_own_function(h
     other = tmp_path / "other-files"
     other.mkdir()
     host_settings = _host_settings(settings, tmp_path / "host", settings.namespace).with_changes(
-        allowed_roots=((tmp_path / "host" / "work").resolve(), other.resolve()))
+        allowed_roots=((tmp_path / "host" / "work").resolve(), other.resolve())
+    )
     with offload(host, host_settings) as offloading:
         elsewhere = other / "f.bin"
         elsewhere.write_bytes(b"not a paglet's file")
@@ -552,8 +607,9 @@ def test_paglets_host_stops_cleanly_on_sigterm_and_sigint(settings, tmp_path):
     for signum in (signal.SIGTERM, signal.SIGINT):
         persistence = tmp_path / f"stop-{signum}"
         host_settings = _host_settings(settings, persistence, settings.namespace)
-        peer = offloaded_host("stopper", host_settings.to_env(), persistence, tmp_path / f"stop-{signum}.log",
-                              extra_args=("--no-mesh",)).start(ready_path="/health")
+        peer = offloaded_host(
+            "stopper", host_settings.to_env(), persistence, tmp_path / f"stop-{signum}.log", extra_args=("--no-mesh",)
+        ).start(ready_path="/health")
         try:
             peer.process.send_signal(signum)
             assert peer.process.wait(timeout=30) == 0, peer.output()
@@ -563,10 +619,9 @@ def test_paglets_host_stops_cleanly_on_sigterm_and_sigint(settings, tmp_path):
 
 
 def test_a_hosts_sweep_and_the_schedulers_never_pile_up_on_each_other(host, settings, tmp_path):
-    from workers.scheduler import FIRED, SKIPPED_BUSY, Periodic, PeriodicScheduler
-
     from paglets_artifacts import contract
     from paglets_artifacts.schedule import parse_schedule
+    from workers.scheduler import FIRED, SKIPPED_BUSY, Periodic, PeriodicScheduler
 
     host_settings = _host_settings(settings, tmp_path / "host", settings.namespace)
     tick = 1_800_000_000.0
@@ -593,22 +648,34 @@ def test_paglets_host_refuses_to_listen_beyond_loopback_without_an_api_key(setti
 
     persistence = tmp_path / "exposed"
     env = {**_host_settings(settings, persistence, settings.namespace).to_env(), "PAGLETS_API_KEY": ""}
-    result = CliRunner().invoke(cli.app, ["paglets-host", "--name", "exposed", "--host", "0.0.0.0",
-                                          "--persistence-dir", str(persistence)], env=env)
+    result = CliRunner().invoke(
+        cli.app,
+        ["paglets-host", "--name", "exposed", "--host", "0.0.0.0", "--persistence-dir", str(persistence)],
+        env=env,
+    )
     assert result.exit_code == cli.EXIT_CONFIG, result.output
     assert "without an API key" in result.stderr and "--insecure" in result.stderr
 
 
 def test_paglets_host_beyond_loopback_with_insecure_runs_and_warns(settings, tmp_path):
     persistence = tmp_path / "insecure"
-    peer = offloaded_host("insecure", _host_settings(settings, persistence, settings.namespace).to_env(), persistence,
-                          tmp_path / "insecure.log", extra_args=("--no-mesh", "--host", "0.0.0.0", "--insecure"))
+    peer = offloaded_host(
+        "insecure",
+        _host_settings(settings, persistence, settings.namespace).to_env(),
+        persistence,
+        tmp_path / "insecure.log",
+        extra_args=("--no-mesh", "--host", "0.0.0.0", "--insecure"),
+    )
     # peers bind their URL on 127.0.0.1, which 0.0.0.0 serves too
     try:
         peer.start(ready_path="/health")
         assert "without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE)" in peer.output()
         # the project's one log line layout (paglets_artifacts.logging_setup), as workers and the scheduler write it
-        assert re.search(r"^\[[\d\- :,]+\] \[PID \d+\] \[MainThread\] \[paglets_artifacts\.paglets_host\] \[WARNING\] "
-                         r"paglets host insecure on 0\.0\.0\.0 without an API key", peer.output(), re.MULTILINE)
+        assert re.search(
+            r"^\[[\d\- :,]+\] \[PID \d+\] \[MainThread\] \[paglets_artifacts\.paglets_host\] \[WARNING\] "
+            r"paglets host insecure on 0\.0\.0\.0 without an API key",
+            peer.output(),
+            re.MULTILINE,
+        )
     finally:
         peer.stop()

@@ -14,7 +14,6 @@ import io
 import os
 import time
 import types
-from pathlib import Path
 
 import paglets.artifacts as theirs
 import paglets.core.errors
@@ -47,9 +46,14 @@ def incompatibilities(their_fn: object, our_fn: object) -> list[str]:
     """Ways a call written for ``their_fn`` would break against ``our_fn``."""
     mine = inspect.signature(our_fn)
     problems = []
-    positional = [p.name for p in inspect.signature(their_fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    our_positional = [p.name for p in mine.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [
+        p.name
+        for p in inspect.signature(their_fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    our_positional = [
+        p.name for p in mine.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if our_positional[: len(positional)] != positional:
         problems.append(f"positional parameters {positional} vs ours {our_positional}")
     theirs_by_name = inspect.signature(their_fn).parameters
@@ -86,7 +90,9 @@ def test_signatures_and_values_are_compatible(name):
                 continue
             assert hasattr(our_value, attr), f"{name}.{attr} is missing"
             if callable(member) or isinstance(member, (classmethod, staticmethod)):
-                problems += [f"{attr}: {p}" for p in incompatibilities(getattr(their_value, attr), getattr(our_value, attr))]
+                problems += [
+                    f"{attr}: {p}" for p in incompatibilities(getattr(their_value, attr), getattr(our_value, attr))
+                ]
         if dataclasses.is_dataclass(their_value):
             assert [f.name for f in dataclasses.fields(our_value)] == [f.name for f in dataclasses.fields(their_value)]
         assert problems == []
@@ -109,7 +115,10 @@ _BODIES = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"."))  # newli
 @settings(max_examples=200, deadline=None)
 @given(body=_BODIES, ops=_ops())
 def test_limited_reader_reads_and_readlines_exactly_as_paglets(body, ops):
-    a, b = theirs.LimitedRequestReader(io.BytesIO(body), len(body)), ours.LimitedRequestReader(io.BytesIO(body), len(body))
+    a, b = (
+        theirs.LimitedRequestReader(io.BytesIO(body), len(body)),
+        ours.LimitedRequestReader(io.BytesIO(body), len(body)),
+    )
     for op, size in ops:
         assert getattr(b, op)(size) == getattr(a, op)(size)
 
@@ -138,12 +147,16 @@ def test_hashing_copying_and_file_refs_match_paglets(tmp_path):
     source = tmp_path / "data.bin"
     source.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
     assert ours.file_sha256(source) == theirs.file_sha256(source) == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert ours.copy_stream(io.BytesIO(b"abc" * 1000), io.BytesIO()) == theirs.copy_stream(io.BytesIO(b"abc" * 1000), io.BytesIO())
+    assert ours.copy_stream(io.BytesIO(b"abc" * 1000), io.BytesIO()) == theirs.copy_stream(
+        io.BytesIO(b"abc" * 1000), io.BytesIO()
+    )
     ours.copy_path(source, tmp_path / "a" / "ours.bin")
     theirs.copy_path(source, tmp_path / "b" / "theirs.bin")
     assert (tmp_path / "a" / "ours.bin").read_bytes() == (tmp_path / "b" / "theirs.bin").read_bytes()
     mine = ours.paglet_file_ref_from_path(source, name=None, mode="move", host_name="h", host_url="http://h:1/")
-    paglets_ref = theirs.paglet_file_ref_from_path(source, name=None, mode="move", host_name="h", host_url="http://h:1/")
+    paglets_ref = theirs.paglet_file_ref_from_path(
+        source, name=None, mode="move", host_name="h", host_url="http://h:1/"
+    )
     assert mine.to_wire() == paglets_ref.to_wire()
     assert ours.PagletFileRef.from_wire(paglets_ref.to_wire()).to_wire() == paglets_ref.to_wire()
 
@@ -166,7 +179,8 @@ def test_a_store_directory_is_shared_both_ways_with_paglets_store(tmp_path):
             store.export_to_path(ref.artifact_id, target)
             assert target.read_bytes() == data
     assert our_store.ref(by_paglets.ref.artifact_id).to_wire() == {
-        **by_paglets.ref.to_wire(), "host_url": "http://ours:2"
+        **by_paglets.ref.to_wire(),
+        "host_url": "http://ours:2",
     }
     expired = our_store.create_from_stream(io.BytesIO(b"old"), size_bytes=3, expires_at=time.time() - 5).ref
     paglets_store.cleanup_temporary()
@@ -215,13 +229,17 @@ def test_difference_inputs_are_validated(tmp_path):
 
 def test_difference_cleanup_temporary_reports_what_it_removed(tmp_path):
     assert theirs.ArtifactStore(tmp_path / "p", host_url="http://p").cleanup_temporary() is None
-    assert isinstance(ours.ArtifactStore(tmp_path / "o", host_url="http://o", fsync=False).cleanup_temporary(), SweepReport)
+    assert isinstance(
+        ours.ArtifactStore(tmp_path / "o", host_url="http://o", fsync=False).cleanup_temporary(), SweepReport
+    )
 
 
 @pytest.mark.parametrize("chunk", [1000, 1024 * 1024, 3 * 1024 * 1024 + 5])
 def test_chunked_reads_of_a_chunk_size_after_readline_fill_as_paglets(chunk):
     body = b"header line\n" + os.urandom(4 * 1024 * 1024)
-    framed = b"".join(b"%x\r\n" % len(body[i:i + chunk]) + body[i:i + chunk] + b"\r\n" for i in range(0, len(body), chunk))
+    framed = b"".join(
+        b"%x\r\n" % len(body[i : i + chunk]) + body[i : i + chunk] + b"\r\n" for i in range(0, len(body), chunk)
+    )
     framed += b"0\r\n\r\n"
     a, b = theirs.ChunkedRequestReader(io.BytesIO(framed)), ours.ChunkedRequestReader(io.BytesIO(framed))
     assert b.readline() == a.readline() == b"header line\n"

@@ -106,7 +106,9 @@ store.create_from_stream(Hangs(), size_bytes=cfg["size"], artifact_id=cfg["artif
 def run_python(code: str, config: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 
@@ -123,10 +125,20 @@ def test_eight_importer_processes_never_push_used_bytes_over_the_quota(tmp_path,
         adopted.create_from_stream(io.BytesIO(b"p" * 1000), size_bytes=1000, owner_agent_id="before")
     ready_key, go_key = f"{namespace}:test:ready", f"{namespace}:test:go"
     processes = [
-        run_python(IMPORTER, {
-            "redis_url": redis_url, "namespace": namespace, "root": str(root), "quota": quota, "seed": number,
-            "operations": 40, "owner": f"importer-{number}", "ready_key": ready_key, "go_key": go_key,
-        })
+        run_python(
+            IMPORTER,
+            {
+                "redis_url": redis_url,
+                "namespace": namespace,
+                "root": str(root),
+                "quota": quota,
+                "seed": number,
+                "operations": 40,
+                "owner": f"importer-{number}",
+                "ready_key": ready_key,
+                "go_key": go_key,
+            },
+        )
         for number in range(8)
     ]
     try:
@@ -150,7 +162,7 @@ def test_eight_importer_processes_never_push_used_bytes_over_the_quota(tmp_path,
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-    for process, (_, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err.decode()
     results = [json.loads(out) for out, _ in outputs]
 
@@ -180,14 +192,23 @@ def test_a_killed_importers_reservation_is_renewed_on_redelivery_and_lapses_othe
     store.index = RedisIndex(store.layout, store.layout.read_ref, redis_client, namespace=namespace)
 
     def start_and_kill(artifact_id: str, reservation_seconds: float) -> None:
-        process = run_python(HANGING_IMPORT, {
-            "redis_url": redis_url, "namespace": namespace, "root": str(root), "quota": 10_000, "size": 4000,
-            "artifact_id": artifact_id, "reservation_seconds": reservation_seconds,
-        })
+        process = run_python(
+            HANGING_IMPORT,
+            {
+                "redis_url": redis_url,
+                "namespace": namespace,
+                "root": str(root),
+                "quota": 10_000,
+                "size": 4000,
+                "artifact_id": artifact_id,
+                "reservation_seconds": reservation_seconds,
+            },
+        )
         part = root / "tmp" / f"{artifact_id}.part"
         try:
-            wait_until(lambda: part.exists() and redis_client.hexists(store.index.keys.reservations, artifact_id),
-                       timeout=30)
+            wait_until(
+                lambda: part.exists() and redis_client.hexists(store.index.keys.reservations, artifact_id), timeout=30
+            )
         finally:
             os.killpg(process.pid, signal.SIGKILL)  # mid-import, as a crash would
             process.communicate()

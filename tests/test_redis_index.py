@@ -26,16 +26,20 @@ HOST = "http://127.0.0.1:8470"
 
 
 def make_store(root: Path, client: redis.Redis, namespace: str, **options) -> ArtifactStore:
-    index_options = {name: options.pop(name) for name in list(options) if name in (
-        "reservation_seconds", "lock_seconds", "build_wait_seconds")}
+    index_options = {
+        name: options.pop(name)
+        for name in list(options)
+        if name in ("reservation_seconds", "lock_seconds", "build_wait_seconds")
+    }
     options.setdefault("fsync", False)
     store = ArtifactStore(root, host_url=HOST, **options)
     store.index = RedisIndex(store.layout, store.layout.read_ref, client, namespace=namespace, **index_options)
     return store
 
 
-def write_on_disk(root: Path, *, size: int, owner: str = "", expires_at: float = 0.0, age: float = 0.0,
-                  artifact_id: str | None = None) -> ArtifactRef:
+def write_on_disk(
+    root: Path, *, size: int, owner: str = "", expires_at: float = 0.0, age: float = 0.0, artifact_id: str | None = None
+) -> ArtifactRef:
     """An artifact written the way a paglets host writes one, with no index involved."""
     artifact_id = artifact_id or uuid.uuid4().hex
     data = os.urandom(size)
@@ -44,9 +48,15 @@ def write_on_disk(root: Path, *, size: int, owner: str = "", expires_at: float =
     blob = root / "blobs" / f"{artifact_id}.bin"
     blob.write_bytes(data)
     ref = ArtifactRef(
-        host_url=HOST, artifact_id=artifact_id, name=f"{artifact_id[:6]}.bin", size_bytes=size,
-        sha256=hashlib.sha256(data).hexdigest(), compression="", created_at=time.time(),
-        expires_at=expires_at, owner_agent_id=owner,
+        host_url=HOST,
+        artifact_id=artifact_id,
+        name=f"{artifact_id[:6]}.bin",
+        size_bytes=size,
+        sha256=hashlib.sha256(data).hexdigest(),
+        compression="",
+        created_at=time.time(),
+        expires_at=expires_at,
+        owner_agent_id=owner,
     )
     (root / "metadata" / f"{artifact_id}.json").write_text(metadata_json(ref), encoding="utf-8")
     if age:
@@ -92,12 +102,27 @@ def test_reserve_release_commit_and_remove_keep_used_bytes_exact(tmp_path, redis
     index.release("aa")
     assert index.used_bytes() == 0
     index.reserve("bb", 300, 1000)
-    ref = ArtifactRef(host_url=HOST, artifact_id="bb", name="b", size_bytes=300, sha256="0" * 64,
-                      compression="", created_at=1.0, expires_at=0.0, owner_agent_id="o")
+    ref = ArtifactRef(
+        host_url=HOST,
+        artifact_id="bb",
+        name="b",
+        size_bytes=300,
+        sha256="0" * 64,
+        compression="",
+        created_at=1.0,
+        expires_at=0.0,
+        owner_agent_id="o",
+    )
     index.add(ref)
     index.add(ref)  # twice: still one artifact
-    assert index.figures() == {"artifacts": 1, "bytes": 300, "used_bytes": 300, "reservations": 0,
-                               "reserved_bytes": 0, "expiring": 0}
+    assert index.figures() == {
+        "artifacts": 1,
+        "bytes": 300,
+        "used_bytes": 300,
+        "reservations": 0,
+        "reserved_bytes": 0,
+        "expiring": 0,
+    }
     index.reserve("bb", 300, 300)  # a redelivered import of a committed artifact holds nothing more
     assert index.used_bytes() == 300
     index.removed("bb")
@@ -126,8 +151,14 @@ def test_an_import_over_quota_fails_and_leaves_nothing_behind(tmp_path, redis_cl
             store.create_from_stream(io.BytesIO(b"b" * 400), size_bytes=size, owner_agent_id="o")
     assert list(store.tmp_dir.iterdir()) == []
     assert len(list(store.blobs_dir.iterdir())) == 1
-    assert store.index.figures() == {"artifacts": 1, "bytes": 700, "used_bytes": 700, "reservations": 0,
-                                     "reserved_bytes": 0, "expiring": 0}
+    assert store.index.figures() == {
+        "artifacts": 1,
+        "bytes": 700,
+        "used_bytes": 700,
+        "reservations": 0,
+        "reserved_bytes": 0,
+        "expiring": 0,
+    }
 
 
 def test_a_failed_import_releases_its_reservation(tmp_path, redis_client, namespace):
@@ -298,8 +329,9 @@ def test_reconcile_picks_up_artifacts_added_and_removed_on_disk(tmp_path, redis_
     root = tmp_path / "store"
     store = make_store(root, redis_client, namespace)
     kept = store.create_from_stream(io.BytesIO(b"k" * 10), size_bytes=10, owner_agent_id="host").ref
-    gone = store.create_from_stream(io.BytesIO(b"g" * 20), size_bytes=20, owner_agent_id="host",
-                                    expires_at=time.time() + 60).ref
+    gone = store.create_from_stream(
+        io.BytesIO(b"g" * 20), size_bytes=20, owner_agent_id="host", expires_at=time.time() + 60
+    ).ref
     added = write_on_disk(root, size=30, owner="host", expires_at=time.time() - 1)  # a paglets host's upload
     for path in (root / "metadata" / f"{gone.artifact_id}.json", root / "blobs" / f"{gone.artifact_id}.bin"):
         path.unlink()  # a paglets host deleted it
@@ -327,7 +359,8 @@ def test_a_store_reconcile_removes_orphans_older_than_the_spool_ttl(tmp_path, re
     report = store.reconcile()  # the store's orphan rule, then the index's reconciliation
     assert (report["orphans_removed"], report["orphan_bytes_freed"]) == (2, 11)
     assert sorted(path.name for path in (root / "blobs").iterdir()) == sorted(
-        [f"{young_orphan.artifact_id}.bin", "not-an-id.bin"])
+        [f"{young_orphan.artifact_id}.bin", "not-an-id.bin"]
+    )
     assert list((root / "metadata").iterdir()) == []
     assert store.index.figures()["artifacts"] == 0
 
@@ -438,8 +471,14 @@ def test_a_redelivered_import_records_an_artifact_its_first_attempt_committed(tm
     result = store.create_from_stream(io.BytesIO(b"z" * 10), size_bytes=10, artifact_id=artifact_id)
     assert result.ref.artifact_id == artifact_id
     assert store.index.owner_ids("o") == [artifact_id]
-    assert store.index.figures() == {"artifacts": 1, "bytes": 10, "used_bytes": 10, "reservations": 0,
-                                     "reserved_bytes": 0, "expiring": 0}
+    assert store.index.figures() == {
+        "artifacts": 1,
+        "bytes": 10,
+        "used_bytes": 10,
+        "reservations": 0,
+        "reserved_bytes": 0,
+        "expiring": 0,
+    }
 
 
 def test_from_settings_uses_the_redis_index_only_with_a_client(tmp_path, redis_client, namespace):
@@ -461,8 +500,9 @@ def test_the_reindex_job_rebuilds_a_flushed_index_and_workers_enforce_the_quota(
     workers.start(processes=1, threads=2, settings=settings)
     for number in range(2):
         (files / f"f{number}.bin").write_bytes(b"a" * 1000)
-    refs = [ArtifactRef.from_wire(jobs.import_file(str(files / f"f{n}.bin"), owner_agent_id="w").wait(60))
-            for n in range(2)]
+    refs = [
+        ArtifactRef.from_wire(jobs.import_file(str(files / f"f{n}.bin"), owner_agent_id="w").wait(60)) for n in range(2)
+    ]
     keys = IndexKeys(namespace)
     assert int(redis_client.get(keys.used)) == 2000
     (files / "big.bin").write_bytes(b"b" * 1500)
@@ -473,4 +513,5 @@ def test_the_reindex_job_rebuilds_a_flushed_index_and_workers_enforce_the_quota(
     figures = jobs.reindex().wait(60)
     assert (figures["mode"], figures["artifacts"], figures["bytes"]) == ("rebuild", 2, 2000)
     assert sorted(item.decode() for item in redis_client.smembers(keys.owner("w"))) == sorted(
-        ref.artifact_id for ref in refs)
+        ref.artifact_id for ref in refs
+    )

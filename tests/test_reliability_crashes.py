@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, wait_until
 
 sys.path.insert(0, str(ROOT))
@@ -31,8 +32,8 @@ from benchmarks.stress import (  # noqa: E402
     KINDS,
     MODES,
     Plan,
-    run_one,
     kill_worker,
+    run_one,
     start_worker,
 )
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
@@ -47,11 +48,13 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start workers that load the crash point; every one is stopped after the test."""
     started = []
 
-    def start(settings: Settings, *, crash: tuple[str, str] | None = None, queues: tuple[str, ...] = (),
-              threads: int = 2):
+    def start(
+        settings: Settings, *, crash: tuple[str, str] | None = None, queues: tuple[str, ...] = (), threads: int = 2
+    ):
         env = {CRASH_KIND_ENV: crash[0], CRASH_STEP_ENV: str(crash[1])} if crash else None
-        process = start_worker(settings, tmp_path / "worker.log", env=env, threads=1 if crash else threads,
-                               queues=queues)
+        process = start_worker(
+            settings, tmp_path / "worker.log", env=env, threads=1 if crash else threads, queues=queues
+        )
         started.append(process)
         return process
 
@@ -216,9 +219,7 @@ def test_an_import_killed_after_its_commit_whose_owner_was_deleted_meanwhile_lea
     _assert_nothing_of(store, "doomed", uuid.UUID(job.id).hex)
 
 
-def test_a_redelivered_import_whose_source_vanished_leaves_no_part_and_no_reservation(
-    settings, files, jobs, launch
-):
+def test_a_redelivered_import_whose_source_vanished_leaves_no_part_and_no_reservation(settings, files, jobs, launch):
     source = files / "model.bin"
     source.write_bytes(os.urandom(3 * MiB))
     job = jobs.import_file(str(source), owner_agent_id="agent")
@@ -238,7 +239,9 @@ def _plant_a_killed_attempt(store: ArtifactStore, artifact_id: str, *, committed
     (or, with ``committed_owner``, an artifact of that owner committed but killed before the
     index was told: not indexed, its reservation still held)."""
     if committed_owner is not None:
-        store.create_from_stream(io.BytesIO(os.urandom(70_000)), owner_agent_id=committed_owner, artifact_id=artifact_id)
+        store.create_from_stream(
+            io.BytesIO(os.urandom(70_000)), owner_agent_id=committed_owner, artifact_id=artifact_id
+        )
         store.index.removed(artifact_id)
         store.index.reserve(artifact_id, 70_000, store.quota_bytes)
         return
@@ -280,8 +283,13 @@ def test_an_attempt_whose_leftovers_cannot_be_reclaimed_still_fails_with_its_own
     launch(settings)
     with pytest.raises(OwnerDeleted):
         job.wait(60)
-    wait_until(lambda: "could not reclaim what earlier attempts left for " + artifact_id in
-               (tmp_path / "worker.log").read_text(errors="replace"), timeout=10)
+    wait_until(
+        lambda: (
+            "could not reclaim what earlier attempts left for " + artifact_id
+            in (tmp_path / "worker.log").read_text(errors="replace")
+        ),
+        timeout=10,
+    )
     assert (planted / "inside").read_bytes() == b"x"  # not ours to empty
 
 
@@ -363,10 +371,12 @@ def test_owners_deleted_while_their_imports_are_killed_leave_no_part_reservation
     jobs.sweep().wait(60)  # an ordinary sweep: nothing here is older than the spool TTL
     attempts = [job.status().attempts for job in imports]
     doomed = {owner for owner, _job in deletions}
-    print(f"{SEED=}: {sum(a > 1 for a in attempts)} of {len(imports)} doomed imports redelivered, "
-          f"{sum(job.status().state == 'failed' for job in imports)} refused (OwnerDeleted); left: "
-          f"{len(list(store.tmp_dir.glob('*.part')))} .part, {store.index.figures()['reservations']} reservations, "
-          f"{sum(ref.owner_agent_id in doomed for ref in store.scan())} artifacts of deleted owners")
+    print(
+        f"{SEED=}: {sum(a > 1 for a in attempts)} of {len(imports)} doomed imports redelivered, "
+        f"{sum(job.status().state == 'failed' for job in imports)} refused (OwnerDeleted); left: "
+        f"{len(list(store.tmp_dir.glob('*.part')))} .part, {store.index.figures()['reservations']} reservations, "
+        f"{sum(ref.owner_agent_id in doomed for ref in store.scan())} artifacts of deleted owners"
+    )
 
     seed = f"PAGLETS_STRESS_SEED={SEED}"
     assert sorted(p.name for p in store.tmp_dir.iterdir()) == [], seed

@@ -26,16 +26,16 @@ MiB = 1024 * 1024
 PAGE = 4096
 
 
-
 def _mount_tmpfs(mount_point: Path, size: str) -> None:
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the test runs as uid %d)" % os.geteuid())
+        pytest.skip(f"mounting a tmpfs needs root (the test runs as uid {os.geteuid()})")
     if shutil.which("mount") is None:
         pytest.skip("no mount command on this machine")
     mount_point.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs at {mount_point}: {done.stderr.strip() or done.returncode}")
@@ -195,8 +195,10 @@ def test_an_upload_to_a_full_store_answers_507_and_leaves_nothing(small_fs, sett
     from paglets_artifacts.http_api import ServerThread, create_app
 
     store = _store(small_fs / "store")
-    with ServerThread(create_app(settings, store=store, jobs=jobs)) as server, \
-            httpx.Client(base_url=server.url, timeout=30) as client:
+    with (
+        ServerThread(create_app(settings, store=store, jobs=jobs)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
         answer = client.post("/artifacts", params={"name": "big.bin"}, content=os.urandom(12 * MiB))
         assert answer.status_code == 507, answer.text
         body = answer.json()

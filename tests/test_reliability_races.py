@@ -19,15 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import age_temporary_files
 
+from conftest import age_temporary_files
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings, TransferError
 from paglets_artifacts.errors import error_class
 from paglets_artifacts.index import ScanIndex
 
 ROUNDS = 12
 OWNERS = ("alpha", "beta")
-
 
 
 def _make_store(settings: Settings, redis_client, index: str) -> ArtifactStore:
@@ -318,7 +317,9 @@ def test_a_directory_swapped_for_a_symlink_while_jobs_run_lets_no_byte_out_of_th
             assert record.result["sha256"] == wanted
         outcomes[kind, record.state] = outcomes.get((kind, record.state), 0) + 1
     # The race was run: both kinds both succeeded and were refused.
-    assert all(outcomes.get((kind, state), 0) > 0 for kind in ("export", "import") for state in ("succeeded", "failed")), outcomes
+    assert all(
+        outcomes.get((kind, state), 0) > 0 for kind in ("export", "import") for state in ("succeeded", "failed")
+    ), outcomes
     for directory in (swap, other if not other.is_symlink() else swap):
         assert [p.name for p in directory.glob(".*.part")] == []
     print(f"swap race: {flips[0]} exchanges, outcomes {outcomes}")

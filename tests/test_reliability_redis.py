@@ -21,17 +21,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import age_temporary_files, wait_until
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from conftest import age_temporary_files, wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactRef, ArtifactStore, JobTimeout, Settings
 from paglets_artifacts.redis_server import EmbeddedRedis
 
 MiB = 1024 * 1024
 #: Dramatiq restarts a consumer that lost its connection after 3 s; tests need not wait that long.
 QUICK_RECONNECT = {"dramatiq_restart_delay": "300"}
-
 
 
 @pytest.fixture
@@ -115,8 +114,9 @@ class Load:
 
     def wait_until_busy(self) -> None:
         """Until a few imports succeeded while others still wait: the restart lands mid-load."""
-        wait_until(lambda: sum(state == "succeeded" for state in self.states().values()) >= 2, timeout=60,
-                   interval=0.005)
+        wait_until(
+            lambda: sum(state == "succeeded" for state in self.states().values()) >= 2, timeout=60, interval=0.005
+        )
 
 
 def _committed(store: ArtifactStore) -> dict[str, str]:
@@ -333,9 +333,26 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
         pytest.skip("no openssl command to make a test certificate")
     cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     password = "tls-redis-pw-51e0"
     with EmbeddedRedis(password=password) as server:
@@ -359,7 +376,9 @@ def test_hosts_and_workers_speak_tls_to_a_password_protected_redis(tls_redis, se
     jobs.close()
 
     port = url.split("@127.0.0.1:", 1)[1].split("/", 1)[0]
-    plain = redis.Redis.from_url(f"redis://:{password}@127.0.0.1:{port}/0", socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    plain = redis.Redis.from_url(
+        f"redis://:{password}@127.0.0.1:{port}/0", socket_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
     with pytest.raises(redis.RedisError):  # the port speaks TLS only
         plain.ping()
     untrusting = redis.Redis.from_url(f"rediss://:{password}@127.0.0.1:{port}/0", retry=Retry(NoBackoff(), 0))
@@ -411,9 +430,9 @@ def hung_settings(own_settings: Settings) -> Settings:
 
 @pytest.mark.timeout(120)
 def test_the_http_host_answers_503_naming_redis_while_redis_hangs(hung_settings, own_redis):
-    from paglets_artifacts.http_api import ServerThread, create_app
-
     import httpx
+
+    from paglets_artifacts.http_api import ServerThread, create_app
 
     with ServerThread(create_app(hung_settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         uploaded = http.post("/artifacts", params={"owner_agent_id": "o"}, content=b"before")
@@ -481,7 +500,6 @@ def test_waiting_for_a_job_outlasts_the_redis_timeout(hung_settings):
 def test_the_redis_timeout_is_a_setting_with_a_default():
     assert Settings().redis_timeout_seconds == 5.0
     assert Settings.from_env({"PAGLETS_ARTIFACTS_REDIS_TIMEOUT_SECONDS": "2.5"}).redis_timeout_seconds == 2.5
-
 
 
 def test_every_client_of_a_host_the_cli_and_the_http_host_carries_the_redis_timeout(hung_settings):

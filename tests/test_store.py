@@ -146,12 +146,28 @@ def test_a_symlinked_store_directory_is_refused(tmp_path):
 
 def test_from_settings_uses_every_store_setting(tmp_path):
     settings_ = Settings(
-        store_root=tmp_path / "s", host_url="http://x:1", max_artifact_bytes=7, quota_bytes=None,
-        spool_ttl_seconds=5.0, fsync=False,
+        store_root=tmp_path / "s",
+        host_url="http://x:1",
+        max_artifact_bytes=7,
+        quota_bytes=None,
+        spool_ttl_seconds=5.0,
+        fsync=False,
     )
     store = ArtifactStore.from_settings(settings_)
-    assert (store.root, store.host_url, store.max_artifact_bytes, store.quota_bytes, store.spool_ttl_seconds, store.fsync) == (
-        (tmp_path / "s").resolve(), "http://x:1", 7, None, 5.0, False,
+    assert (
+        store.root,
+        store.host_url,
+        store.max_artifact_bytes,
+        store.quota_bytes,
+        store.spool_ttl_seconds,
+        store.fsync,
+    ) == (
+        (tmp_path / "s").resolve(),
+        "http://x:1",
+        7,
+        None,
+        5.0,
+        False,
     )
 
 
@@ -175,15 +191,33 @@ def test_create_from_stream_commits_blob_and_metadata(store, make):
     data = os.urandom(200_000)
     before = time.time()
     result = store.create_from_stream(
-        make(data), size_bytes=len(data), owner_agent_id="agent-7", name="data.bin", compression="zstd",
+        make(data),
+        size_bytes=len(data),
+        owner_agent_id="agent-7",
+        name="data.bin",
+        compression="zstd",
         expires_at=1e10,
     )
     after = time.time()
     ref = result.ref
     assert isinstance(result, ArtifactWriteResult)
     assert len(ref.artifact_id) == 32 and int(ref.artifact_id, 16) >= 0
-    assert (ref.host_url, ref.name, ref.size_bytes, ref.sha256, ref.compression, ref.expires_at, ref.owner_agent_id) == (
-        HOST, "data.bin", len(data), sha(data), "zstd", 1e10, "agent-7",
+    assert (
+        ref.host_url,
+        ref.name,
+        ref.size_bytes,
+        ref.sha256,
+        ref.compression,
+        ref.expires_at,
+        ref.owner_agent_id,
+    ) == (
+        HOST,
+        "data.bin",
+        len(data),
+        sha(data),
+        "zstd",
+        1e10,
+        "agent-7",
     )
     assert before <= ref.created_at <= after
     assert result.path == store.blobs_dir / f"{ref.artifact_id}.bin"
@@ -209,7 +243,9 @@ def test_create_from_stream_with_fsync_on(tmp_path):
 def test_create_from_stream_reports_progress(store):
     data = b"x" * (2 * 1024 * 1024 + 10)
     seen = []
-    store.create_from_stream(io.BytesIO(data), size_bytes=len(data), progress=lambda done, total: seen.append((done, total)))
+    store.create_from_stream(
+        io.BytesIO(data), size_bytes=len(data), progress=lambda done, total: seen.append((done, total))
+    )
     assert seen[-1] == (len(data), len(data))
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     unknown = []
@@ -464,7 +500,12 @@ def test_a_failed_commit_leaves_nothing(tmp_path, monkeypatch):
 def test_http_request_with_content_length_reads_only_the_body(store):
     source = io.BytesIO(b"hello worldGET /next")
     ref = store.create_from_http_request(
-        {"Content-Length": "11"}, source, owner_agent_id="o", name="n.txt", compression="", expires_at=5.0,
+        {"Content-Length": "11"},
+        source,
+        owner_agent_id="o",
+        name="n.txt",
+        compression="",
+        expires_at=5.0,
         expected_sha256=sha(b"hello world"),
     ).ref
     assert store.open_reader(ref.artifact_id).read() == b"hello world"
@@ -474,7 +515,9 @@ def test_http_request_with_content_length_reads_only_the_body(store):
 
 def test_http_request_with_chunked_body(store):
     body = b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
-    ref = store.create_from_http_request({"Transfer-Encoding": "Chunked", "Content-Length": "junk"}, io.BytesIO(body)).ref
+    ref = store.create_from_http_request(
+        {"Transfer-Encoding": "Chunked", "Content-Length": "junk"}, io.BytesIO(body)
+    ).ref
     assert (ref.size_bytes, store.open_reader(ref.artifact_id).read()) == (11, b"hello world")
 
 
@@ -497,7 +540,8 @@ def test_http_request_content_length_over_the_cap_is_refused_before_reading(tmp_
 
 
 @pytest.mark.parametrize(
-    "value", ["abc", "-1", "+5", "1e3", "5 5", "5,5", "0x10", "1.0", "²", "١٢", "9" * 20, " ", "\t-0"],
+    "value",
+    ["abc", "-1", "+5", "1e3", "5 5", "5,5", "0x10", "1.0", "²", "١٢", "9" * 20, " ", "\t-0"],
 )
 def test_http_request_bad_content_length_is_invalid_input(store, value):
     with pytest.raises(InvalidInput, match="Content-Length"):
@@ -521,7 +565,9 @@ def test_http_request_bad_chunked_framing_leaves_nothing(store, body, error):
     assert leftovers(store) == []
 
 
-@pytest.mark.parametrize("value,expected", [(None, 0), ("", 0), ("0", 0), (" 42 ", 42), (7, 7), ("9" * 19, int("9" * 19))])
+@pytest.mark.parametrize(
+    "value,expected", [(None, 0), ("", 0), ("0", 0), (" 42 ", 42), (7, 7), ("9" * 19, int("9" * 19))]
+)
 def test_parse_content_length(value, expected):
     assert parse_content_length(value) == expected
 
@@ -529,7 +575,7 @@ def test_parse_content_length(value, expected):
 def chunked(body: bytes, cuts: list[int]) -> bytes:
     bounds = [0, *sorted(cuts), len(body)]
     out = bytearray()
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         if end > start:
             out += f"{end - start:x}\r\n".encode() + body[start:end] + b"\r\n"
     return bytes(out + b"0\r\n\r\n")
@@ -1160,7 +1206,12 @@ def test_paglet_file_ref_from_path_registers_size_checksum_and_location(tmp_path
     path = tmp_path / "input.csv"
     path.write_bytes(b"1,2,3\n")
     ref = paglet_file_ref_from_path(path, name=None, mode="MOVE", host_name="alpha", host_url="http://alpha:1/")
-    assert (ref.name, ref.mode, ref.status, ref.last_error) == ("input.csv", ARTIFACT_MOVE, ARTIFACT_STATUS_REGISTERED, "")
+    assert (ref.name, ref.mode, ref.status, ref.last_error) == (
+        "input.csv",
+        ARTIFACT_MOVE,
+        ARTIFACT_STATUS_REGISTERED,
+        "",
+    )
     assert (ref.size_bytes, ref.sha256) == (6, sha(b"1,2,3\n"))
     assert ref.source_path == ref.current_path == str(path.resolve())
     assert ref.source_host_url == ref.current_host_url == "http://alpha:1"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from paglets_artifacts import ArtifactRef, ArtifactStore, ArtifactNotFound
+from paglets_artifacts import ArtifactNotFound, ArtifactRef, ArtifactStore
 
 WIRE_KEYS = [
     "artifact_id",
@@ -104,7 +104,13 @@ def test_hand_laid_metadata_with_integer_times_and_no_optional_fields_is_read(tm
     (root / "blobs").mkdir(parents=True)
     (root / "metadata").mkdir()
     (root / "blobs" / f"{artifact_id}.bin").write_bytes(b"abc")
-    minimal = {"artifact_id": artifact_id, "host_url": "http://h", "size_bytes": 3, "created_at": 1700000000, "expires_at": 0}
+    minimal = {
+        "artifact_id": artifact_id,
+        "host_url": "http://h",
+        "size_bytes": 3,
+        "created_at": 1700000000,
+        "expires_at": 0,
+    }
     (root / "metadata" / f"{artifact_id}.json").write_text(paglets_metadata_text(minimal))
     store = ArtifactStore(root, host_url="http://h", fsync=False)
     ref = store.ref(artifact_id)
@@ -147,8 +153,14 @@ def test_metadata_written_by_us_matches_metadata_laid_by_hand_for_the_same_artif
     ref = ours.create_from_stream(io.BytesIO(b"same"), artifact_id=artifact_id, name="f", owner_agent_id="a").ref
     theirs = tmp_path / "theirs"
     lay_out_by_hand(
-        theirs, b"same", artifact_id=artifact_id, host_url="http://h", name="f", owner_agent_id="a",
-        created_at=ref.created_at, expires_at=0.0,
+        theirs,
+        b"same",
+        artifact_id=artifact_id,
+        host_url="http://h",
+        name="f",
+        owner_agent_id="a",
+        created_at=ref.created_at,
+        expires_at=0.0,
     )
     for relative in (f"metadata/{artifact_id}.json", f"blobs/{artifact_id}.bin"):
         assert (tmp_path / "ours" / relative).read_bytes() == (theirs / relative).read_bytes(), relative

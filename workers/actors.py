@@ -73,7 +73,7 @@ class JobActor:
             job = current_job()
             job.result = fn(**kind.validate(kwargs))
 
-        return dramatiq.actor(
+        return dramatiq.actor(  # type: ignore[call-overload]  # dramatiq's overloads want a typed function
             run,
             actor_name=kind.actor_name,
             queue_name=kind.queue_name,
@@ -153,20 +153,39 @@ def reclaimed_on_failure(artifact_id: str) -> Iterator[None]:
 
 @job_actor(contract.IMPORT, time_limit=transfer_time_limit)
 def import_file(
-    *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
-    expected_sha256: str | None, delete_source: bool,
+    *,
+    path: str,
+    owner_agent_id: str,
+    name: str | None,
+    compression: str,
+    expires_at: float,
+    expected_sha256: str | None,
+    delete_source: bool,
 ) -> dict[str, Any]:
     artifact_id = artifact_id_for_job()
     with reclaimed_on_failure(artifact_id):
         return _import_file(
-            artifact_id, path=path, owner_agent_id=owner_agent_id, name=name, compression=compression,
-            expires_at=expires_at, expected_sha256=expected_sha256, delete_source=delete_source,
+            artifact_id,
+            path=path,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+            delete_source=delete_source,
         )
 
 
 def _import_file(
-    artifact_id: str, *, path: str, owner_agent_id: str, name: str | None, compression: str, expires_at: float,
-    expected_sha256: str | None, delete_source: bool,
+    artifact_id: str,
+    *,
+    path: str,
+    owner_agent_id: str,
+    name: str | None,
+    compression: str,
+    expires_at: float,
+    expected_sha256: str | None,
+    delete_source: bool,
 ) -> dict[str, Any]:
     ctx = context()
     # Opened beneath its allowed root later, no link followed: a directory of the path
@@ -193,10 +212,15 @@ def _import_file(
 @job_actor(contract.EXPORT, time_limit=transfer_time_limit)
 def export(*, artifact_id: str, target: str, expected_sha256: str | None, move: bool) -> dict[str, Any]:
     ctx = context()
-    target_path = resolve_beneath(target, context().settings.allowed_roots, what="export target", forbidden=[ctx.store.root])
+    target_path = resolve_beneath(
+        target, context().settings.allowed_roots, what="export target", forbidden=[ctx.store.root]
+    )
     try:
         ref = ctx.store.export_to_path(
-            artifact_id, target_path, expected_sha256=expected_sha256, progress=current_job().progress,
+            artifact_id,
+            target_path,
+            expected_sha256=expected_sha256,
+            progress=current_job().progress,
             part_token=artifact_id_for_job(),  # a retry replaces a killed attempt's .part
         )
     except ArtifactNotFound:
@@ -271,7 +295,9 @@ def reindex() -> dict[str, Any]:
 
 @job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)
 def checksum(*, path: str) -> dict[str, Any]:
-    source = resolve_beneath(path, context().settings.allowed_roots, what="checksum source", forbidden=[context().store.root])
+    source = resolve_beneath(
+        path, context().settings.allowed_roots, what="checksum source", forbidden=[context().store.root]
+    )
     with open_regular(source) as handle:
         size = os.fstat(handle.fileno()).st_size
         _, sha256 = hashed_read(handle, on_chunk=lambda done: current_job().progress(done, size))

@@ -27,6 +27,7 @@ from .errors import (
     UploadTooSlow,
 )
 from .jobs import ArtifactJobs, Job
+from .layout import StoreLayout
 from .records import JobRecord
 from .refs import (
     ARTIFACT_COPY,
@@ -43,7 +44,6 @@ from .refs import (
     PagletFileRef,
 )
 from .settings import Settings, SettingsError
-from .layout import StoreLayout
 from .store import (
     ArtifactStore,
     OwnerDeletion,

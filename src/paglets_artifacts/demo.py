@@ -132,8 +132,14 @@ class Demo:
         there selects an existing Redis.
     """
 
-    def __init__(self, *, size_mib: int = 256, keep: bool = False, console: Console | None = None,
-                 environ: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *,
+        size_mib: int = 256,
+        keep: bool = False,
+        console: Console | None = None,
+        environ: dict[str, str] | None = None,
+    ):
         self.size_mib = size_mib
         self.keep = keep
         self.console = console or Console()
@@ -194,7 +200,9 @@ class Demo:
         files.mkdir()
         redis_url = self.environ.get("REDIS_URL")
         self.report.update(namespace=namespace, directory=str(self.directory), size_bytes=self.size_mib * MIB)
-        self._say(f"[bold]paglets-artifacts demo[/bold]: namespace {namespace}, directory {escape(str(self.directory))}")
+        self._say(
+            f"[bold]paglets-artifacts demo[/bold]: namespace {namespace}, directory {escape(str(self.directory))}"
+        )
         if redis_url:
             self.report["redis"] = {"embedded": False, "pid": None}
             self._say("Redis: REDIS_URL (keys only under the demo's namespace)")
@@ -224,7 +232,8 @@ class Demo:
             # 1. Import, for an owner, with a live progress bar.
             record = self._run_job(
                 jobs.import_file(str(source), owner_agent_id=DEMO_OWNER, expected_sha256=sha256),
-                f"import {source.name}", worker,
+                f"import {source.name}",
+                worker,
             )
             jobs_report["import"] = record.to_wire()
             artifact_id = record.result["artifact_id"]
@@ -232,7 +241,9 @@ class Demo:
             short = files / "short-lived.bin"
             short.write_bytes(os.urandom(MIB))
             expires_at = time.time() + SHORT_LIVED_SECONDS
-            record = self._run_job(jobs.import_file(str(short), expires_at=expires_at), "import short-lived.bin", worker)
+            record = self._run_job(
+                jobs.import_file(str(short), expires_at=expires_at), "import short-lived.bin", worker
+            )
             jobs_report["import_short_lived"] = record.to_wire()
             # 2. Export, then check the exported bytes ourselves.
             target = files / "exported" / "demo-output.bin"
@@ -270,10 +281,15 @@ class Demo:
         self._say(f"worker: paglets-artifacts worker started (pid {worker.pid})")
         processes: dict[str, Any] = {"worker": worker.pid, "scheduler": None}
         if scheduler_available():  # robust to a checkout without the scheduler
+
             def start_scheduler(log: IO[bytes]) -> subprocess.Popen:
                 return subprocess.Popen(
-                    [sys.executable, "-m", "paglets_artifacts.cli", "scheduler"], env=env, stdout=log,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    [sys.executable, "-m", "paglets_artifacts.cli", "scheduler"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
 
@@ -289,7 +305,7 @@ class Demo:
 
     def _generate(self, path: Path) -> str:
         digest = hashlib.sha256()
-        columns = ["generating", BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn()]
+        columns: list[Any] = ["generating", BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn()]
         with Progress(*columns, console=self.console) as progress, open(path, "wb") as out:
             task = progress.add_task("generate", total=self.size_mib * MIB)
             for _ in range(self.size_mib):
@@ -323,8 +339,12 @@ class Demo:
 
     def _metrics(self, settings: Settings) -> dict[str, float]:
         """A few figures from the worker's Prometheus endpoint (empty if it does not answer)."""
-        wanted = ("paglets_artifacts_jobs_total", "paglets_artifacts_imported_bytes_total",
-                  "paglets_artifacts_exported_bytes_total", "paglets_artifacts_store_used_bytes")
+        wanted = (
+            "paglets_artifacts_jobs_total",
+            "paglets_artifacts_imported_bytes_total",
+            "paglets_artifacts_exported_bytes_total",
+            "paglets_artifacts_store_used_bytes",
+        )
         try:
             from prometheus_client.parser import text_string_to_metric_families
 

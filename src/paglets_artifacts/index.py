@@ -104,9 +104,7 @@ class ScanIndex:
             pending = sum(size for key, size in self._reserved.items() if key != artifact_id)
             projected = self._blob_bytes() + pending + need
             if need > self._reserved.get(artifact_id, 0) and projected > quota_bytes:
-                raise QuotaExceeded(
-                    f"artifact storage quota exceeded: {projected} bytes would exceed {quota_bytes}"
-                )
+                raise QuotaExceeded(f"artifact storage quota exceeded: {projected} bytes would exceed {quota_bytes}")
             self._reserved[artifact_id] = size_bytes
 
     def release(self, artifact_id: str) -> None:

@@ -12,10 +12,11 @@ What changes for the host, all through its public attributes (``artifacts``, ``c
 ``add_listener``):
 
 - ``host.artifacts`` is an :class:`OffloadedStore` (behind :class:`PagletsFacingStore`) over
-  the host's own artifact directory, with the host's URL (kept in step: paglets calls ``set_host_url`` on every (re)bind), caps,
-  quota and spool TTL, and the Redis index the workers share, so quota is exact across the
-  host's uploads and the workers' imports. Uploads to the host's own ``POST /artifacts``
-  still arrive through paglets' HTTP server, now with our atomic, verified commit.
+  the host's own artifact directory, with the host's URL (kept in step: paglets calls
+  ``set_host_url`` on every (re)bind), caps, quota and spool TTL, and the Redis index the
+  workers share, so quota is exact across the host's uploads and the workers' imports.
+  Uploads to the host's own ``POST /artifacts`` still arrive through paglets' HTTP server,
+  now with our atomic, verified commit.
 - The host's sweeps (at start, then paglets' cleanup thread every min(TTL, 300 s)) enqueue
   a sweep job instead of sweeping inline, never a second one while one is pending.
 - A paglet's ``dispose`` event enqueues ``delete_owner(agent_id)`` (``delete_on_dispose``).
@@ -135,7 +136,8 @@ class Offloading:
             logger.warning(
                 "host %s: its paglets' work directory %s is not under PAGLETS_ARTIFACTS_ALLOWED_ROOTS; "
                 "registered files there are moved in the host process",
-                self.host.name, work_root,
+                self.host.name,
+                work_root,
             )
         if getattr(self.host, "api_key", None) and any(
             not self.settings.host_key(url) for url in self.settings.allowed_hosts
@@ -145,8 +147,12 @@ class Offloading:
                 "PAGLETS_ARTIFACTS_ALLOWED_HOSTS: workers send no key to those hosts (the host's own client does)",
                 self.host.name,
             )
-        logger.info("host %s: offloading attached (store %s, namespace %s)", self.host.name, self.store.root,
-                    self.settings.namespace)
+        logger.info(
+            "host %s: offloading attached (store %s, namespace %s)",
+            self.host.name,
+            self.store.root,
+            self.settings.namespace,
+        )
         return self
 
     def detach(self) -> None:
@@ -234,7 +240,10 @@ class Offloading:
                 last = self.jobs.client.hget(key, "job_id")
                 record = self.jobs.records.get(last.decode() if isinstance(last, bytes) else last) if last else None
                 # a record left queued or running far past the sweep's time limit lost its message
-                lost = record is not None and record.enqueued_at < time.time() - 2 * self.settings.maintenance_time_limit_seconds
+                lost = (
+                    record is not None
+                    and record.enqueued_at < time.time() - 2 * self.settings.maintenance_time_limit_seconds
+                )
                 if record is not None and not record.done and not lost:
                     logger.info("host %s: sweep skipped: job %s is %s", self.host.name, record.id, record.state)
                     return None
@@ -279,19 +288,35 @@ class OffloadedStore(ArtifactStore):
         # read are done here, as paglets' store would
         what = f"import of {source}"
         job = None
-        if (artifact_id is None and progress is None and not isinstance(source, AllowedPath)
-                and self.offloading.path_allowed(source)):
+        if (
+            artifact_id is None
+            and progress is None
+            and not isinstance(source, AllowedPath)
+            and self.offloading.path_allowed(source)
+        ):
             job = self.offloading.submit(
-                contract.IMPORT, what, path=str(source), owner_agent_id=owner_agent_id,
-                name=name or Path(source).name, compression=compression, expires_at=expires_at,
-                expected_sha256=expected_sha256, delete_source=delete_source,
+                contract.IMPORT,
+                what,
+                path=str(source),
+                owner_agent_id=owner_agent_id,
+                name=name or Path(source).name,
+                compression=compression,
+                expires_at=expires_at,
+                expected_sha256=expected_sha256,
+                delete_source=delete_source,
             )
         else:
             _warn_in_process(self.offloading, what)
         if job is None:
             return super().create_from_path(
-                source, owner_agent_id=owner_agent_id, name=name, compression=compression, expires_at=expires_at,
-                expected_sha256=expected_sha256, artifact_id=artifact_id, delete_source=delete_source,
+                source,
+                owner_agent_id=owner_agent_id,
+                name=name,
+                compression=compression,
+                expires_at=expires_at,
+                expected_sha256=expected_sha256,
+                artifact_id=artifact_id,
+                delete_source=delete_source,
                 progress=progress,
             )
         wire = self.offloading.run(job, what)
@@ -309,8 +334,12 @@ class OffloadedStore(ArtifactStore):
     ) -> ArtifactRef:
         what = f"export of {artifact_id} to {target}"
         job = None
-        if (progress is None and part_token is None and not isinstance(target, AllowedPath)
-                and self.offloading.path_allowed(target)):
+        if (
+            progress is None
+            and part_token is None
+            and not isinstance(target, AllowedPath)
+            and self.offloading.path_allowed(target)
+        ):
             job = self.offloading.submit(
                 contract.EXPORT, what, artifact_id=artifact_id, target=str(target), expected_sha256=expected_sha256
             )
@@ -341,8 +370,13 @@ class OffloadedStore(ArtifactStore):
         stream, size = request_body(headers, source)
         try:
             return self.create_from_stream(
-                stream, size_bytes=size, owner_agent_id=owner_agent_id, name=name, compression=compression,
-                expires_at=expires_at, expected_sha256=expected_sha256,
+                stream,
+                size_bytes=size,
+                owner_agent_id=owner_agent_id,
+                name=name,
+                compression=compression,
+                expires_at=expires_at,
+                expected_sha256=expected_sha256,
             )
         except QuotaExceeded:
             if 0 <= size <= MAX_DRAIN_BYTES:
@@ -354,7 +388,6 @@ class OffloadedStore(ArtifactStore):
         if now is not None:
             return super().cleanup_temporary(now=now)
         return self.offloading.sweep()
-
 
 
 class PagletsFacingStore:
@@ -431,17 +464,31 @@ class OffloadingClient(HostClient):
         what = f"upload of {path} to {host_url}"
         job = None
         if off.path_allowed(path) and off.host_allowed(host_url):
-            job = _as_paglets(lambda: off.submit(
-                contract.UPLOAD, what, path=str(path), host_url=host_url, owner_agent_id=owner_agent_id,
-                name=name or Path(path).name, compression=compression, expires_at=expires_at,
-                expected_sha256=expected_sha256,
-            ))
+            job = _as_paglets(
+                lambda: off.submit(
+                    contract.UPLOAD,
+                    what,
+                    path=str(path),
+                    host_url=host_url,
+                    owner_agent_id=owner_agent_id,
+                    name=name or Path(path).name,
+                    compression=compression,
+                    expires_at=expires_at,
+                    expected_sha256=expected_sha256,
+                )
+            )
         else:
             _warn_in_process(off, what)
         if job is None:
             return self.base.upload_artifact(
-                host_url, path, owner_agent_id=owner_agent_id, name=name, compression=compression,
-                expires_at=expires_at, expected_sha256=expected_sha256, timeout=timeout,
+                host_url,
+                path,
+                owner_agent_id=owner_agent_id,
+                name=name,
+                compression=compression,
+                expires_at=expires_at,
+                expected_sha256=expected_sha256,
+                timeout=timeout,
             )
         return PagletsArtifactRef.from_wire(_as_paglets(lambda: off.run(job, what)))
 
@@ -463,10 +510,17 @@ class OffloadingClient(HostClient):
         what = f"download of {ref.artifact_id} from {ref.host_url} to {target}"
         job = None
         if off.path_allowed(target) and off.host_allowed(ref.host_url):
-            job = _as_paglets(lambda: off.submit(
-                contract.DOWNLOAD, what, url=f"{ref.host_url.rstrip('/')}/artifacts/{ref.artifact_id}",
-                target=str(target), expected_sha256=ref.sha256 or None, expected_size=ref.size_bytes, move=move,
-            ))
+            job = _as_paglets(
+                lambda: off.submit(
+                    contract.DOWNLOAD,
+                    what,
+                    url=f"{ref.host_url.rstrip('/')}/artifacts/{ref.artifact_id}",
+                    target=str(target),
+                    expected_sha256=ref.sha256 or None,
+                    expected_size=ref.size_bytes,
+                    move=move,
+                )
+            )
         else:
             _warn_in_process(off, what)
         if job is None:
@@ -508,15 +562,24 @@ def offload(
     }
     for name, value in from_host.items():
         if getattr(settings, name) != value:
-            logger.warning("host %s: %s is %r for the host but %r in the settings workers read",
-                           host.name, name, value, getattr(settings, name))
+            logger.warning(
+                "host %s: %s is %r for the host but %r in the settings workers read",
+                host.name,
+                name,
+                value,
+                getattr(settings, name),
+            )
     settings = settings.with_changes(store_root=root, host_url=own.host_url, **from_host)
     owns_jobs = jobs is None
     jobs = jobs if jobs is not None else ArtifactJobs(settings=settings)
     offloading = Offloading(
-        host, settings, jobs, delete_on_dispose=delete_on_dispose,
+        host,
+        settings,
+        jobs,
+        delete_on_dispose=delete_on_dispose,
         timeout=settings.transfer_time_limit_seconds if timeout is None else timeout,
-        queue_timeout=queue_timeout, owns_jobs=owns_jobs,
+        queue_timeout=queue_timeout,
+        owns_jobs=owns_jobs,
     )
     return offloading.attach()
 
@@ -555,13 +618,25 @@ def run_host(
                 f"create paglets; set PAGLETS_API_KEY (or the variable --api-key-env names), or listen on "
                 f"127.0.0.1, or pass --insecure (PAGLETS_ARTIFACTS_ALLOW_INSECURE=1) to run without one"
             )
-        logger.warning("paglets host %s on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who "
-                       "reaches this address can create paglets", name, bind)
+        logger.warning(
+            "paglets host %s on %s without an API key (PAGLETS_ARTIFACTS_ALLOW_INSECURE): anyone who "
+            "reaches this address can create paglets",
+            name,
+            bind,
+        )
 
     host = Host(
-        name, bind, port, api_key=api_key, persistence_dir=persistence_dir, mesh=mesh, peers=peers,
-        public_url=public_url, artifact_max_bytes=settings.max_artifact_bytes,
-        artifact_storage_quota_bytes=settings.quota_bytes, artifact_spool_ttl_seconds=settings.spool_ttl_seconds,
+        name,
+        bind,
+        port,
+        api_key=api_key,
+        persistence_dir=persistence_dir,
+        mesh=mesh,
+        peers=peers,
+        public_url=public_url,
+        artifact_max_bytes=settings.max_artifact_bytes,
+        artifact_storage_quota_bytes=settings.quota_bytes,
+        artifact_spool_ttl_seconds=settings.spool_ttl_seconds,
     )
     if adopt_store_root:
         settings = settings.with_changes(store_root=Path(host.artifacts.root))
@@ -612,8 +687,9 @@ def _drain(stream: Any, size: int) -> None:
 
 
 def _warn_in_process(off: Offloading, what: str) -> None:
-    logger.warning("host %s: %s runs in the host process (outside the workers' allowed roots or hosts)",
-                   off.host.name, what)
+    logger.warning(
+        "host %s: %s runs in the host process (outside the workers' allowed roots or hosts)", off.host.name, what
+    )
 
 
 # The hash before a dispatch is paglets.runtime.lifecycle's module function file_sha256: while
@@ -628,9 +704,9 @@ def _offloaded_file_sha256(path: str | Path) -> str:
     for off in list(_ATTACHED):
         if off.holds(path):
             what = f"checksum of {path}"
-            job = _as_paglets(lambda off=off: off.submit(contract.CHECKSUM, what, path=str(path)))
+            job = _as_paglets(lambda off=off, what=what: off.submit(contract.CHECKSUM, what, path=str(path)))
             if job is not None:
-                return str(_as_paglets(lambda off=off, job=job: off.run(job, what))["sha256"])
+                return str(_as_paglets(lambda off=off, job=job, what=what: off.run(job, what))["sha256"])
             break
     return _replaced_file_sha256(path)
 

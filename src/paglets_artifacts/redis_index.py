@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -357,8 +357,13 @@ class RedisIndex:
         adding a second one. With ``must_fit_bytes``, refuse unless that many would fit."""
         k = self.keys
         need = int(size_bytes) if must_fit_bytes is None else int(must_fit_bytes)
-        args = [artifact_id, int(size_bytes), -1 if quota_bytes is None else int(quota_bytes), self.reservation_ms,
-                need]
+        args: list[Any] = [
+            artifact_id,
+            int(size_bytes),
+            -1 if quota_bytes is None else int(quota_bytes),
+            self.reservation_ms,
+            need,
+        ]
         for _ in range(2):
             granted, projected = self._reserve(
                 keys=[k.ready, k.used, k.sizes, k.reservations, k.reservation_deadlines], args=args
@@ -401,7 +406,8 @@ class RedisIndex:
 
     def expired_ids(self, now: float) -> list[str]:
         self.ensure_built()
-        return [_text(item) for item in self.client.zrangebyscore(self.keys.expiry, "(0", repr(float(now)))]
+        found = cast("list[bytes]", self.client.zrangebyscore(self.keys.expiry, "(0", repr(float(now))))
+        return [_text(item) for item in found]
 
     def all_ids(self) -> list[str]:
         self.ensure_built()
@@ -417,8 +423,11 @@ class RedisIndex:
     def _figures(self) -> dict[str, int]:
         k = self.keys
         pipe = self.client.pipeline(transaction=True)
-        pipe.hlen(k.sizes).get(k.used).hvals(k.reservations).zcard(k.expiry)
-        artifacts, used, held, expiring = pipe.execute()
+        pipe.hlen(k.sizes)
+        pipe.get(k.used)
+        pipe.hvals(k.reservations)
+        pipe.zcard(k.expiry)
+        artifacts, used, held, expiring = cast("list[Any]", pipe.execute())
         reserved = sum(int(value) for value in held)
         used = int(used or 0)
         return {
@@ -543,9 +552,7 @@ class RedisIndex:
             if gone:
                 report.removed += int(self._remove_many(gone))
 
-        report.lapsed_reservations = int(
-            self._drop_lapsed(keys=[k.used, k.reservations, k.reservation_deadlines])
-        )
+        report.lapsed_reservations = int(self._drop_lapsed(keys=[k.used, k.reservations, k.reservation_deadlines]))
         if mode in ("build", "rebuild"):
             before, committed, reserved = self._recount(keys=[k.used, k.sizes, k.reservations])
             report.counter_drift = int(before) - int(committed) - int(reserved) if mode == "rebuild" else 0
@@ -585,8 +592,16 @@ class RedisIndex:
         k = self.keys
         return int(
             self._remove(
-                keys=[k.used, k.sizes, k.owners, k.expiry, k.reservations, k.reservation_deadlines, k.removed,
-                      k.build_lock],
+                keys=[
+                    k.used,
+                    k.sizes,
+                    k.owners,
+                    k.expiry,
+                    k.reservations,
+                    k.reservation_deadlines,
+                    k.removed,
+                    k.build_lock,
+                ],
                 args=[k.owner_prefix, *artifact_ids],
             )
         )

@@ -143,7 +143,9 @@ class RemoteTransfers:
       client(httpx.Client|None): an existing client (its redirect policy is not changed).
     """
 
-    def __init__(self, settings: Settings, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.Client | None = None):
+    def __init__(
+        self, settings: Settings, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.Client | None = None
+    ):
         self.settings = settings
         self._owned = client is None
         self.client = client or httpx.Client(timeout=timeout, follow_redirects=False)
@@ -203,12 +205,20 @@ class RemoteTransfers:
             announced = _announced_sha(response, url)
             length = _content_length(response)
             sha = _agree(
-                "SHA-256", url, ChecksumMismatch,
-                ("expected", expected), ("remote ref", remote_ref.sha256 if remote_ref else None), (SHA256_HEADER, announced),
+                "SHA-256",
+                url,
+                ChecksumMismatch,
+                ("expected", expected),
+                ("remote ref", remote_ref.sha256 if remote_ref else None),
+                (SHA256_HEADER, announced),
             )
             size = _agree(
-                "size", url, SizeMismatch,
-                ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None), ("Content-Length", length),
+                "size",
+                url,
+                SizeMismatch,
+                ("expected", expected_size),
+                ("remote ref", remote_ref.size_bytes if remote_ref else None),
+                ("Content-Length", length),
             )
             return store.create_from_stream(
                 _ChunkIteratorStream(response.iter_bytes(STREAM_CHUNK_BYTES)),
@@ -251,7 +261,11 @@ class RemoteTransfers:
         ref = store.ref(artifact_id)
         with store.open_reader(artifact_id) as reader:
             return self._post(
-                url, reader, ref.size_bytes, ref.sha256, progress,
+                url,
+                reader,
+                ref.size_bytes,
+                ref.sha256,
+                progress,
                 owner_agent_id=ref.owner_agent_id if owner_agent_id is None else owner_agent_id,
                 name=ref.name if name is None else name,
                 compression=ref.compression,
@@ -276,8 +290,16 @@ class RemoteTransfers:
         """Upload ``size`` bytes of ``reader`` (whose SHA-256 is ``sha256``) to ``host_url``'s
         ``POST /artifacts``, as paglets' ``HostClient.upload_artifact`` does; return the remote ref."""
         return self._post(
-            self._upload_url(host_url), reader, size, sha256, progress,
-            owner_agent_id=owner_agent_id, name=name, compression=compression, expires_at=expires_at, what=what,
+            self._upload_url(host_url),
+            reader,
+            size,
+            sha256,
+            progress,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            what=what,
         )
 
     def _upload_url(self, host_url: str) -> str:
@@ -286,8 +308,18 @@ class RemoteTransfers:
         return url
 
     def _post(
-        self, url: str, reader: Any, size: int, sha256: str, progress: Progress | None, *,
-        owner_agent_id: str, name: str, compression: str, expires_at: float, what: str,
+        self,
+        url: str,
+        reader: Any,
+        size: int,
+        sha256: str,
+        progress: Progress | None,
+        *,
+        owner_agent_id: str,
+        name: str,
+        compression: str,
+        expires_at: float,
+        what: str,
     ) -> ArtifactRef:
         params = {
             "owner_agent_id": owner_agent_id,
@@ -297,11 +329,14 @@ class RemoteTransfers:
             "sha256": sha256,
             "size": str(size),
         }
-        headers = self._headers(url, **{
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(size),
-            "Accept": "application/json",
-        })
+        headers = self._headers(
+            url,
+            **{
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                "Accept": "application/json",
+            },
+        )
         body = _BlobBody(reader, size, progress)
         response = self.client.post(url, params=params, content=body, headers=headers)
         try:
@@ -352,13 +387,19 @@ class RemoteTransfers:
             with self.client.stream("GET", url, headers=self._headers(url)) as response:
                 _raise_for_status(response, url)
                 sha = _agree(
-                    "SHA-256", url, ChecksumMismatch,
-                    ("expected", expected), ("remote ref", remote_ref.sha256 if remote_ref else None),
+                    "SHA-256",
+                    url,
+                    ChecksumMismatch,
+                    ("expected", expected),
+                    ("remote ref", remote_ref.sha256 if remote_ref else None),
                     (SHA256_HEADER, _announced_sha(response, url)),
                 )
                 size = _agree(
-                    "size", url, SizeMismatch,
-                    ("expected", expected_size), ("remote ref", remote_ref.size_bytes if remote_ref else None),
+                    "size",
+                    url,
+                    SizeMismatch,
+                    ("expected", expected_size),
+                    ("remote ref", remote_ref.size_bytes if remote_ref else None),
                     ("Content-Length", _content_length(response)),
                 )
                 fd = create_exclusive(part_name, dir_fd=dir_fd)
@@ -448,7 +489,9 @@ def _ref_from_answer(response: httpx.Response, url: str) -> ArtifactRef:
         payload = response.json()
         return ArtifactRef.from_wire(payload["artifact"])
     except Exception as exc:  # any malformed answer is the remote's fault, and permanent
-        raise RemoteError(f"{redact_url(url)} answered something that is not an artifact ref: {exc}", remote_type="InvalidAnswer") from None
+        raise RemoteError(
+            f"{redact_url(url)} answered something that is not an artifact ref: {exc}", remote_type="InvalidAnswer"
+        ) from None
 
 
 def _announced_sha(response: httpx.Response, url: str) -> str | None:
@@ -458,7 +501,9 @@ def _announced_sha(response: httpx.Response, url: str) -> str | None:
     try:
         return validate_sha256(value.strip(), field=SHA256_HEADER)
     except Exception:
-        raise RemoteError(f"{redact_url(url)} sent an invalid {SHA256_HEADER} header {value[:80]!r}", remote_type="InvalidAnswer") from None
+        raise RemoteError(
+            f"{redact_url(url)} sent an invalid {SHA256_HEADER} header {value[:80]!r}", remote_type="InvalidAnswer"
+        ) from None
 
 
 def _content_length(response: httpx.Response) -> int | None:

@@ -8,6 +8,7 @@ input is validated with an error that names the problem; a short body is an erro
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import errno
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .errors import (
     ArtifactNotFound,
@@ -28,8 +29,8 @@ from .errors import (
     InvalidInput,
     SizeMismatch,
     SourceUnavailable,
-    Superseded,
     StorageFull,
+    Superseded,
     TransferError,
 )
 from .index import IndexUnavailable, ScanIndex, StoreIndex
@@ -233,8 +234,9 @@ class _StreamedBytes:
     With ``reserve_ahead_bytes`` the quota held grows with the bytes that arrived instead of
     covering the declared size from the start (a client that may never send it)."""
 
-    def __init__(self, store: ArtifactStore, source: Any, progress: Progress | None, *,
-                 reserve_ahead_bytes: int | None = None):
+    def __init__(
+        self, store: ArtifactStore, source: Any, progress: Progress | None, *, reserve_ahead_bytes: int | None = None
+    ):
         self.store = store
         self.source = source
         self.progress = progress
@@ -282,8 +284,15 @@ class _LinkedBytes:
     then), so an import killed at any point loses nothing. It is named relative to
     ``dir_fd``, the directory it was opened in; ``handle`` is open on it."""
 
-    def __init__(self, store: ArtifactStore, dir_fd: int, path: Path, handle: Any, info: os.stat_result,
-                 progress: Progress | None):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        dir_fd: int,
+        path: Path,
+        handle: Any,
+        info: os.stat_result,
+        progress: Progress | None,
+    ):
         self.store = store
         self.dir_fd = dir_fd
         self.path = path
@@ -477,10 +486,14 @@ class ArtifactStore:
         done relative to its directory's descriptor (``PathNotAllowed`` when a component
         is, or was swapped for, a symlink)."""
         beneath = source if isinstance(source, AllowedPath) else None
-        path = beneath.path if beneath is not None else Path(source)
+        path = beneath.path if beneath is not None else Path(cast("str | Path", source))
         plan = self.plan(
-            owner_agent_id=owner_agent_id, name=path.name if name is None or name == "" else name,
-            compression=compression, expires_at=expires_at, expected_sha256=expected_sha256, artifact_id=artifact_id,
+            owner_agent_id=owner_agent_id,
+            name=path.name if name is None or name == "" else name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+            artifact_id=artifact_id,
         )
         existing = self.adopt_committed(plan.artifact_id)
         if existing is not None and not delete_source:
@@ -503,7 +516,13 @@ class ArtifactStore:
             os.close(dir_fd)
 
     def _create_from_file(
-        self, dir_fd: int, path: Path, beneath: AllowedPath | None, plan: WritePlan, *, delete_source: bool,
+        self,
+        dir_fd: int,
+        path: Path,
+        beneath: AllowedPath | None,
+        plan: WritePlan,
+        *,
+        delete_source: bool,
         progress: Progress | None,
     ) -> ArtifactWriteResult:
         try:
@@ -586,8 +605,13 @@ class ArtifactStore:
         ):
             raise InvalidInput(f"invalid reserve_ahead_bytes {reserve_ahead_bytes!r}: expected a whole number >= 1")
         plan = self.plan(
-            size_bytes=size_bytes, owner_agent_id=owner_agent_id, name=name, compression=compression,
-            expires_at=expires_at, expected_sha256=expected_sha256, artifact_id=artifact_id,
+            size_bytes=size_bytes,
+            owner_agent_id=owner_agent_id,
+            name=name,
+            compression=compression,
+            expires_at=expires_at,
+            expected_sha256=expected_sha256,
+            artifact_id=artifact_id,
         )
         existing = self.adopt_committed(plan.artifact_id)
         if existing is not None:
@@ -697,7 +721,7 @@ class ArtifactStore:
                     refs.append(ref)
         return refs
 
-    def scan(self, unreadable: list[str] | None = None) -> Iterator[ArtifactRef]:
+    def scan(self, unreadable: builtins.list[str] | None = None) -> Iterator[ArtifactRef]:
         """Read every metadata file (a full scan); ids that fail to parse go to ``unreadable``."""
         self._ensure_dirs()
         for name in self.layout.metadata_names():
@@ -744,7 +768,7 @@ class ArtifactStore:
         token = uuid.uuid4().hex if part_token is None else validate_artifact_id(part_token)
         ref = self.ref(artifact_id)
         beneath = target if isinstance(target, AllowedPath) else None
-        target_path = beneath.path if beneath is not None else Path(target)
+        target_path = beneath.path if beneath is not None else Path(cast("str | Path", target))
         if beneath is None:
             target_path.parent.mkdir(parents=True, exist_ok=True)
         dir_fd = beneath.open_parent(create=True) if beneath is not None else os.open(target_path.parent, _PARENT_FLAGS)
@@ -755,8 +779,14 @@ class ArtifactStore:
         return ref
 
     def _export_into(
-        self, dir_fd: int, target_path: Path, ref: ArtifactRef, expected: str | None, token: str,
-        replace_stale: bool, progress: Progress | None,
+        self,
+        dir_fd: int,
+        target_path: Path,
+        ref: ArtifactRef,
+        expected: str | None,
+        token: str,
+        replace_stale: bool,
+        progress: Progress | None,
     ) -> None:
         name = target_path.name
         with contextlib.suppress(FileNotFoundError):
@@ -1044,7 +1074,6 @@ class ArtifactStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-
 
 
 def request_body(headers: Any, source: Any) -> tuple[Any, int]:
