@@ -3,6 +3,7 @@
 
     python3 scripts/dev.py demo      # the whole pipeline on an embedded Redis
     python3 scripts/dev.py test      # the whole test suite
+    python3 scripts/dev.py lint      # ruff check, ruff format --check, mypy
     python3 scripts/dev.py run CMD…  # any command inside the environment
 
 Needs only Python >= 3.11 and access to PyPI. ``REDIS_URL`` is used when set; otherwise
@@ -42,7 +43,7 @@ def ensure_environment() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "run"):
+    if not argv or argv[0] not in ("demo", "test", "lint", "run"):
         print(__doc__.strip())
         return 2
     ensure_environment()
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
         args = [str(BIN / "paglets-artifacts"), "demo", *rest]
     elif command == "test":
         args = [str(PYTHON), "-m", "pytest", *rest]
+    elif command == "lint":
+        checks = [[str(BIN / "ruff"), "check", "."], [str(BIN / "ruff"), "format", "--check", "."], [str(BIN / "mypy")]]
+        return max(subprocess.run(check, cwd=ROOT).returncode for check in checks)
     else:
         args = rest
     return subprocess.run(args, cwd=ROOT).returncode
