@@ -50,10 +50,10 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from paglets_artifacts import ArtifactRef, ArtifactStore  # noqa: E402
-from paglets_artifacts.layout import StoreLayout  # noqa: E402
-from paglets_artifacts.redis_index import RedisIndex  # noqa: E402
 from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
-from paglets_artifacts.store import metadata_json  # noqa: E402
+from paglets_artifacts.store.artifacts import metadata_json  # noqa: E402
+from paglets_artifacts.store.layout import StoreLayout  # noqa: E402
+from paglets_artifacts.store.redis_index import RedisIndex  # noqa: E402
 
 HOST = "http://127.0.0.1:8470"
 OWNERS = 100

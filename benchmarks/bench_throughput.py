@@ -58,11 +58,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import redis  # noqa: E402
 
-from paglets_artifacts.jobs import ArtifactJobs  # noqa: E402
+from paglets_artifacts.jobs.client import ArtifactJobs  # noqa: E402
+from paglets_artifacts.jobs.worker_process import WORKER_TIMEOUT_MS, WORKER_TIMEOUT_VARIABLE, WorkerProcess  # noqa: E402
 from paglets_artifacts.redis_server import EmbeddedRedis  # noqa: E402
 from paglets_artifacts.settings import Settings, delete_namespace  # noqa: E402
-from paglets_artifacts.store import ArtifactStore  # noqa: E402
-from paglets_artifacts.worker_process import WORKER_TIMEOUT_MS, WORKER_TIMEOUT_VARIABLE, WorkerProcess  # noqa: E402
+from paglets_artifacts.store.artifacts import ArtifactStore  # noqa: E402
 
 MIB = 1024 * 1024
 HOST = "http://bench.invalid"
@@ -526,7 +526,7 @@ RSS_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     sys.path.insert(0, sys.argv[1])
-    from paglets_artifacts.store import ArtifactStore
+    from paglets_artifacts.store.artifacts import ArtifactStore
 
     def high_water():  # this process's own peak: VmHWM belongs to the address space exec made
         with open("/proc/self/status") as status:

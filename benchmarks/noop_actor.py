@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from paglets_artifacts import contract
+from paglets_artifacts.jobs import contract
 
 NOOP = contract.JobKind("noop", "paglets_artifacts_benchmark_noop", contract.TRANSFER_QUEUE, {})
 contract.KINDS_BY_ACTOR[NOOP.actor_name] = NOOP

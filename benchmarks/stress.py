@@ -56,9 +56,9 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
-from paglets_artifacts.records import FINAL_STATES  # noqa: E402
+from paglets_artifacts.jobs.records import FINAL_STATES  # noqa: E402
+from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
 from paglets_artifacts.settings import delete_namespace  # noqa: E402
-from paglets_artifacts.worker_process import WorkerProcess  # noqa: E402
 
 #: The job kinds a crash can target.
 KINDS = ("import", "export", "sweep", "delete_owner")
@@ -107,7 +107,7 @@ def install_crash_point(kind: str, step: str) -> None:
     """
     import dramatiq
 
-    from paglets_artifacts.contract import KINDS_BY_ACTOR
+    from paglets_artifacts.jobs.contract import KINDS_BY_ACTOR
 
     only, _, number = step.rpartition(":")
     target = int(number)

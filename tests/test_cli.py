@@ -21,7 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, ReadOnly, wait_until
-from paglets_artifacts import ArtifactJobs, Settings, cli, worker_process
+from paglets_artifacts import ArtifactJobs, Settings
+from paglets_artifacts.cli import commands as cli
+from paglets_artifacts.jobs import worker_process
 from paglets_artifacts.redis_server import EmbeddedRedis, free_port
 
 runner = CliRunner()
@@ -199,9 +201,9 @@ def test_an_unreachable_redis_exits_4_without_showing_the_password(settings):
 def test_a_transient_error_exits_4_and_is_named_not_taken_for_an_unreachable_redis(settings, tmp_path):
     import redis
 
-    from paglets_artifacts.redis_index import IndexKeys, IndexUnavailable
-    from paglets_artifacts.remote import RemoteUnavailable
-    from paglets_artifacts.store import ArtifactStore
+    from paglets_artifacts.http.remote import RemoteUnavailable
+    from paglets_artifacts.store.artifacts import ArtifactStore
+    from paglets_artifacts.store.redis_index import IndexKeys, IndexUnavailable
 
     client = redis.Redis.from_url(settings.redis_url)
     try:
@@ -387,13 +389,16 @@ def test_scheduler_missing_is_a_one_line_error(settings, execs, monkeypatch):
 
 
 def test_scheduler_is_found_without_importing_workers():
-    code = "import sys; from paglets_artifacts import cli; print(cli.scheduler_available(), 'workers' in sys.modules)"
+    code = (
+        "import sys; from paglets_artifacts.cli import commands as cli; "
+        "print(cli.scheduler_available(), 'workers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
     assert out.stdout.split() == [str((ROOT / "workers" / "scheduler.py").is_file()), "False"]
 
 
 def test_serve_calls_the_http_api(settings, monkeypatch):
-    import paglets_artifacts.http_api as http_api
+    import paglets_artifacts.http.app as http_api
 
     calls = []
     monkeypatch.setattr(http_api, "serve", lambda *args: calls.append(args))
@@ -404,10 +409,10 @@ def test_serve_calls_the_http_api(settings, monkeypatch):
 
 
 def test_serve_without_the_http_api_is_a_one_line_error(settings, monkeypatch):
-    monkeypatch.setitem(sys.modules, "paglets_artifacts.http_api", None)
+    monkeypatch.setitem(sys.modules, "paglets_artifacts.http.app", None)
     result = invoke(settings, "serve")
     assert result.exit_code == cli.EXIT_FAILED
-    assert "paglets_artifacts.http_api" in one_line_error(result)
+    assert "paglets_artifacts.http.app" in one_line_error(result)
 
 
 # ------------------------------------------------------------------------ configuration and health
@@ -471,7 +476,7 @@ def wide(settings: Settings, *args: str, **env: str | None):
 def _hostile_store(settings: Settings):
     import redis as redis_module
 
-    from paglets_artifacts.store import ArtifactStore
+    from paglets_artifacts.store.artifacts import ArtifactStore
 
     return ArtifactStore.from_settings(settings, redis=redis_module.Redis.from_url(settings.redis_url))
 
@@ -555,7 +560,7 @@ def test_an_export_to_a_hostile_target_succeeds_and_says_so(settings, workers, f
 @pytest.fixture
 def uvicorn_runs(monkeypatch):
     """Record what ``serve`` would run instead of serving (the checks before it are real)."""
-    import paglets_artifacts.http_api as http_api
+    import paglets_artifacts.http.app as http_api
 
     calls: list[dict] = []
     monkeypatch.setattr(http_api.uvicorn, "run", lambda app, **options: calls.append(options))
@@ -631,7 +636,7 @@ def test_serve_writes_the_projects_log_lines(settings, tmp_path):
 
 
 def test_the_python_serve_refuses_too(settings, uvicorn_runs):
-    from paglets_artifacts.http_api import serve
+    from paglets_artifacts.http.app import serve
     from paglets_artifacts.settings import SettingsError
 
     with pytest.raises(SettingsError, match="PAGLETS_ARTIFACTS_ALLOW_INSECURE"):

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from paglets_artifacts import ArtifactJobs, contract
+from paglets_artifacts import ArtifactJobs
 from paglets_artifacts.errors import InvalidInput
-from paglets_artifacts.http_api import openapi_document
-from paglets_artifacts.records import STATES, JobRecord
+from paglets_artifacts.http.app import openapi_document
+from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.records import STATES, JobRecord
 from paglets_artifacts.refs import ArtifactRef
 
 KINDS = sorted(contract.KINDS.values(), key=lambda kind: kind.name)
@@ -112,7 +113,7 @@ def test_label_sets_come_from_the_facts():
 def test_cli_job_options_are_documented_by_the_arguments():
     from typer.main import get_command
 
-    from paglets_artifacts.cli import app
+    from paglets_artifacts.cli.commands import app
 
     commands = get_command(app).commands
     for command, kind, options in (
@@ -156,7 +157,7 @@ def test_a_url_argument_is_redacted_by_its_type_and_errors_name_the_argument():
     ids=lambda value: getattr(value, "name", None) or str(value),
 )
 def test_the_remote_client_takes_the_arguments_of_the_kinds_it_runs_with_their_defaults(kind, method, own):
-    from paglets_artifacts.remote import RemoteTransfers
+    from paglets_artifacts.http.remote import RemoteTransfers
 
     parameters = inspect.signature(getattr(RemoteTransfers, method)).parameters
     for name, argument in kind.arguments.items():

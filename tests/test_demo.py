@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from paglets_artifacts import cli
+from paglets_artifacts.cli import commands as cli
 
 DEMO = [sys.executable, "-m", "paglets_artifacts.cli", "demo"]
 

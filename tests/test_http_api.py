@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from conftest import wait_until
-from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings, contract
-from paglets_artifacts.http_api import ServerThread, create_app, openapi_document
+from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
+from paglets_artifacts.http.app import ServerThread, create_app, openapi_document
+from paglets_artifacts.jobs import contract
 
 KEY = "s3cret-key"
 
@@ -290,7 +291,7 @@ def test_sweeps_dated_far_in_the_future_never_take_a_live_upload(settings, serve
     body is half sent: the upload then commits whole."""
     from typer.testing import CliRunner
 
-    from paglets_artifacts import cli
+    from paglets_artifacts.cli import commands as cli
 
     workers.start()
     halfway = threading.Event()

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
-from paglets_artifacts.http_api import UPLOAD_RESERVATION_STEP_BYTES, ServerThread, create_app
+from paglets_artifacts.http.app import UPLOAD_RESERVATION_STEP_BYTES, ServerThread, create_app
 
 GiB = 1024**3
 H = b"Host: x\r\n"

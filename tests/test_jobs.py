@@ -30,8 +30,8 @@ from paglets_artifacts import (
     PathNotAllowed,
     QuotaExceeded,
     SourceUnavailable,
-    contract,
 )
+from paglets_artifacts.jobs import contract
 
 
 def _write(path: Path, size: int) -> str:
@@ -355,7 +355,7 @@ def test_a_checkpoint_is_kept_in_the_record_for_the_next_attempt_and_not_shown(j
 
 
 def test_record_scripts_spell_the_states_of_records_py():
-    from paglets_artifacts import records
+    from paglets_artifacts.jobs import records
 
     for script in (records._UPDATE_UNLESS_FINAL, records._FINISH, records._START):
         assert "{" not in script and f'"{records.SUCCEEDED}"' in script and f'"{records.FAILED}"' in script
@@ -369,8 +369,8 @@ def test_what_is_retried_is_said_by_the_transient_base_or_is_a_redis_network_or_
     import redis
 
     from paglets_artifacts import errors
-    from paglets_artifacts.redis_index import IndexUnavailable
-    from paglets_artifacts.remote import RemoteUnavailable
+    from paglets_artifacts.http.remote import RemoteUnavailable
+    from paglets_artifacts.store.redis_index import IndexUnavailable
     from workers.broker import is_transient
     from workers.middleware import RecordUnavailable
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from paglets_artifacts import ArtifactStore, InvalidInput
-from paglets_artifacts.layout import StoreLayout
+from paglets_artifacts.store.layout import StoreLayout
 
 ID = "feedface" * 4
 REPO = Path(__file__).resolve().parent.parent
@@ -62,9 +62,9 @@ def test_no_other_module_spells_the_store_paths(module):
 @pytest.mark.parametrize("module", ["layout.py", "index.py", "redis_index.py"])
 def test_the_layout_and_the_indexes_never_import_the_store(module):
     # The store stands on them: an index is given a layout and a ref reader, never the store.
-    tree = ast.parse((REPO / "src" / "paglets_artifacts" / module).read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "src" / "paglets_artifacts" / "store" / module).read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not imported & {"store", "paglets_artifacts.store"}
-    assert "store" not in {
+    assert not imported & {"artifacts", "paglets_artifacts.store.artifacts"}
+    assert "artifacts" not in {
         alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
     }

@@ -17,7 +17,9 @@ import redis
 from typer.testing import CliRunner
 
 from conftest import ROOT
-from paglets_artifacts import ArtifactJobs, Settings, cli, contract
+from paglets_artifacts import ArtifactJobs, Settings
+from paglets_artifacts.cli import commands as cli
+from paglets_artifacts.jobs import contract
 from paglets_artifacts.redis_server import free_port
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -103,7 +105,7 @@ def test_compose_environment_names_are_the_documented_variables():
 
 
 def test_compose_service_commands_are_valid_cli_invocations(monkeypatch, settings):
-    import paglets_artifacts.http_api as http_api
+    import paglets_artifacts.http.app as http_api
 
     calls = []
     monkeypatch.setattr(cli, "_exec", lambda args, env: calls.append(args))
@@ -125,7 +127,7 @@ def test_compose_requires_an_api_key_for_the_published_host(monkeypatch, setting
     API key from the environment, and ``serve`` would refuse too."""
     import yaml
 
-    import paglets_artifacts.http_api as http_api
+    import paglets_artifacts.http.app as http_api
 
     document = yaml.safe_load(COMPOSE)
     key = document["x-environment"]["PAGLETS_ARTIFACTS_API_KEY"]
@@ -305,7 +307,8 @@ def test_the_registry_builds_the_broker_and_registers_every_job_kind_once(settin
 
 def test_the_package_never_imports_the_worker_side():
     code = (
-        "import sys, paglets_artifacts, paglets_artifacts.cli, paglets_artifacts.demo, paglets_artifacts.console; "
+        "import sys, paglets_artifacts, paglets_artifacts.cli.commands, paglets_artifacts.cli.demo, "
+        "paglets_artifacts.cli.console, paglets_artifacts.paglets_host, paglets_artifacts.http.app; "
         "print(sorted(name for name in sys.modules if name == 'workers' or name.startswith('workers.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")

@@ -619,7 +619,7 @@ def test_paglets_host_stops_cleanly_on_sigterm_and_sigint(settings, tmp_path):
 
 
 def test_a_hosts_sweep_and_the_schedulers_never_pile_up_on_each_other(host, settings, tmp_path):
-    from paglets_artifacts import contract
+    from paglets_artifacts.jobs import contract
     from paglets_artifacts.schedule import parse_schedule
     from workers.scheduler import FIRED, SKIPPED_BUSY, Periodic, PeriodicScheduler
 
@@ -644,7 +644,7 @@ def test_a_hosts_sweep_and_the_schedulers_never_pile_up_on_each_other(host, sett
 def test_paglets_host_refuses_to_listen_beyond_loopback_without_an_api_key(settings, tmp_path):
     from typer.testing import CliRunner
 
-    from paglets_artifacts import cli
+    from paglets_artifacts.cli import commands as cli
 
     persistence = tmp_path / "exposed"
     env = {**_host_settings(settings, persistence, settings.namespace).to_env(), "PAGLETS_API_KEY": ""}

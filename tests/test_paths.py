@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from paglets_artifacts import InvalidInput, PathNotAllowed
-from paglets_artifacts.paths import resolve_allowed, resolve_beneath
+from paglets_artifacts.store.paths import resolve_allowed, resolve_beneath
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from conftest import age_temporary_files, wait_until
 from paglets_artifacts import ArtifactStore
-from paglets_artifacts.redis_index import RedisIndex
+from paglets_artifacts.store.redis_index import RedisIndex
 
 HOST = "http://127.0.0.1:8470"
 
@@ -26,7 +26,7 @@ IMPORTER = r"""
 import json, os, random, sys, time
 import redis
 from paglets_artifacts import ArtifactStore, ChecksumMismatch, QuotaExceeded
-from paglets_artifacts.redis_index import RedisIndex
+from paglets_artifacts.store.redis_index import RedisIndex
 
 cfg = json.loads(sys.argv[1])
 client = redis.Redis.from_url(cfg["redis_url"])
@@ -79,7 +79,7 @@ HANGING_IMPORT = r"""
 import json, sys, time
 import redis
 from paglets_artifacts import ArtifactStore
-from paglets_artifacts.redis_index import RedisIndex
+from paglets_artifacts.store.redis_index import RedisIndex
 
 cfg = json.loads(sys.argv[1])
 client = redis.Redis.from_url(cfg["redis_url"])

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import wait_until
-from paglets_artifacts import Settings, cli
+from paglets_artifacts import Settings
+from paglets_artifacts.cli import commands as cli
 from paglets_artifacts.redaction import redact_text, redact_url
 from paglets_artifacts.redis_server import free_port
 
@@ -159,7 +160,7 @@ def _scrape(port: int) -> str | None:
 
 def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settings, tmp_path, workers):
     from paglets_artifacts import ArtifactJobs, ArtifactRef, TransferError
-    from paglets_artifacts.http_api import ServerThread, create_app
+    from paglets_artifacts.http.app import ServerThread, create_app
 
     peer_settings = settings.with_changes(store_root=tmp_path / "peer-store", namespace=settings.namespace + "-peer")
     peer_jobs = ArtifactJobs(settings=peer_settings)

@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from paglets_artifacts import ArtifactRef, ArtifactStore, ChecksumMismatch, QuotaExceeded, Settings
-from paglets_artifacts.index import ScanIndex
-from paglets_artifacts.redis_index import BuildLock, IndexKeys, IndexUnavailable, RedisIndex
-from paglets_artifacts.store import metadata_json
+from paglets_artifacts.store.artifacts import metadata_json
+from paglets_artifacts.store.index import ScanIndex
+from paglets_artifacts.store.redis_index import BuildLock, IndexKeys, IndexUnavailable, RedisIndex
 
 HOST = "http://127.0.0.1:8470"
 

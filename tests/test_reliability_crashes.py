@@ -37,8 +37,8 @@ from benchmarks.stress import (  # noqa: E402
     start_worker,
 )
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
-from paglets_artifacts.contract import MAINTENANCE_QUEUE  # noqa: E402
 from paglets_artifacts.errors import OwnerDeleted, SourceUnavailable  # noqa: E402
+from paglets_artifacts.jobs.contract import MAINTENANCE_QUEUE  # noqa: E402
 
 MiB = 1024 * 1024
 

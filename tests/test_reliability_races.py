@@ -23,7 +23,7 @@ import pytest
 from conftest import age_temporary_files
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings, TransferError
 from paglets_artifacts.errors import error_class
-from paglets_artifacts.index import ScanIndex
+from paglets_artifacts.store.index import ScanIndex
 
 ROUNDS = 12
 OWNERS = ("alpha", "beta")

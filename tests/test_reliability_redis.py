@@ -392,7 +392,7 @@ def test_hosts_and_workers_speak_tls_to_a_password_protected_redis(tls_redis, se
 def test_the_http_host_answers_again_after_redis_restarts(own_redis, own_settings):
     import httpx
 
-    from paglets_artifacts.http_api import ServerThread, create_app
+    from paglets_artifacts.http.app import ServerThread, create_app
 
     jobs = ArtifactJobs(settings=own_settings)
     with ServerThread(create_app(own_settings, jobs=jobs)) as server, httpx.Client(base_url=server.url) as client:
@@ -432,7 +432,7 @@ def hung_settings(own_settings: Settings) -> Settings:
 def test_the_http_host_answers_503_naming_redis_while_redis_hangs(hung_settings, own_redis):
     import httpx
 
-    from paglets_artifacts.http_api import ServerThread, create_app
+    from paglets_artifacts.http.app import ServerThread, create_app
 
     with ServerThread(create_app(hung_settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         uploaded = http.post("/artifacts", params={"owner_agent_id": "o"}, content=b"before")
@@ -468,7 +468,7 @@ def test_the_http_host_answers_503_naming_redis_while_redis_hangs(hung_settings,
 def test_the_cli_and_a_host_get_an_error_naming_redis_while_redis_hangs(hung_settings, own_redis):
     from typer.testing import CliRunner
 
-    from paglets_artifacts import cli
+    from paglets_artifacts.cli import commands as cli
 
     env = hung_settings.to_env()
     with ArtifactJobs(settings=hung_settings) as host:
@@ -503,8 +503,8 @@ def test_the_redis_timeout_is_a_setting_with_a_default():
 
 
 def test_every_client_of_a_host_the_cli_and_the_http_host_carries_the_redis_timeout(hung_settings):
-    from paglets_artifacts import cli
-    from paglets_artifacts.jobs import connect
+    from paglets_artifacts.cli import commands as cli
+    from paglets_artifacts.jobs.client import connect
 
     def timeouts(client: redis.Redis) -> tuple:
         options = client.connection_pool.connection_kwargs

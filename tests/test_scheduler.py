@@ -21,8 +21,9 @@ import pytest
 import redis
 
 from conftest import ROOT, wait_until
-from paglets_artifacts import ArtifactJobs, Settings, contract
-from paglets_artifacts.records import SUCCEEDED
+from paglets_artifacts import ArtifactJobs, Settings
+from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.records import SUCCEEDED
 from paglets_artifacts.redis_server import free_port
 from paglets_artifacts.schedule import parse_schedule
 from workers.scheduler import (

@@ -242,8 +242,8 @@ def test_host_key_matches_by_origin():
 def test_a_url_without_a_valid_origin_gets_no_key_and_is_not_allowed(url):
     """One origin rule (paglets_artifacts.origins) for a host's key and the allow-list: a URL
     whose port cannot be parsed matches no configured host in either, even one spelled alike."""
+    from paglets_artifacts.http.remote import host_allowed
     from paglets_artifacts.origins import url_origin
-    from paglets_artifacts.remote import host_allowed
 
     hosts = ("http://peer.example", "http://peer.example:99999", "http://peer.example:notaport", "http://[::1")
     settings = Settings(host_api_keys=tuple((host, "k") for host in hosts))
@@ -253,7 +253,7 @@ def test_a_url_without_a_valid_origin_gets_no_key_and_is_not_allowed(url):
 
 
 def test_host_key_and_the_allow_list_agree_on_every_origin():
-    from paglets_artifacts.remote import host_allowed
+    from paglets_artifacts.http.remote import host_allowed
 
     hosts = ("http://peer.example", "https://peer.example:8443", "http://other.example:8470")
     settings = Settings(host_api_keys=tuple((host, f"key-{i}") for i, host in enumerate(hosts)))
@@ -338,7 +338,7 @@ def test_an_allowed_root_beside_the_store_is_accepted(tmp_path):
 def test_workers_and_the_cli_refuse_an_allowed_root_around_the_store(settings, workers, tmp_path):
     from typer.testing import CliRunner
 
-    from paglets_artifacts import cli
+    from paglets_artifacts.cli import commands as cli
 
     overlapping = {PREFIX + "ALLOWED_ROOTS": str(tmp_path)}  # tmp_path holds the store
     process = workers.start(extra_env=overlapping)

@@ -39,7 +39,7 @@ from paglets_artifacts import (
     paglet_file_ref_from_path,
     safe_target_filename,
 )
-from paglets_artifacts.store import OwnerDeletion, metadata_json, parse_content_length
+from paglets_artifacts.store.artifacts import OwnerDeletion, metadata_json, parse_content_length
 
 HOST = "http://host-a:8470"
 FIXED_ID = "feedface" * 4

@@ -22,9 +22,9 @@ from paglets_artifacts import (
     copy_path,
     copy_stream,
     file_sha256,
-    streams,
 )
-from paglets_artifacts.streams import (
+from paglets_artifacts.store import streams
+from paglets_artifacts.store.streams import (
     MAX_CHUNK_LINE_BYTES,
     MAX_CHUNK_TRAILER_BYTES,
     create_exclusive,

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ReadOnly
-from paglets_artifacts import streams
 from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch, TransferError
-from paglets_artifacts.store import ArtifactStore
-from paglets_artifacts.streams import (
+from paglets_artifacts.store import streams
+from paglets_artifacts.store.artifacts import ArtifactStore
+from paglets_artifacts.store.streams import (
     LimitedRequestReader,
     file_sha256,
     hashed_copy,

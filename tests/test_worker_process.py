@@ -7,7 +7,7 @@ import signal
 import sys
 
 from conftest import ROOT
-from paglets_artifacts.worker_process import REGISTRY_MODULE, WORKER_TIMEOUT_VARIABLE, WorkerProcess
+from paglets_artifacts.jobs.worker_process import REGISTRY_MODULE, WORKER_TIMEOUT_VARIABLE, WorkerProcess
 
 
 def test_the_command_loads_the_registry_then_the_extra_modules_then_the_options():

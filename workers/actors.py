@@ -20,7 +20,6 @@ from typing import Any
 
 import dramatiq
 
-from paglets_artifacts import contract
 from paglets_artifacts.errors import (
     ArtifactNotFound,
     InvalidInput,
@@ -29,9 +28,10 @@ from paglets_artifacts.errors import (
     Superseded,
     TransferError,
 )
-from paglets_artifacts.paths import AllowedPath, resolve_beneath
+from paglets_artifacts.jobs import contract
 from paglets_artifacts.settings import Settings
-from paglets_artifacts.streams import hashed_read
+from paglets_artifacts.store.paths import AllowedPath, resolve_beneath
+from paglets_artifacts.store.streams import hashed_read
 
 from .context import context
 from .middleware import current_job

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import redis
 
-from paglets_artifacts.records import JobRecords
+from paglets_artifacts.jobs.records import JobRecords
 from paglets_artifacts.settings import Settings, SettingsError
-from paglets_artifacts.store import ArtifactStore
+from paglets_artifacts.store.artifacts import ArtifactStore
 
 
 @dataclass

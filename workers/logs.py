@@ -16,7 +16,7 @@ from dramatiq import Middleware
 from dramatiq.middleware import CurrentMessage
 
 from paglets_artifacts import logging_setup
-from paglets_artifacts.contract import ARTIFACT_FROM_JOB_ID_KINDS, KINDS_BY_ACTOR
+from paglets_artifacts.jobs.contract import ARTIFACT_FROM_JOB_ID_KINDS, KINDS_BY_ACTOR
 from paglets_artifacts.logging_setup import CONTEXT_FIELDS
 from paglets_artifacts.settings import Settings
 

@@ -28,11 +28,11 @@ from typing import Any
 
 from dramatiq import Middleware
 
-from paglets_artifacts import contract
-from paglets_artifacts.contract import KINDS_BY_ACTOR
-from paglets_artifacts.records import FAILED, SUCCEEDED
+from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.contract import KINDS_BY_ACTOR
+from paglets_artifacts.jobs.records import FAILED, SUCCEEDED
+from paglets_artifacts.jobs.worker_process import METRICS_DIR_PREFIX
 from paglets_artifacts.settings import Settings
-from paglets_artifacts.worker_process import METRICS_DIR_PREFIX
 
 from .middleware import current_job
 
@@ -237,7 +237,7 @@ class StoreCollector:
         if self._store is None:
             import redis
 
-            from paglets_artifacts.store import ArtifactStore
+            from paglets_artifacts.store.artifacts import ArtifactStore
 
             client = redis.Redis.from_url(self.settings.redis_url)
             self._store = ArtifactStore.from_settings(self.settings, redis=client)

@@ -14,9 +14,9 @@ import redis
 from dramatiq import Middleware
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
-from paglets_artifacts.contract import KINDS_BY_ACTOR
 from paglets_artifacts.errors import Transient
-from paglets_artifacts.records import FAILED, SUCCEEDED
+from paglets_artifacts.jobs.contract import KINDS_BY_ACTOR
+from paglets_artifacts.jobs.records import FAILED, SUCCEEDED
 from paglets_artifacts.redaction import redact_text
 
 from .context import context

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from paglets_artifacts import contract
-from paglets_artifacts.paths import resolve_beneath
+from paglets_artifacts.http.remote import RemoteTransfers
+from paglets_artifacts.jobs import contract
 from paglets_artifacts.refs import ArtifactRef
-from paglets_artifacts.remote import RemoteTransfers
-from paglets_artifacts.streams import hashed_read
+from paglets_artifacts.store.paths import resolve_beneath
+from paglets_artifacts.store.streams import hashed_read
 
 from .actors import (
     artifact_id_for_job,

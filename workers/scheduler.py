@@ -38,10 +38,10 @@ from typing import Any
 import redis
 from dramatiq.common import dq_name
 
-from paglets_artifacts import contract
-from paglets_artifacts.jobs import ArtifactJobs, Job
+from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.client import ArtifactJobs, Job
+from paglets_artifacts.jobs.records import FINAL_STATES, STATES
 from paglets_artifacts.logging_setup import configure_logging
-from paglets_artifacts.records import FINAL_STATES, STATES
 from paglets_artifacts.schedule import Schedule, parse_schedule
 from paglets_artifacts.settings import Settings, SettingsError
 

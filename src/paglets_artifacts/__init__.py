@@ -26,9 +26,8 @@ from .errors import (
     Transient,
     UploadTooSlow,
 )
-from .jobs import ArtifactJobs, Job
-from .layout import StoreLayout
-from .records import JobRecord
+from .jobs.client import ArtifactJobs, Job
+from .jobs.records import JobRecord
 from .refs import (
     ARTIFACT_COPY,
     ARTIFACT_MOVE,
@@ -44,7 +43,7 @@ from .refs import (
     PagletFileRef,
 )
 from .settings import Settings, SettingsError
-from .store import (
+from .store.artifacts import (
     ArtifactStore,
     OwnerDeletion,
     SweepReport,
@@ -52,7 +51,8 @@ from .store import (
     paglet_file_ref_from_path,
     safe_target_filename,
 )
-from .streams import ChunkedRequestReader, LimitedRequestReader, copy_path, copy_stream, file_sha256
+from .store.layout import StoreLayout
+from .store.streams import ChunkedRequestReader, LimitedRequestReader, copy_path, copy_stream, file_sha256
 
 __all__ = [
     "ARTIFACT_COPY",

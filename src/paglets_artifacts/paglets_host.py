@@ -56,16 +56,16 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "paglets_artifacts.paglets_host needs paglets 2.x: pip install 'paglets-artifacts[paglets]'"
     ) from exc
 
-from . import contract
 from .errors import InvalidInput, JobTimeout, PathNotAllowed, QuotaExceeded, TransferError
-from .jobs import ArtifactJobs, Job
+from .http.remote import host_allowed
+from .jobs import contract
+from .jobs.client import ArtifactJobs, Job
+from .jobs.records import QUEUED
 from .logging_setup import configure_logging
-from .paths import AllowedPath, resolve_allowed
-from .records import QUEUED
 from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult
-from .remote import host_allowed
 from .settings import Settings, SettingsError
-from .store import ArtifactStore, Progress, request_body
+from .store.artifacts import ArtifactStore, Progress, request_body
+from .store.paths import AllowedPath, resolve_allowed
 
 logger = logging.getLogger("paglets_artifacts.paglets_host")
 
@@ -607,7 +607,7 @@ def run_host(
 
     from paglets.runtime.host import Host
 
-    from .http_api import is_loopback
+    from .http.app import is_loopback
 
     configure_logging(settings, keep_existing=True)  # a host operator reads which job moved which file
     if not api_key and not is_loopback(bind):

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import redis
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 QUEUED = "queued"
 RUNNING = "running"

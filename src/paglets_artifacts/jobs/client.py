@@ -16,10 +16,10 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from ..errors import JobTimeout, error_class
+from ..settings import Settings
 from . import contract
-from .errors import JobTimeout, error_class
 from .records import FAILED, JobRecord, JobRecords
-from .settings import Settings
 
 #: Pause between two attempts to reach Redis while a caller waits for a job.
 RECONNECT_DELAY_SECONDS = 0.2

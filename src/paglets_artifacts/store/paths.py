@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInput, PathNotAllowed
+from ..errors import InvalidInput, PathNotAllowed
 
 
 def resolve_allowed(

@@ -36,15 +36,15 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
+from ..errors import JobTimeout, TransferError, Transient
+from ..jobs import contract
+from ..jobs.client import ArtifactJobs, Job, connect
+from ..jobs.records import FAILED, STATES
+from ..jobs.worker_process import WorkerProcess, scheduler_available
+from ..logging_setup import configure_logging
+from ..redaction import redact_text, redact_url
+from ..settings import PREFIX, Settings, SettingsError
 from . import console as views
-from . import contract
-from .errors import JobTimeout, TransferError, Transient
-from .jobs import ArtifactJobs, Job, connect
-from .logging_setup import configure_logging
-from .records import FAILED, STATES
-from .redaction import redact_text, redact_url
-from .settings import PREFIX, Settings, SettingsError
-from .worker_process import WorkerProcess, scheduler_available
 
 #: How many recent jobs a job id prefix is looked for in.
 RECENT_JOBS_SEARCHED = 1000
@@ -432,7 +432,7 @@ def _find_job(client: ArtifactJobs, job_id: str) -> Job:
 
 
 def _open_store(settings: Settings) -> Any:
-    from .store import ArtifactStore
+    from ..store.artifacts import ArtifactStore
 
     return ArtifactStore.from_settings(settings, redis=connect(settings))
 
@@ -557,11 +557,11 @@ def serve(
     if insecure:
         settings = settings.with_changes(allow_insecure=True)
     try:
-        from .http_api import serve as serve_http
+        from ..http.app import serve as serve_http
     except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.http_api":
+        if exc.name != "paglets_artifacts.http.app":
             raise
-        raise RuntimeError("the HTTP API (paglets_artifacts.http_api) is not installed") from None
+        raise RuntimeError("the HTTP API (paglets_artifacts.http.app) is not installed") from None
     if port is None:
         parts = urlsplit(settings.host_url)
         port = parts.port or (443 if parts.scheme == "https" else 8470)
@@ -620,7 +620,7 @@ def paglets_host(
     """Run a real paglets host with offloading attached: its artifact work runs as jobs."""
     settings = _begin(ctx)
     try:
-        from .paglets_host import run_host
+        from ..paglets_host import run_host
     except ImportError as exc:
         raise RuntimeError(str(exc)) from None
     changes: dict[str, Any] = {}

@@ -27,11 +27,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import contract
-from .errors import JobTimeout
-from .jobs import Job
-from .records import FAILED, RETRYING, RUNNING, SUCCEEDED, JobRecord
-from .refs import ArtifactRef
+from ..errors import JobTimeout
+from ..jobs import contract
+from ..jobs.client import Job
+from ..jobs.records import FAILED, RETRYING, RUNNING, SUCCEEDED, JobRecord
+from ..refs import ArtifactRef
 
 #: Job kinds that move bytes and report byte progress.
 TRANSFER_KINDS = contract.TRANSFER_KINDS

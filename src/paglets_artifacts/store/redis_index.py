@@ -36,10 +36,10 @@ from typing import Any, cast
 
 import redis
 
-from .errors import ArtifactNotFound, QuotaExceeded, TransferError
+from ..errors import ArtifactNotFound, QuotaExceeded, TransferError
+from ..refs import ArtifactRef
 from .index import IndexUnavailable, RefReader
 from .layout import StoreLayout
-from .refs import ArtifactRef
 
 __all__ = ["IndexUnavailable", "IndexKeys", "RedisIndex", "ReconcileReport"]
 

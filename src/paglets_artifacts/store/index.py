@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import redis
 
-from .errors import QuotaExceeded, TransferError, Transient
+from ..errors import QuotaExceeded, TransferError, Transient
+from ..refs import ArtifactRef
 from .layout import StoreLayout
-from .refs import ArtifactRef
 
 #: Reads one artifact's ref from its metadata file (``StoreLayout.read_ref``).
 RefReader = Callable[[str], ArtifactRef]

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import ArtifactNotFound, InvalidInput, TransferError
-from .refs import ArtifactRef, validate_artifact_id
+from ..errors import ArtifactNotFound, InvalidInput, TransferError
+from ..refs import ArtifactRef, validate_artifact_id
 
 BLOB_SUFFIX = ".bin"
 METADATA_SUFFIX = ".json"

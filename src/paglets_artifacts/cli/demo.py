@@ -38,15 +38,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from ..jobs.client import ArtifactJobs, Job, connect
+from ..jobs.records import FAILED, JobRecord
+from ..jobs.worker_process import WorkerProcess, scheduler_available
+from ..redaction import redact_url
+from ..redis_server import EmbeddedRedis, _die_with_parent, free_port
+from ..settings import Settings, delete_namespace
+from ..store.layout import StoreLayout
+from ..store.streams import file_sha256
 from . import console as views
-from .jobs import ArtifactJobs, Job, connect
-from .layout import StoreLayout
-from .records import FAILED, JobRecord
-from .redaction import redact_url
-from .redis_server import EmbeddedRedis, _die_with_parent, free_port
-from .settings import Settings, delete_namespace
-from .streams import file_sha256
-from .worker_process import WorkerProcess, scheduler_available
 
 MIB = 1024 * 1024
 #: The owner whose artifacts the demo imports and then deletes.

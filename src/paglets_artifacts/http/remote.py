@@ -34,14 +34,14 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch, Transient
-from .origins import url_origin
-from .paths import AllowedPath
-from .redaction import redact_url
-from .refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
-from .settings import Settings
-from .store import ArtifactStore, Progress
-from .streams import create_exclusive, write_all
+from ..errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch, Transient
+from ..origins import url_origin
+from ..redaction import redact_url
+from ..refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
+from ..settings import Settings
+from ..store.artifacts import ArtifactStore, Progress
+from ..store.paths import AllowedPath
+from ..store.streams import create_exclusive, write_all
 
 #: Timeouts of every remote request: 10 s to connect, 60 s of silence while reading or writing.
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)

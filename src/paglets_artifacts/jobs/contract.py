@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import InvalidInput
-from .redaction import redact_url
-from .refs import validate_artifact_id, validate_expires_at, validate_sha256
+from ..errors import InvalidInput
+from ..redaction import redact_url
+from ..refs import validate_artifact_id, validate_expires_at, validate_sha256
 
 #: Queue of imports and exports (long transfers).
 TRANSFER_QUEUE = "artifact-transfers"

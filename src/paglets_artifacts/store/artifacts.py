@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from .errors import (
+from ..errors import (
     ArtifactNotFound,
     ArtifactTooLarge,
     ChecksumMismatch,
@@ -33,11 +33,7 @@ from .errors import (
     Superseded,
     TransferError,
 )
-from .index import IndexUnavailable, ScanIndex, StoreIndex
-from .layout import StoreLayout, metadata_json
-from .paths import AllowedPath
-from .redis_index import RedisIndex
-from .refs import (
+from ..refs import (
     ARTIFACT_COPY,
     ARTIFACT_STATUS_REGISTERED,
     DEFAULT_ARTIFACT_MAX_BYTES,
@@ -51,6 +47,10 @@ from .refs import (
     validate_expires_at,
     validate_sha256,
 )
+from .index import IndexUnavailable, ScanIndex, StoreIndex
+from .layout import StoreLayout, metadata_json
+from .paths import AllowedPath
+from .redis_index import RedisIndex
 from .streams import (
     ChunkedRequestReader,
     LimitedRequestReader,

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, SizeMismatch, TransferError
-from .refs import STREAM_CHUNK_BYTES
+from ..errors import InvalidInput, SizeMismatch, TransferError
+from ..refs import STREAM_CHUNK_BYTES
 
 #: Longest chunk-size line (size, extensions, CRLF) a chunked body may carry.
 MAX_CHUNK_LINE_BYTES = 4096

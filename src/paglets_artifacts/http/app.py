@@ -53,8 +53,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import contract
-from .errors import (
+from ..errors import (
     ArtifactNotFound,
     ArtifactTooLarge,
     AuthenticationError,
@@ -67,14 +66,15 @@ from .errors import (
     TransferError,
     UploadTooSlow,
 )
-from .http_metrics import HostMetrics, RequestMetrics
-from .jobs import ArtifactJobs
-from .records import STATES, JobRecord
-from .redaction import redact_url
-from .refs import STREAM_CHUNK_BYTES, ArtifactRef, validate_artifact_id, validate_expires_at
+from ..jobs import contract
+from ..jobs.client import ArtifactJobs
+from ..jobs.records import STATES, JobRecord
+from ..redaction import redact_url
+from ..refs import STREAM_CHUNK_BYTES, ArtifactRef, validate_artifact_id, validate_expires_at
+from ..settings import Settings, SettingsError
+from ..store.artifacts import ArtifactStore, parse_content_length
+from .metrics import HostMetrics, RequestMetrics
 from .remote import SHA256_HEADER
-from .settings import Settings, SettingsError
-from .store import ArtifactStore, parse_content_length
 
 logger = logging.getLogger("paglets_artifacts.http")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .settings import Settings
+from ..settings import Settings
 
 #: The module a worker process loads: the broker, and every actor registered on it.
 REGISTRY_MODULE = "workers.registry"

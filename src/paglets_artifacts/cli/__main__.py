@@ -1,0 +1,5 @@
+"""``python -m paglets_artifacts.cli``: the ``paglets-artifacts`` command."""
+
+from .commands import main
+
+main()
