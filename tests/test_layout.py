@@ -51,7 +51,7 @@ def _spelled_names(path: Path) -> set[str]:
     sorted(
         str(path.relative_to(REPO))
         for folder in ("src/paglets_artifacts", "workers")
-        for path in (REPO / folder).glob("*.py")
+        for path in (REPO / folder).rglob("*.py")
         if path.name != "layout.py"
     ),
 )
