@@ -25,7 +25,7 @@ MAINTENANCE_QUEUE = "artifact-maintenance"
 Check = Callable[[str, Any], Any]
 
 
-def _text(name: str, value: Any) -> str:
+def _string_argument(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"argument {name!r} must be a string, got {type(value).__name__}")
     if "\x00" in value:
@@ -34,7 +34,7 @@ def _text(name: str, value: Any) -> str:
 
 
 def _non_empty(name: str, value: Any) -> str:
-    text = _text(name, value)
+    text = _string_argument(name, value)
     if not text.strip():
         raise InvalidInput(f"argument {name!r} must not be empty")
     return text
@@ -48,7 +48,7 @@ def _abs_path(name: str, value: Any) -> str:
 
 
 def _optional_text(name: str, value: Any) -> str | None:
-    return None if value is None else _text(name, value)
+    return None if value is None else _string_argument(name, value)
 
 
 def _optional_sha(name: str, value: Any) -> str | None:
@@ -122,7 +122,7 @@ class ArgumentType:
     url: bool = False
 
 
-TEXT = ArgumentType(_text, {"type": "string"})
+TEXT = ArgumentType(_string_argument, {"type": "string"})
 NON_EMPTY_TEXT = ArgumentType(_non_empty, {"type": "string", "minLength": 1})
 ABSOLUTE_PATH = ArgumentType(_abs_path, {"type": "string", "pattern": "^/"})
 OPTIONAL_TEXT = ArgumentType(_optional_text, {"type": ["string", "null"]})

@@ -398,7 +398,7 @@ class RedisIndex:
         caller that only reads can scan the directory instead)."""
         try:
             self.ensure_built()
-            return sorted(_text(item) for item in self.client.smembers(self.keys.owner(owner_agent_id)))
+            return sorted(_decoded(item) for item in self.client.smembers(self.keys.owner(owner_agent_id)))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if isinstance(exc, IndexUnavailable):
                 raise
@@ -407,11 +407,11 @@ class RedisIndex:
     def expired_ids(self, now: float) -> list[str]:
         self.ensure_built()
         found = cast("list[bytes]", self.client.zrangebyscore(self.keys.expiry, "(0", repr(float(now))))
-        return [_text(item) for item in found]
+        return [_decoded(item) for item in found]
 
     def all_ids(self) -> list[str]:
         self.ensure_built()
-        return sorted(_text(item) for item in self.client.hkeys(self.keys.sizes))
+        return sorted(_decoded(item) for item in self.client.hkeys(self.keys.sizes))
 
     # ------------------------------------------------------------------ figures
 
@@ -519,7 +519,7 @@ class RedisIndex:
         # and is re-checked below instead of being taken for gone.
         blobs = self.layout.blobs()
         metas = self.layout.metadata_files()
-        indexed = {_text(key): int(value) for key, value in self.client.hscan_iter(k.sizes, count=BATCH_SIZE)}
+        indexed = {_decoded(key): int(value) for key, value in self.client.hscan_iter(k.sizes, count=BATCH_SIZE)}
         on_disk = [artifact_id for artifact_id in metas if artifact_id in blobs]
         to_read = on_disk if mode in ("build", "rebuild") else [i for i in on_disk if i not in indexed]
         upsert_mode = "sync" if mode == "rebuild" else "adopt"
@@ -612,7 +612,7 @@ def _batches(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _text(value: bytes | str) -> str:
+def _decoded(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
