@@ -202,24 +202,7 @@ class RemoteTransfers:
         remote_ref = self._remote_ref(url) if _ARTIFACT_PATH.search(urlsplit(url).path) else None
         with self.client.stream("GET", url, headers=self._headers(url)) as response:
             _raise_for_status(response, url)
-            announced = _announced_sha(response, url)
-            length = _content_length(response)
-            sha = _agree(
-                "SHA-256",
-                url,
-                ChecksumMismatch,
-                ("expected", expected),
-                ("remote ref", remote_ref.sha256 if remote_ref else None),
-                (SHA256_HEADER, announced),
-            )
-            size = _agree(
-                "size",
-                url,
-                SizeMismatch,
-                ("expected", expected_size),
-                ("remote ref", remote_ref.size_bytes if remote_ref else None),
-                ("Content-Length", length),
-            )
+            sha, size = _claims(response, url, remote_ref, expected, expected_size)
             return store.create_from_stream(
                 _ChunkIteratorStream(response.iter_bytes(STREAM_CHUNK_BYTES)),
                 size_bytes=-1 if size is None else size,
@@ -386,22 +369,7 @@ class RemoteTransfers:
                 os.unlink(part_name, dir_fd=dir_fd)  # a killed attempt's, of the same job
             with self.client.stream("GET", url, headers=self._headers(url)) as response:
                 _raise_for_status(response, url)
-                sha = _agree(
-                    "SHA-256",
-                    url,
-                    ChecksumMismatch,
-                    ("expected", expected),
-                    ("remote ref", remote_ref.sha256 if remote_ref else None),
-                    (SHA256_HEADER, _announced_sha(response, url)),
-                )
-                size = _agree(
-                    "size",
-                    url,
-                    SizeMismatch,
-                    ("expected", expected_size),
-                    ("remote ref", remote_ref.size_bytes if remote_ref else None),
-                    ("Content-Length", _content_length(response)),
-                )
+                sha, size = _claims(response, url, remote_ref, expected, expected_size)
                 fd = create_exclusive(part_name, dir_fd=dir_fd)
                 try:
                     digest, written = hashlib.sha256(), 0
@@ -511,6 +479,30 @@ def _content_length(response: httpx.Response) -> int | None:
         return None  # the length of the encoded body, not of the bytes we store
     value = response.headers.get("content-length")
     return int(value) if value and value.isdigit() else None
+
+
+def _claims(
+    response: httpx.Response, url: str, remote_ref: ArtifactRef | None, sha256: str | None, size: int | None
+) -> tuple[str | None, int | None]:
+    """The SHA-256 and size a download must have: the caller's, the remote ref's and the
+    answer's headers, which must agree (``ChecksumMismatch`` / ``SizeMismatch`` at once if not)."""
+    sha = _agree(
+        "SHA-256",
+        url,
+        ChecksumMismatch,
+        ("expected", sha256),
+        ("remote ref", remote_ref.sha256 if remote_ref else None),
+        (SHA256_HEADER, _announced_sha(response, url)),
+    )
+    length = _agree(
+        "size",
+        url,
+        SizeMismatch,
+        ("expected", size),
+        ("remote ref", remote_ref.size_bytes if remote_ref else None),
+        ("Content-Length", _content_length(response)),
+    )
+    return sha, length
 
 
 def _agree(what: str, url: str, error: type[Exception], *claims: tuple[str, Any]) -> Any:
