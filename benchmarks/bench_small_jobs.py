@@ -412,7 +412,9 @@ def run(
             for fsync, rig in rigs.items():
                 with small_session(rig) as (jobs, events):
                     for batch in (False, True):
-                        for name, seconds in small_pass(rig, jobs, events, f"r{r}{batch:d}", jobs_per_pass, batch).items():
+                        for name, seconds in small_pass(
+                            rig, jobs, events, f"r{r}{batch:d}", jobs_per_pass, batch
+                        ).items():
                             small.setdefault(f"{name}, {suffix(fsync)}", []).append(jobs_per_pass / seconds)
         client.close()
         big = big_rows(url, work, big_bytes, levels, runs, threads) if levels else []
