@@ -104,13 +104,20 @@ def artifact_id_for_job() -> str:
         raise InvalidInput(f"job id {job_id!r} is not a UUID (enqueue jobs with ArtifactJobs)") from None
 
 
-def check_owner_alive(owner_agent_id: str) -> None:
-    """Fail an import enqueued before its owner was deleted (see README: owner deletion)."""
+def check_owner_alive(owner_agent_id: str, *, at_start: bool = False) -> None:
+    """Fail an import enqueued before its owner was deleted (see README: owner deletion).
+
+    ``at_start``: by the tombstone read with the job's start (its first check, before it
+    touches its source), rather than by reading it now."""
     if not owner_agent_id:
         return
-    ctx = context()
-    deleted_at = ctx.client.get(ctx.tombstone_key(owner_agent_id))
-    if deleted_at is not None and float(deleted_at) >= current_job().enqueued_at:
+    job = current_job()
+    if at_start:
+        deleted_at = job.owner_tombstone
+    else:
+        ctx = context()
+        deleted_at = ctx.client.get(ctx.tombstone_key(owner_agent_id))
+    if deleted_at is not None and float(deleted_at) >= job.enqueued_at:
         raise OwnerDeleted(f"owner {owner_agent_id!r} was deleted after this import was enqueued")
 
 
@@ -191,7 +198,7 @@ def _import_file(
     # Opened beneath its allowed root later, no link followed: a directory of the path
     # swapped for a symlink after this check is refused, not followed out of the root.
     source = resolve_beneath(path, context().settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
-    check_owner_alive(owner_agent_id)
+    check_owner_alive(owner_agent_id, at_start=True)
     # Idempotent by the job's artifact id: one committed by an attempt that died (or lost
     # Redis) before it finished is returned, added to the index, and a moved source removed.
     result = ctx.store.create_from_path(
