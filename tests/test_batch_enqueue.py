@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from collections.abc import Iterator
 
+import httpx
 import pytest
 
-from paglets_artifacts import ArtifactRef, InvalidInput
+from conftest import wait_until
+from paglets_artifacts import ArtifactRef, ArtifactStore, InvalidInput
+from paglets_artifacts.http.app import create_app
+from paglets_artifacts.http.limits import MAX_JOB_BATCH_BODY_BYTES, MAX_JOB_BODY_BYTES
+from paglets_artifacts.http.openapi import openapi_document
+from paglets_artifacts.http.server import ServerThread
 from paglets_artifacts.jobs import contract
 
 
@@ -85,3 +93,71 @@ def test_a_batch_must_be_a_list_within_the_bound(jobs, redis_client, settings, f
     assert jobs.import_files([]) == []
     assert jobs.jobs() == []
     assert _queued_messages(redis_client, settings) == 0
+
+
+# ---------------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture
+def client(settings, jobs) -> Iterator[httpx.Client]:
+    store = ArtifactStore.from_settings(settings, redis=jobs.client)
+    with ServerThread(create_app(settings, store=store, jobs=jobs)) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            yield http
+
+
+def test_post_jobs_with_an_array_runs_one_job_per_item(client, workers, files):
+    workers.start(threads=4)
+    sources = [files / f"http-{i}.bin" for i in range(3)]
+    for source in sources:
+        source.write_bytes(os.urandom(2048))
+    answer = client.post("/jobs/import", json=[{"path": str(s), "owner_agent_id": "o"} for s in sources])
+    assert answer.status_code == 202, answer.text
+    accepted = answer.json()["jobs"]
+    assert [a["kind"] for a in accepted] == ["import"] * 3 and len({a["job_id"] for a in accepted}) == 3
+    for item, source in zip(accepted, sources, strict=True):
+        assert item["status_url"].endswith(f"/jobs/{item['job_id']}")
+        record = wait_until(
+            lambda url=item["status_url"]: (
+                (r := client.get(url).json()["job"])["state"] in ("succeeded", "failed") and r
+            )
+        )
+        assert record["state"] == "succeeded", record
+        assert record["arguments"]["path"] == str(source)
+        assert client.get(f"/artifacts/{record['result']['artifact_id']}").content == source.read_bytes()
+    # The single form still answers one job.
+    single = client.post("/jobs/sweep", json={}).json()
+    assert set(single) == {"job_id", "kind", "status_url"}
+
+
+def test_a_bad_batch_over_http_is_a_400_naming_the_item_and_enqueues_nothing(client, jobs, files):
+    good = {"path": str(files / "a.bin")}
+    refused = client.post("/jobs/import", json=[good, good, good, {"path": "relative.bin"}])
+    assert refused.status_code == 400 and refused.json()["error_class"] == "InvalidInput"
+    assert refused.json()["error"].startswith("item 3: ")
+    refused = client.post("/jobs/import", json=[good] * (contract.MAX_BATCH_JOBS + 1))
+    assert refused.status_code == 400 and f"at most {contract.MAX_BATCH_JOBS} jobs" in refused.json()["error"]
+    refused = client.post("/jobs/import", content=b"[1]")
+    assert refused.status_code == 400 and "item 0: " in refused.json()["error"]
+    refused = client.post("/jobs/import", content=b'"a string"')
+    assert refused.status_code == 400 and "object or an array" in refused.json()["error"]
+    # A batch may be larger than one job's arguments, within its own bound.
+    long_names = [{**good, "name": "n" * 1000} for _ in range(100)]
+    body = json.dumps(long_names).encode()
+    assert MAX_JOB_BODY_BYTES < len(body) < MAX_JOB_BATCH_BODY_BYTES
+    assert client.post("/jobs/import", content=body).status_code == 202
+    assert len(jobs.jobs(limit=200)) == 100
+    too_big = b"[" + b" " * MAX_JOB_BATCH_BODY_BYTES + b"]"
+    refused = client.post("/jobs/import", content=too_big)
+    assert refused.status_code == 400 and f"larger than {MAX_JOB_BATCH_BODY_BYTES}" in refused.json()["error"]
+    assert client.post("/jobs/import", json=[]).json() == {"jobs": []}
+    assert len(jobs.jobs(limit=200)) == 100  # nothing more was enqueued
+
+
+def test_the_openapi_document_describes_the_batch_form():
+    post = openapi_document()["paths"]["/jobs/import"]["post"]
+    forms = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert forms[0] == {"$ref": "#/components/schemas/import_arguments"}
+    assert forms[1]["type"] == "array" and forms[1]["maxItems"] == contract.MAX_BATCH_JOBS
+    answers = post["responses"]["202"]["content"]["application/json"]["schema"]["oneOf"]
+    assert {"$ref": "#/components/schemas/JobsAccepted"} in answers

@@ -359,7 +359,11 @@ def test_record_scripts_spell_the_states_of_records_py():
     from paglets_artifacts.jobs import records
 
     for script in (records._UPDATE_UNLESS_FINAL, records._FINISH, records._START):
-        assert not re.search(r"\{[A-Z_]+\}", script) and f'"{records.SUCCEEDED}"' in script and f'"{records.FAILED}"' in script
+        assert (
+            not re.search(r"\{[A-Z_]+\}", script)
+            and f'"{records.SUCCEEDED}"' in script
+            and f'"{records.FAILED}"' in script
+        )
     assert f"'state', \"{records.RUNNING}\"" in records._START
 
 

@@ -9,8 +9,9 @@ with a paglets host, so paglets' own HTTP client works against it unchanged:
     GET    /artifacts/{id}/metadata                                      -> {"artifact": ref}
     DELETE /artifacts/{id}                                               -> {"ok": true}
 
-Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL),
-``GET /jobs/{id}``, ``GET /jobs`` and ``GET /openapi.json``.
+Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL; with a
+JSON array, a batch: ``{"jobs": [...]}``, read by :mod:`.job_bodies`), ``GET /jobs/{id}``,
+``GET /jobs`` and ``GET /openapi.json``.
 
 Errors are answered as :mod:`.responses` says; the API key is checked by :mod:`.auth`;
 upload bodies are paced and admitted by :mod:`.uploads`; :mod:`.server` serves the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -51,11 +51,10 @@ from ..refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
 from .auth import BearerAuth
+from .job_bodies import read_job_body
 from .limits import (
     MAX_CONCURRENT_UPLOADS,
-    MAX_JOB_BODY_BYTES,
     MAX_JOB_LIST,
-    MAX_JSON_DEPTH,
     UPLOAD_RESERVATION_STEP_BYTES,
 )
 from .metrics import HostMetrics, RequestMetrics
@@ -198,17 +197,21 @@ class ArtifactAPI:
             raise UnknownJobKind(
                 f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}"
             )
-        arguments = await _json_object(request)
+        body = await read_job_body(request)
+        if isinstance(body, list):  # a batch: every item checked, then all enqueued at once
+            jobs = await self._sync(self.jobs.enqueue_many, kind, body)
+            accepted = [self._accepted(request, kind, job.id) for job in jobs]
+            return JSONResponse({"jobs": accepted}, status_code=202)
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
-        kind.validate(arguments)
-        job = await self._sync(self.jobs.enqueue, kind, **arguments)
-        status_url = str(request.url_for("job", job_id=job.id))
-        return JSONResponse(
-            {"job_id": job.id, "kind": kind.name, "status_url": status_url},
-            status_code=202,
-            headers={"Location": status_url},
-        )
+        kind.validate(body)
+        job = await self._sync(self.jobs.enqueue, kind, **body)
+        accepted = self._accepted(request, kind, job.id)
+        return JSONResponse(accepted, status_code=202, headers={"Location": accepted["status_url"]})
+
+    @staticmethod
+    def _accepted(request: Request, kind: contract.JobKind, job_id: str) -> dict[str, str]:
+        return {"job_id": job_id, "kind": kind.name, "status_url": str(request.url_for("job", job_id=job_id))}
 
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -249,51 +252,6 @@ async def _blob_chunks(reader: Any, size: int, sent: Callable[[int], None] | Non
                 sent(len(chunk))
     finally:
         reader.close()
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
-        raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_JOB_BODY_BYTES:
-            raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
-    if not raw.strip():
-        return {}
-    if json_depth(raw) > MAX_JSON_DEPTH:
-        raise InvalidInput(f"job arguments are nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"job arguments are not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"job arguments must be a JSON object, got {type(payload).__name__}")
-    return payload
-
-
-def json_depth(raw: bytes | bytearray) -> int:
-    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings
-    not counted (a linear scan: no parser, no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # closing quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest
 
 
 # ---------------------------------------------------------------------- assembly
