@@ -17,7 +17,8 @@ reset):
 2. Redis commands per job of each kind, counted on a separate pass of ``--count-jobs`` jobs
    (so that counting slows no timed row): every command Redis ran (``INFO commandstats``
    after ``CONFIG RESETSTAT``, the commands scripts run included) and the round trips
-   (``MONITOR`` entries not run by a script), enqueue included.
+   (``MONITOR`` entries not run by a script, a ``MULTI``...``EXEC`` transaction counted as
+   one), enqueue included; idle workers' polling of their queues falls in both.
 3. Aggregate throughput of 1, 2 and 4 concurrent 1 GiB imports through one worker
    (``-p 1 -t 8``, fsync off, files copied and hashed, not linked) beside ``cp`` and
    ``sha256sum`` run as many at once on the same files. Before each timed run the machine
@@ -102,7 +103,7 @@ def plain_worker(url: str, namespace: str, threads: int) -> tuple[list[str], dic
 @dataclass
 class Counts:
     commands: int = 0  # every command Redis ran, those scripts ran included
-    round_trips: int = 0  # commands clients sent (MONITOR entries not from a script)
+    round_trips: int = 0  # what clients sent: MONITOR entries not run by a script, a MULTI..EXEC as one
 
 
 class CommandCounter:
@@ -125,6 +126,7 @@ class CommandCounter:
         self.client.config_resetstat()
 
     def _watch(self) -> None:
+        in_transaction: set[tuple[str, str]] = set()  # clients between their MULTI and EXEC
         with self.client.monitor() as monitor:
             self._ready.set()
             while True:
@@ -132,8 +134,16 @@ class CommandCounter:
                 command = entry.get("command", "")
                 if self.STOP in command:
                     return
-                if entry.get("client_type") != "lua" and not command.upper().startswith(("CONFIG", "INFO")):
+                client = (entry.get("client_address", ""), entry.get("client_port", ""))
+                verb = command.split(" ", 1)[0].upper()
+                if entry.get("client_type") == "lua" or verb in ("CONFIG", "INFO"):
+                    continue
+                if verb == "EXEC":  # a transaction is sent as one round trip
+                    in_transaction.discard(client)
+                elif client not in in_transaction:
                     self._round_trips += 1
+                    if verb == "MULTI":
+                        in_transaction.add(client)
 
     def stop(self, *, minus_calls: int = 0) -> Counts:
         stats = self.client.info("commandstats")

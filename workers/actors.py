@@ -274,6 +274,12 @@ return 1
 """
 
 
+@functools.cache
+def _raise_tombstone(client: Any) -> Any:
+    """The tombstone script, registered once per process (sent by its SHA, not its text)."""
+    return client.register_script(_RAISE_TOMBSTONE)
+
+
 @job_actor(contract.DELETE_OWNER, time_limit=maintenance_time_limit)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
@@ -281,12 +287,13 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ttl = int(context().settings.owner_tombstone_seconds)
     # The tombstone first: an import of this owner enqueued before now is refused when it
     # starts, and removes its artifact itself when it commits from now on.
-    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    raise_tombstone = _raise_tombstone(ctx.client)
+    raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
     first = ctx.store.delete_owner(owner_agent_id)
     # Then the deletion's end: every import enqueued before it is refused (the tombstone's
     # time is what imports compare their enqueue time with), and a second pass removes what
     # imports committed during the first one, before their post-commit check could see it.
-    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
     second = ctx.store.delete_owner(owner_agent_id)
     return {
         "owner_agent_id": owner_agent_id,
