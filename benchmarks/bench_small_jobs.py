@@ -391,7 +391,12 @@ def run(
             out = rig.work / f"{rig.settings.namespace}-count-out"
             out.mkdir()
             steps: list[tuple[str, Callable[[], list[str]]]] = [
-                ("import", lambda: [jobs.import_file(str(p), owner_agent_id=o).id for p, o in zip(sources, owners)]),
+                (
+                    "import",
+                    lambda: [
+                        jobs.import_file(str(p), owner_agent_id=o).id for p, o in zip(sources, owners, strict=True)
+                    ],
+                ),
                 (
                     "export",
                     lambda: [jobs.export(uuid.UUID(i).hex, str(out / f"{n}.bin")).id for n, i in enumerate(imported)],
