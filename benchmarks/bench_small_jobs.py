@@ -20,8 +20,9 @@ reset):
    (``MONITOR`` entries not run by a script, a ``MULTI``...``EXEC`` transaction counted as
    one), enqueue included; idle workers' polling of their queues falls in both.
 3. Aggregate throughput of 1, 2 and 4 concurrent 1 GiB imports through one worker
-   (``-p 1 -t 8``, fsync off, files copied and hashed, not linked) beside ``cp`` and
-   ``sha256sum`` run as many at once on the same files. Before each timed run the machine
+   (``-p 1 -t 8``, fsync off, files copied and hashed, not linked) beside ``cp``,
+   ``sha256sum`` and Python's ``hashlib`` (OpenSSL's SHA-256, what imports run; one process
+   per file) run as many at once on the same files; ``--jobs 0`` runs these rows only. Before each timed run the machine
    is left alone for a few seconds and the sources are copied to scratch files that are
    deleted at once (as ``bench_throughput.warm_free_memory`` does), so every row writes into
    memory in the same state.
@@ -295,6 +296,17 @@ def settle_and_warm(sources: Sequence[Path], scratch: Path) -> None:
         target.unlink()
 
 
+#: Python's hashlib over a file, 1 MiB at a time into one buffer: the hash our imports run
+#: (OpenSSL's SHA-256), one process per file.
+HASHLIB = (
+    "import hashlib, sys\n"
+    "h, buf = hashlib.sha256(), memoryview(bytearray(1 << 20))\n"
+    "with open(sys.argv[1], 'rb', buffering=0) as f:\n"
+    "    while n := f.readinto(buf):\n"
+    "        h.update(buf[:n])\n"
+)
+
+
 def all_at_once(commands: list[list[str]]) -> None:
     processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in commands]
     for process in processes:
@@ -324,11 +336,14 @@ def big_rows(url: str, work: Path, big: int, levels: Sequence[int], runs: int, t
                     def sha(chosen=chosen) -> None:
                         all_at_once([["sha256sum", str(s)] for s in chosen])
 
+                    def hashlib_sha(chosen=chosen) -> None:
+                        all_at_once([[sys.executable, "-c", HASHLIB, str(s)] for s in chosen])
+
                     def imports(chosen=chosen) -> None:
                         for job in [jobs.import_file(str(s), owner_agent_id="big") for s in chosen]:
                             job.wait(timeout=600)
 
-                    for name, fn in (("cp", cp), ("sha256sum", sha), ("import", imports)):
+                    for name, fn in (("cp", cp), ("sha256sum", sha), ("hashlib", hashlib_sha), ("import", imports)):
                         settle_and_warm(chosen, scratch)
                         start = time.perf_counter()
                         fn()
@@ -341,10 +356,12 @@ def big_rows(url: str, work: Path, big: int, levels: Sequence[int], runs: int, t
         for source in sources:
             source.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    hash_one = big / statistics.median(times[("sha256sum", 1)])
+    hash_one = big / statistics.median(times[("hashlib", levels[0])]) / levels[0]
     rows = []
     for n in levels:
-        rate = {name: n * big / statistics.median(times[(name, n)]) for name in ("cp", "sha256sum", "import")}
+        rate = {
+            name: n * big / statistics.median(times[(name, n)]) for name in ("cp", "sha256sum", "hashlib", "import")
+        }
         rows.append({"n": n, **rate, "hash_one": hash_one})
     return rows
 
@@ -377,60 +394,63 @@ def run(
         def suffix(fsync: bool) -> str:
             return "fsync on" if fsync else "fsync off"
 
-        # The commands each kind costs, on a pass of its own.
-        counter = CommandCounter(client)
-        with running(plain_worker(url, plain_ns, threads)):
-            plain_pass(url, plain_ns, client, 20)
-            counter.start()
-            _, polls = plain_pass(url, plain_ns, client, count_jobs)
-            counts["plain Dramatiq no-op"] = counter.stop(minus_calls=polls)
-        rig = rigs[fsync_rows[0]]
-        with small_session(rig) as (jobs, events):
-            sources = rig.files("count", count_jobs)
-            owners = [f"count-owner-{i}" for i in range(count_jobs)]
-            out = rig.work / f"{rig.settings.namespace}-count-out"
-            out.mkdir()
-            steps: list[tuple[str, Callable[[], list[str]]]] = [
-                (
-                    "import",
-                    lambda: [
-                        jobs.import_file(str(p), owner_agent_id=o).id for p, o in zip(sources, owners, strict=True)
-                    ],
-                ),
-                (
-                    "export",
-                    lambda: [jobs.export(uuid.UUID(i).hex, str(out / f"{n}.bin")).id for n, i in enumerate(imported)],
-                ),
-                ("delete owner", lambda: [jobs.delete_owner(o).id for o in owners]),
-            ]
-            imported: list[str] = []
-            for name, enqueue in steps:
-                counter.start()
-                ids = enqueue()
-                events.wait(ids)
-                counts[name] = counter.stop()
-                if name == "import":
-                    imported = ids
-            if hasattr(jobs, "import_files"):
-                batch_sources = rig.files("count-batch", count_jobs)
-                counter.start()
-                ids = [j.id for j in jobs.import_files([{"path": str(p)} for p in batch_sources])]
-                events.wait(ids)
-                counts["import (batch)"] = counter.stop()
-
-        # Timed passes, round-robin: the baseline, then ours with fsync off and on.
-        for r in range(runs):
+        if jobs_per_pass > 0:  # --jobs 0: only the large imports
+            # The commands each kind costs, on a pass of its own.
+            counter = CommandCounter(client)
             with running(plain_worker(url, plain_ns, threads)):
                 plain_pass(url, plain_ns, client, 20)
-                seconds, _ = plain_pass(url, plain_ns, client, jobs_per_pass)
-                small.setdefault("plain Dramatiq no-op", []).append(jobs_per_pass / seconds)
-            for fsync, rig in rigs.items():
-                with small_session(rig) as (jobs, events):
-                    for batch in (False, True):
-                        for name, seconds in small_pass(
-                            rig, jobs, events, f"r{r}{batch:d}", jobs_per_pass, batch
-                        ).items():
-                            small.setdefault(f"{name}, {suffix(fsync)}", []).append(jobs_per_pass / seconds)
+                counter.start()
+                _, polls = plain_pass(url, plain_ns, client, count_jobs)
+                counts["plain Dramatiq no-op"] = counter.stop(minus_calls=polls)
+            rig = rigs[fsync_rows[0]]
+            with small_session(rig) as (jobs, events):
+                sources = rig.files("count", count_jobs)
+                owners = [f"count-owner-{i}" for i in range(count_jobs)]
+                out = rig.work / f"{rig.settings.namespace}-count-out"
+                out.mkdir()
+                steps: list[tuple[str, Callable[[], list[str]]]] = [
+                    (
+                        "import",
+                        lambda: [
+                            jobs.import_file(str(p), owner_agent_id=o).id for p, o in zip(sources, owners, strict=True)
+                        ],
+                    ),
+                    (
+                        "export",
+                        lambda: [
+                            jobs.export(uuid.UUID(i).hex, str(out / f"{n}.bin")).id for n, i in enumerate(imported)
+                        ],
+                    ),
+                    ("delete owner", lambda: [jobs.delete_owner(o).id for o in owners]),
+                ]
+                imported: list[str] = []
+                for name, enqueue in steps:
+                    counter.start()
+                    ids = enqueue()
+                    events.wait(ids)
+                    counts[name] = counter.stop()
+                    if name == "import":
+                        imported = ids
+                if hasattr(jobs, "import_files"):
+                    batch_sources = rig.files("count-batch", count_jobs)
+                    counter.start()
+                    ids = [j.id for j in jobs.import_files([{"path": str(p)} for p in batch_sources])]
+                    events.wait(ids)
+                    counts["import (batch)"] = counter.stop()
+
+            # Timed passes, round-robin: the baseline, then ours with fsync off and on.
+            for r in range(runs):
+                with running(plain_worker(url, plain_ns, threads)):
+                    plain_pass(url, plain_ns, client, 20)
+                    seconds, _ = plain_pass(url, plain_ns, client, jobs_per_pass)
+                    small.setdefault("plain Dramatiq no-op", []).append(jobs_per_pass / seconds)
+                for fsync, rig in rigs.items():
+                    with small_session(rig) as (jobs, events):
+                        for batch in (False, True):
+                            for name, seconds in small_pass(
+                                rig, jobs, events, f"r{r}{batch:d}", jobs_per_pass, batch
+                            ).items():
+                                small.setdefault(f"{name}, {suffix(fsync)}", []).append(jobs_per_pass / seconds)
         client.close()
         big = big_rows(url, work, big_bytes, levels, runs, threads) if levels else []
         load = os.getloadavg()
@@ -450,14 +470,18 @@ def run(
 def markdown_tables(results: dict[str, Any]) -> str:
     small, counts = results["small"], results["counts"]
     baseline = small.get("plain Dramatiq no-op")
-    lines = [
-        f"Small jobs: {results['jobs']} per row, 1 worker process x {results['threads']} threads, "
-        f"enqueue to final record, median of {results['runs']} runs; Redis commands per job over "
-        f"{results['count_jobs']} jobs (enqueue included).",
-        "",
-        "| job | jobs/s | / plain no-op | Redis commands / job | round trips / job |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    lines = (
+        []
+        if not small
+        else [
+            f"Small jobs: {results['jobs']} per row, 1 worker process x {results['threads']} threads, "
+            f"enqueue to final record, median of {results['runs']} runs; Redis commands per job over "
+            f"{results['count_jobs']} jobs (enqueue included).",
+            "",
+            "| job | jobs/s | / plain no-op | Redis commands / job | round trips / job |",
+            "|---|---:|---:|---:|---:|",
+        ]
+    )
     per_job = results["count_jobs"]
     for name, rate in small.items():
         kind = name.split(",")[0]
@@ -471,14 +495,15 @@ def markdown_tables(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Concurrent large imports: N files of {size:g} GiB at once, aggregate GiB/s, median of "
-            f"{results['runs']} runs; the single-transfer hash limit is one sha256sum.",
+            f"{results['runs']} runs; the single-transfer hash limit is one hashlib process (the hash imports run).",
             "",
-            "| N | cp x N | sha256sum x N | import x N | import / (N x hash limit) | import / cp |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| N | cp x N | sha256sum x N | hashlib x N | import x N | import / (N x hash limit) | import / cp |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in results["big"]:
             lines.append(
-                f"| {row['n']} | {row['cp'] / GIB:.2f} | {row['sha256sum'] / GIB:.2f} | {row['import'] / GIB:.2f} | "
+                f"| {row['n']} | {row['cp'] / GIB:.2f} | {row['sha256sum'] / GIB:.2f} | {row['hashlib'] / GIB:.2f} | "
+                f"{row['import'] / GIB:.2f} | "
                 f"{row['import'] / (row['n'] * row['hash_one']):.2f} | {row['import'] / row['cp']:.2f} |"
             )
     one, five, fifteen = results["load"]
@@ -488,7 +513,7 @@ def markdown_tables(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=1000, help="jobs per timed row")
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs per timed row (0: only the large imports)")
     parser.add_argument("--count-jobs", type=int, default=200, help="jobs per kind on the counting pass")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
