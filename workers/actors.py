@@ -112,6 +112,7 @@ def check_owner_alive(owner_agent_id: str, *, at_start: bool = False) -> None:
     if not owner_agent_id:
         return
     job = current_job()
+    deleted_at: Any
     if at_start:
         deleted_at = job.owner_tombstone
     else:

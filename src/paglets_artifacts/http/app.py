@@ -200,8 +200,7 @@ class ArtifactAPI:
         body = await read_job_body(request)
         if isinstance(body, list):  # a batch: every item checked, then all enqueued at once
             jobs = await self._sync(self.jobs.enqueue_many, kind, body)
-            accepted = [self._accepted(request, kind, job.id) for job in jobs]
-            return JSONResponse({"jobs": accepted}, status_code=202)
+            return JSONResponse({"jobs": [self._accepted(request, kind, job.id) for job in jobs]}, status_code=202)
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
         kind.validate(body)
