@@ -9,8 +9,9 @@ with a paglets host, so paglets' own HTTP client works against it unchanged:
     GET    /artifacts/{id}/metadata                                      -> {"artifact": ref}
     DELETE /artifacts/{id}                                               -> {"ok": true}
 
-Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL),
-``GET /jobs/{id}``, ``GET /jobs`` and ``GET /openapi.json``.
+Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL; an
+``Idempotency-Key`` header makes a repeated request return the same job), ``GET /jobs/{id}``,
+``GET /jobs`` and ``GET /openapi.json``; cancel, retry and dead letters are :mod:`.job_control`'s.
 
 Errors are answered as :mod:`.responses` says; the API key is checked by :mod:`.auth`;
 upload bodies are paced and admitted by :mod:`.uploads`; :mod:`.server` serves the
@@ -51,6 +52,7 @@ from ..refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
 from .auth import BearerAuth
+from .job_control import JobControl
 from .limits import (
     MAX_CONCURRENT_UPLOADS,
     MAX_JOB_BODY_BYTES,
@@ -65,6 +67,11 @@ from .responses import EXCEPTION_HANDLERS, JobNotFound, UnknownJobKind, transfer
 from .uploads import BodyPace, RequestBodyReader, UploadSlots
 
 logger = logging.getLogger("paglets_artifacts.http")
+
+#: The request header that carries a client's idempotency key for an enqueue.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Set (``true``) on the answer of an enqueue whose key already held the job.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def _query_float(request: Request, name: str) -> float:
@@ -202,12 +209,17 @@ class ArtifactAPI:
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
         kind.validate(arguments)
-        job = await self._sync(self.jobs.enqueue, kind, **arguments)
+        # A client's name for this request: the same key again returns the same job.
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, **arguments)
         status_url = str(request.url_for("job", job_id=job.id))
+        headers = {"Location": status_url}
+        if job.replayed:
+            headers[REPLAYED_HEADER] = "true"
         return JSONResponse(
-            {"job_id": job.id, "kind": kind.name, "status_url": status_url},
+            {"job_id": job.id, "kind": kind.name, "status_url": status_url, "replayed": job.replayed},
             status_code=202,
-            headers={"Location": status_url},
+            headers=headers,
         )
 
     async def job(self, request: Request) -> Response:
@@ -334,6 +346,7 @@ def create_app(
         Route("/jobs/{job_id}", api.job, methods=["GET"], name="job"),
         Route("/jobs/{kind}", api.enqueue, methods=["POST"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        *JobControl(jobs).routes(),
     ]
     app: ASGIApp = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     if settings.api_key:

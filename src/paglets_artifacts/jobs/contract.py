@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidInput
-from ..redaction import redact_url
+from ..redaction import MASK, redact_url
 from ..refs import validate_artifact_id, validate_expires_at, validate_sha256
 
 #: Queue of imports and exports (long transfers).
@@ -222,6 +222,13 @@ class JobKind:
             name: redact_url(value) if self._is_url(name) and isinstance(value, str) else value
             for name, value in values.items()
         }
+
+    def masked(self, shown: Mapping[str, Any]) -> list[str]:
+        """The URL arguments of ``shown`` (as a job record keeps them) whose secrets were masked:
+        a job cannot be enqueued again from them."""
+        return [
+            name for name, value in shown.items() if self._is_url(name) and isinstance(value, str) and MASK in value
+        ]
 
     def arguments_schema(self) -> dict[str, Any]:
         """The JSON schema of its arguments object (the OpenAPI document's)."""
