@@ -187,3 +187,173 @@ def test_cancelling_a_job_that_ended_says_so_and_changes_nothing(jobs, workers, 
         from paglets_artifacts.jobs.client import Job
 
         Job(jobs, str(uuid.uuid4())).cancel()
+
+
+# ---------------------------------------------------------------------- retry and dead letters
+
+
+def _letter_of(jobs, job_id):
+    return wait_until(lambda: next((letter for letter in jobs.dead_letters.list() if letter.job_id == job_id), None))
+
+
+def test_a_failed_import_retried_makes_exactly_one_artifact_under_its_job_id(settings, jobs, workers, files):
+    workers.start()
+    source = files / "later.bin"
+    job = jobs.import_file(str(source), owner_agent_id="agent-r")
+    with pytest.raises(SourceUnavailable):
+        job.wait(30)
+    letter = _letter_of(jobs, job.id)  # a permanent failure is dead-lettered by Dramatiq
+    assert (letter.kind, letter.state, letter.error["type"]) == ("import", "failed", "SourceUnavailable")
+    assert jobs.jobs(state="failed")[0].error["type"] == "SourceUnavailable"
+    sha = _write(source, 50_000)
+    queued = job.retry()
+    assert (queued.state, queued.retries, queued.error, queued.finished_at) == ("queued", 1, None, None)
+    result = job.wait(30)
+    record = job.status()
+    assert record.state == "succeeded" and record.retries == 1 and record.attempts == 2
+    store = _store(settings)
+    assert [ref.artifact_id for ref in store.list()] == [uuid.UUID(job.id).hex] == [result["artifact_id"]]
+    assert store.list()[0].sha256 == sha
+    assert [letter.job_id for letter in jobs.dead_letters.list()] == []  # the retry took it
+    with pytest.raises(JobConflict, match="only a failed or canceled job") as raised:
+        job.retry()
+    assert raised.value.state == "succeeded" and job.status().retries == 1
+    with pytest.raises(LookupError):
+        jobs.job(str(uuid.uuid4()))
+
+
+def test_a_canceled_job_is_retried_from_its_record_and_runs(settings, jobs, workers, files):
+    source = files / "again.bin"
+    _write(source, 1234)
+    job = jobs.import_file(str(source))
+    job.cancel()
+    assert job.retry().state == "queued"
+    workers.start()
+    assert job.wait(30)["size_bytes"] == 1234
+    assert len(_store(settings).list()) == 1
+
+
+def test_a_pull_keeps_its_secret_for_a_retry_only_while_its_dead_letter_lasts(settings, jobs, workers):
+    workers.start()
+    url = "http://127.0.0.1:9/artifacts/ab?token=s3cret"
+    job = jobs.import_url(url)
+    with pytest.raises(Exception, match="not allowed"):
+        job.wait(30)
+    assert job.status().arguments["url"] == "http://127.0.0.1:9/artifacts/ab?token=***"
+    letter = _letter_of(jobs, job.id)
+    assert letter.arguments["url"].endswith("token=***")  # shown redacted
+    job.retry()  # from the dead letter: the whole URL
+    with pytest.raises(Exception, match="not allowed"):
+        job.wait(30)
+    letter_id, message = wait_until(lambda: jobs.dead_letters.find_job(job.id, contract.TRANSFER_QUEUE))
+    assert message.kwargs["url"] == url
+    jobs.dead_letters.drop(letter_id)
+    with pytest.raises(JobConflict, match="secret masked"):
+        job.retry()
+    assert job.status().state == "failed"
+
+
+def test_a_dead_letter_requeued_runs_and_one_dropped_is_gone(settings, jobs, workers, files):
+    workers.start()
+    source = files / "requeued.bin"
+    job = jobs.import_file(str(source))
+    with pytest.raises(SourceUnavailable):
+        job.wait(30)
+    letter = _letter_of(jobs, job.id)
+    assert jobs.dead_letters.get(letter.id).job_id == job.id
+    _write(source, 777)
+    assert jobs.dead_letters.requeue(letter.id) == job.id
+    assert job.wait(30)["size_bytes"] == 777
+    with pytest.raises(LookupError):
+        jobs.dead_letters.requeue(letter.id)
+    # A message naming no actor is dead-lettered (not acknowledged and lost), shown, and dropped.
+    stray = Message(queue_name=contract.TRANSFER_QUEUE, actor_name="no_such_actor", args=(), kwargs={}, options={})
+    jobs.broker.enqueue(stray)
+    unknown = _letter_of(jobs, stray.message_id)
+    assert (unknown.actor, unknown.kind, unknown.error["type"]) == ("no_such_actor", "", "ActorNotFound")
+    jobs.dead_letters.drop(unknown.id)
+    assert [letter.id for letter in jobs.dead_letters.list()] == []
+    with pytest.raises(LookupError):
+        jobs.dead_letters.drop(unknown.id)
+
+
+def test_an_undecodable_dead_letter_is_shown_can_be_dropped_and_not_requeued(settings, jobs, workers):
+    workers.start()
+    keys = QueueKeys.of(settings.namespace, contract.TRANSFER_QUEUE)
+    jobs.client.hset(keys.messages, "garbage-1", b"\xff not a message token=s3cret")
+    jobs.client.rpush(keys.queue, "garbage-1")
+    letter = wait_until(lambda: next(iter(jobs.dead_letters.list()), None))
+    assert letter.id == "garbage-1" and letter.error["type"] == "Undecodable" and not letter.job_id
+    with pytest.raises(InvalidInput, match="can only be dropped"):
+        jobs.dead_letters.requeue("garbage-1")
+    jobs.dead_letters.drop("garbage-1")
+    assert jobs.dead_letters.list() == []
+
+
+def test_a_requeued_dead_letter_of_a_job_that_did_not_fail_is_refused(settings, jobs, workers, files):
+    workers.start()
+    source = files / "x.bin"
+    job = jobs.import_file(str(source))
+    with pytest.raises(SourceUnavailable):
+        job.wait(30)
+    letter = _letter_of(jobs, job.id)
+    _write(source, 10)
+    job.retry()
+    job.wait(30)
+    keys = QueueKeys.of(settings.namespace, contract.TRANSFER_QUEUE)
+    payload = Message(  # the same message dead-lettered once more (as a stale copy would be)
+        queue_name=contract.TRANSFER_QUEUE,
+        actor_name=contract.IMPORT.actor_name,
+        args=(),
+        kwargs={"path": str(source)},
+        options={},
+        message_id=job.id,
+    ).encode()
+    jobs.client.zadd(keys.dead, {letter.id: time.time() * 1000})
+    jobs.client.hset(keys.dead_messages, letter.id, payload)
+    with pytest.raises(JobConflict, match="is succeeded") as raised:
+        jobs.dead_letters.requeue(letter.id)
+    assert raised.value.state == "succeeded"
+    assert jobs.dead_letters.get(letter.id).state == "succeeded"  # left where it was
+
+
+# ---------------------------------------------------------------------- idempotent enqueue
+
+
+def test_two_enqueues_with_one_key_make_one_job_and_other_arguments_are_refused(settings, jobs, workers, files):
+    source = files / "once.bin"
+    _write(source, 4096)
+    first = jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-42")
+    second = jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-42")
+    assert second.id == first.id and not first.replayed and second.replayed
+    assert [record.id for record in jobs.jobs()] == [first.id]
+    with pytest.raises(IdempotencyConflict, match="upload-42") as raised:
+        jobs.import_file(str(source), owner_agent_id="b", idempotency_key="upload-42")
+    assert raised.value.job_id == first.id
+    with pytest.raises(IdempotencyConflict):
+        jobs.sweep(idempotency_key="upload-42")  # another kind under the key
+    other = jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-43")
+    assert other.id != first.id
+    workers.start()
+    first.wait(30)
+    other.wait(30)
+    assert jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-42").id == first.id
+    assert len(_store(settings).list()) == 2  # one per key
+    ttl = jobs.client.ttl(jobs.idempotency_key("upload-42"))
+    assert 0 < ttl <= settings.job_retention_seconds
+    for bad in ("", "x" * 201, "tab\there", "é"):
+        with pytest.raises(InvalidInput, match="idempotency key"):
+            jobs.sweep(idempotency_key=bad)
+    assert len(jobs.jobs()) == 2
+
+
+def test_an_idempotent_enqueue_keeps_its_start_deadline(jobs, workers, files):
+    source = files / "late.bin"
+    _write(source, 10)
+    job = jobs.enqueue(contract.IMPORT, start_within_seconds=0.3, idempotency_key="k", path=str(source))
+    time.sleep(0.6)
+    workers.start()
+    from paglets_artifacts import JobExpired
+
+    with pytest.raises(JobExpired):
+        job.wait(30)

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -64,6 +64,14 @@ class PatientRetries(Retries):
     """
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:
+        if isinstance(exception, ActorNotFound):
+            # Dramatiq's Retries looks the actor up again and fails, so the message would be
+            # acknowledged and lost: it goes to the dead-letter queue instead, to be seen there.
+            logging.getLogger("paglets_artifacts.jobs").error(
+                "message %s names no actor %r; moved to the dead-letter queue", message.message_id, message.actor_name
+            )
+            message.fail()
+            return
         super().after_process_message(_PatientEnqueue(broker), message, result=result, exception=exception)
 
 
