@@ -82,9 +82,7 @@ def test_a_canceled_queued_job_never_starts_and_its_redelivered_message_does_not
     assert _store(jobs.settings).list() == []
 
 
-def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_and_no_artifact(
-    settings, files, workers
-):
+def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_and_no_artifact(settings, files, workers):
     settings = settings.with_changes(fsync=True)  # the copy goes to the disk: it lasts
     workers.start(settings=settings)
     jobs = ArtifactJobs(settings=settings)
@@ -357,3 +355,188 @@ def test_an_idempotent_enqueue_keeps_its_start_deadline(jobs, workers, files):
 
     with pytest.raises(JobExpired):
         job.wait(30)
+
+
+# ---------------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture
+def http(settings, jobs):
+    import httpx
+
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
+
+    with ServerThread(create_app(settings, jobs=jobs)) as running, httpx.Client(base_url=running.url) as client:
+        yield client
+
+
+def _error(answer, status: int, error_class: str) -> dict:
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["error_class"] == error_class and body["error"]
+    return body
+
+
+def test_cancel_and_retry_over_http(http, jobs, workers, files):
+    job = jobs.sweep()
+    canceled = http.post(f"/jobs/{job.id}/cancel", json={"by": "dashboard"})
+    assert canceled.status_code == 200
+    assert canceled.json()["job"]["state"] == "canceled" and canceled.json()["job"]["canceled_by"] == "dashboard"
+    body = _error(http.post(f"/jobs/{job.id}/cancel"), 409, "JobConflict")
+    assert body["state"] == "canceled" and body["error_type"] == "TransferError"
+    _error(http.post(f"/jobs/{uuid.uuid4()}/cancel"), 404, "JobNotFound")
+    queued = jobs.sweep()
+    for bad in (b"{not json", b'{"by": 3}', b'{"who": "x"}', b"[]", b'{"by": ""}'):
+        _error(http.post(f"/jobs/{queued.id}/cancel", content=bad), 400, "InvalidInput")
+    assert queued.status().state == "queued"  # a refused cancel changed nothing
+    assert http.post(f"/jobs/{queued.id}/cancel").json()["job"]["canceled_by"] == "http 127.0.0.1"
+
+    retried = http.post(f"/jobs/{job.id}/retry")
+    assert retried.status_code == 202 and retried.json()["job"]["state"] == "queued"
+    assert retried.headers["location"].endswith(f"/jobs/{job.id}")
+    _error(http.post(f"/jobs/{job.id}/retry"), 409, "JobConflict")  # queued: nothing to retry
+    _error(http.post(f"/jobs/{uuid.uuid4()}/retry"), 404, "JobNotFound")
+    workers.start()
+    job.wait(30)
+    assert http.get(f"/jobs/{job.id}").json()["job"]["retries"] == 1
+
+
+def test_dead_letters_over_http(http, settings, jobs, workers, files):
+    workers.start()
+    source = files / "dl.bin"
+    job = jobs.import_file(str(source))
+    with pytest.raises(SourceUnavailable):
+        job.wait(30)
+    listed = wait_until(lambda: http.get("/dead-letters").json()["dead_letters"])
+    assert [(letter["job_id"], letter["state"]) for letter in listed] == [(job.id, "failed")]
+    assert listed[0]["error"]["type"] == "SourceUnavailable" and listed[0]["queue"] == contract.TRANSFER_QUEUE
+    _error(http.get("/dead-letters", params={"limit": "0"}), 400, "InvalidInput")
+    _write(source, 99)
+    requeued = http.post(f"/dead-letters/{listed[0]['id']}/requeue")
+    assert requeued.status_code == 202 and requeued.json()["job_id"] == job.id
+    assert job.wait(30)["size_bytes"] == 99
+    _error(http.post(f"/dead-letters/{listed[0]['id']}/requeue"), 404, "DeadLetterNotFound")
+    keys = QueueKeys.of(settings.namespace, contract.TRANSFER_QUEUE)
+    jobs.client.zadd(keys.dead, {"junk": time.time() * 1000})
+    jobs.client.hset(keys.dead_messages, "junk", b"junk")
+    _error(http.post("/dead-letters/junk/requeue"), 400, "InvalidInput")
+    assert http.delete("/dead-letters/junk").json() == {"ok": True}
+    _error(http.delete("/dead-letters/junk"), 404, "DeadLetterNotFound")
+    assert http.get("/dead-letters").json() == {"dead_letters": []}
+
+
+def test_idempotency_key_header_over_http(http, jobs):
+    first = http.post("/jobs/sweep", json={"now": 5.0}, headers={"Idempotency-Key": "tick-1"})
+    again = http.post("/jobs/sweep", json={"now": 5.0}, headers={"Idempotency-Key": "tick-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["job_id"] == again.json()["job_id"]
+    assert first.json()["replayed"] is False and again.json()["replayed"] is True
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    body = _error(
+        http.post("/jobs/sweep", json={"now": 6.0}, headers={"Idempotency-Key": "tick-1"}), 422, "IdempotencyConflict"
+    )
+    assert body["job_id"] == first.json()["job_id"]
+    _error(http.post("/jobs/sweep", headers={"Idempotency-Key": "k" * 201}), 400, "InvalidInput")
+    assert len(jobs.jobs()) == 1
+
+
+def test_the_openapi_document_describes_the_job_control_endpoints():
+    from paglets_artifacts.http.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    assert set(paths["/jobs/{job_id}/cancel"]) == set(paths["/jobs/{job_id}/retry"]) == {"post"}
+    assert "409" in paths["/jobs/{job_id}/cancel"]["post"]["responses"]
+    assert set(paths["/dead-letters"]) == {"get"} and set(paths["/dead-letters/{letter_id}"]) == {"delete"}
+    assert set(paths["/dead-letters/{letter_id}/requeue"]) == {"post"}
+    post = paths["/jobs/import"]["post"]
+    assert post["parameters"][0]["name"] == "Idempotency-Key" and "422" in post["responses"]
+    schemas = openapi_document()["components"]["schemas"]
+    assert "canceled" in schemas["JobRecord"]["properties"]["state"]["enum"]
+    assert {"canceled_by", "canceled_at", "stopped_at", "retries"} <= set(schemas["JobRecord"]["properties"])
+    from paglets_artifacts.jobs.dead_letters import DeadLetter
+
+    assert list(schemas["DeadLetter"]["properties"]) == list(DeadLetter("i", "q", 0.0, 0.0).to_wire())
+
+
+# ---------------------------------------------------------------------- on the command line
+
+
+def _cli(settings, *args):
+    import json
+
+    from typer.testing import CliRunner
+
+    from paglets_artifacts.cli import commands as cli
+
+    result = CliRunner().invoke(
+        cli.app, list(args), env={**settings.to_env(), "COLUMNS": "400"}, catch_exceptions=False
+    )
+    result.json = lambda: json.loads(result.stdout)  # type: ignore[attr-defined]
+    return result
+
+
+def test_cancel_and_retry_on_the_command_line(settings, jobs, workers, files):
+    job = jobs.sweep()
+    canceled = _cli(settings, "jobs", "cancel", job.id[:8], "--by", "night-shift", "--json")
+    assert canceled.exit_code == 0, canceled.stderr
+    assert canceled.json()["state"] == "canceled" and canceled.json()["canceled_by"] == "night-shift"
+    again = _cli(settings, "jobs", "cancel", job.id)
+    assert again.exit_code == 1 and "already ended (canceled)" in again.stderr
+    assert _cli(settings, "jobs", "cancel", str(uuid.uuid4())).exit_code == 1
+    shown = _cli(settings, "jobs", job.id)
+    assert shown.exit_code == 1 and "night-shift" in shown.stdout  # a canceled job is not a success
+    waited = _cli(settings, "jobs", job.id, "--wait")
+    assert waited.exit_code == 1 and "was canceled by night-shift" in waited.stderr
+
+    workers.start()
+    failed = jobs.import_file(str(files / "missing.bin"))
+    with pytest.raises(SourceUnavailable):
+        failed.wait(30)
+    listed = _cli(settings, "jobs", "--state", "failed")
+    assert listed.exit_code == 0 and failed.id[:8] in listed.stdout and "SourceUnavailable" in listed.stdout
+    _write(files / "missing.bin", 5)
+    retried = _cli(settings, "jobs", "retry", failed.id, "--wait", "--json")
+    assert retried.exit_code == 0, retried.stderr
+    assert retried.json()["state"] == "succeeded" and retried.json()["retries"] == 1
+    refused = _cli(settings, "jobs", "retry", failed.id, "--json")
+    assert refused.exit_code == 1 and refused.json()["error"]["type"] == "JobConflict"
+    assert _cli(settings, "jobs", "retry", job.id).stdout.strip() == job.id  # a canceled one, queued again
+    assert jobs.job(job.id).wait(30) is not None
+
+
+def test_dead_letters_on_the_command_line(settings, jobs, workers, files):
+    workers.start()
+    job = jobs.import_file(str(files / "gone.bin"))
+    with pytest.raises(SourceUnavailable):
+        job.wait(30)
+    letter = _letter_of(jobs, job.id)
+    table = _cli(settings, "dead-letters")
+    assert table.exit_code == 0 and letter.id in table.stdout and "SourceUnavailable" in table.stdout
+    assert [item["job_id"] for item in _cli(settings, "dead-letters", "--json").json()] == [job.id]
+    _write(files / "gone.bin", 3)
+    requeued = _cli(settings, "dead-letters", "requeue", letter.id)
+    assert requeued.exit_code == 0 and requeued.stdout.strip() == job.id
+    job.wait(30)
+    missing = _cli(settings, "dead-letters", "requeue", letter.id)
+    assert missing.exit_code == 1 and "no dead letter" in missing.stderr
+    stray = Message(queue_name=contract.MAINTENANCE_QUEUE, actor_name="gone_actor", args=(), kwargs={}, options={})
+    jobs.broker.enqueue(stray)
+    unknown = _letter_of(jobs, stray.message_id)
+    dropped = _cli(settings, "dead-letters", "drop", unknown.id)
+    assert dropped.exit_code == 0 and f"dropped {unknown.id}" in dropped.stdout
+    assert _cli(settings, "dead-letters", "drop", unknown.id).exit_code == 1
+    empty = _cli(settings, "dead-letters")
+    assert empty.exit_code == 0 and "no dead letters" in empty.stderr
+
+
+def test_idempotency_key_on_the_command_line(settings, jobs, files):
+    _write(files / "k.bin", 10)
+    first = _cli(settings, "import", str(files / "k.bin"), "--idempotency-key", "nightly-7")
+    second = _cli(settings, "import", str(files / "k.bin"), "--idempotency-key", "nightly-7", "--json")
+    assert first.exit_code == second.exit_code == 0, second.stderr
+    assert second.json()["id"] == first.stdout.strip() and second.json()["replayed"] is True
+    other = _cli(settings, "import", str(files / "k.bin"), "--owner", "x", "--idempotency-key", "nightly-7")
+    assert other.exit_code == 1 and "IdempotencyConflict" in other.stderr
+    assert _cli(settings, "sweep", "--idempotency-key", "").exit_code == 1
+    assert len(jobs.jobs()) == 1
