@@ -82,8 +82,16 @@ def test_a_canceled_queued_job_never_starts_and_its_redelivered_message_does_not
     assert _store(jobs.settings).list() == []
 
 
-def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_and_no_artifact(settings, files, workers):
-    settings = settings.with_changes(fsync=True)  # the copy goes to the disk: it lasts
+def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_and_no_artifact(
+    settings, files, workers, tmp_path, monkeypatch
+):
+    from test_metrics import scrape, value
+
+    from paglets_artifacts.redis_server import free_port
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
+    (tmp_path / "prometheus").mkdir()
+    settings = settings.with_changes(fsync=True, metrics_port=free_port())  # to the disk: the copy lasts
     workers.start(settings=settings)
     jobs = ArtifactJobs(settings=settings)
     store = _store(settings)
@@ -92,7 +100,7 @@ def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_an
     _big_file(source, 512 * 1024 * 1024)
     for _ in range(3):  # a copy that wins the race against the cancel is tried again
         job = jobs.import_file(str(source))
-        wait_until(lambda: job.status().bytes_done > 0, timeout=120, interval=0.005)
+        wait_until(lambda job=job: job.status().bytes_done > 0, timeout=120, interval=0.005)
         try:
             canceled = job.cancel()
         except JobConflict as exc:
@@ -111,6 +119,10 @@ def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_an
     assert store.index.used_bytes() == used_before and figures["reservations"] == 0
     with pytest.raises(JobCanceled):
         job.wait(1)
+    counted = wait_until(
+        lambda: value(scrape(settings.metrics_port), "paglets_artifacts_jobs_total", kind="import", outcome="canceled")
+    )
+    assert counted == 1  # the attempt that stopped for the cancel
     jobs.close()
 
 
