@@ -271,6 +271,7 @@ def test_a_dead_letter_requeued_runs_and_one_dropped_is_gone(settings, jobs, wor
         job.wait(30)
     letter = _letter_of(jobs, job.id)
     assert jobs.dead_letters.get(letter.id).job_id == job.id
+    assert letter.expires_at == letter.dead_lettered_at + 7 * 86400 and letter.dead_lettered_at <= time.time()
     _write(source, 777)
     assert jobs.dead_letters.requeue(letter.id) == job.id
     assert job.wait(30)["size_bytes"] == 777
@@ -552,3 +553,86 @@ def test_idempotency_key_on_the_command_line(settings, jobs, files):
     assert other.exit_code == 1 and "IdempotencyConflict" in other.stderr
     assert _cli(settings, "sweep", "--idempotency-key", "").exit_code == 1
     assert len(jobs.jobs()) == 1
+
+
+# ---------------------------------------------------------------------- the pieces, one by one
+
+
+def test_a_maintenance_pass_stops_where_it_is_asked_to(settings):
+    store = _store(settings)
+    for _ in range(5):
+        store.create_from_stream(io.BytesIO(b"old"), owner_agent_id="gone", expires_at=1.0)
+    asked = []
+
+    def after(count):
+        return lambda: asked.append(1) or len(asked) > count
+
+    assert store.cleanup_temporary(stop=after(2)).expired_removed == 2
+    asked.clear()
+    assert len(store.delete_owner("gone", stop=after(1)).deleted) == 1
+    assert len(store.list()) == 2
+    figures = store.reindex(stop=lambda: True)
+    assert figures == {"orphans_removed": 0, "orphan_bytes_freed": 0}  # stopped before the rebuild
+    assert "artifacts" in store.reindex()
+
+
+def test_a_running_attempt_reads_its_cancel_at_most_every_interval(monkeypatch, jobs):
+    from types import SimpleNamespace
+
+    from workers import cancel
+
+    job = jobs.sweep()
+    reads = []
+
+    class Records:
+        def is_canceled(self, job_id):
+            reads.append(job_id)
+            return jobs.records.is_canceled(job_id)
+
+    monkeypatch.setattr(cancel, "context", lambda: SimpleNamespace(records=Records()))
+    watch = cancel.CancelWatch(job.id)
+    assert not watch.requested() and reads == []  # in its first interval: no Redis call
+    watch._next = 0.0
+    assert not watch.requested() and reads == [job.id]
+    assert not watch.requested() and reads == [job.id]  # again within the interval: none
+    job.cancel()
+    watch._next = 0.0
+    with pytest.raises(JobCanceled):
+        watch.check()
+    assert watch.requested() and len(reads) == 2  # once seen, never read again
+
+
+def test_the_stop_of_an_attempt_that_finished_after_its_cancel(monkeypatch, settings, jobs, files):
+    from workers import cancel
+    from workers.context import build_context
+
+    ctx = build_context(settings)
+    monkeypatch.setattr(cancel, "context", lambda: ctx)
+    store = ctx.store
+    outcomes = {}
+    for moved in (False, True):
+        job = jobs.import_file(str(files / "x.bin"), delete_source=moved)
+        job.cancel()
+        ref = store.create_from_stream(io.BytesIO(b"committed"), artifact_id=uuid.UUID(job.id).hex).ref
+        cancel.record_stop(job.id, "import", {"delete_source": moved}, ref.to_wire(), succeeded=True)
+        outcomes[moved] = (store.find_committed(ref.artifact_id) is not None, job.status())
+    removed, record = outcomes[False]
+    assert not removed and record.result is None and record.stopped_at is not None
+    kept, record = outcomes[True]  # its source went into the store: kept, its ref told
+    assert kept and record.result["artifact_id"] == uuid.UUID(record.id).hex
+    export = jobs.export("ab" * 16, str(files / "out.bin"))
+    export.cancel()
+    cancel.record_stop(export.id, "export", {}, {"target": "t"}, succeeded=True)
+    assert export.status().result == {"target": "t"}
+    assert not jobs.records.stopped(export.id, {"again": 1})  # recorded once
+    assert not jobs.records.stopped(jobs.sweep().id)  # only for a canceled job
+    ctx.client.close()
+
+
+def test_who_cancels_by_default_and_how_long_dead_letters_last(jobs):
+    from paglets_artifacts.jobs.client import who
+    from paglets_artifacts.jobs.dead_letters import DEAD_LETTER_SECONDS
+
+    record = jobs.sweep().cancel()
+    assert record.canceled_by == who() and who().endswith(f":{os.getpid()}") and "@" in who()
+    assert DEAD_LETTER_SECONDS == 7 * 86400
