@@ -636,3 +636,10 @@ def test_who_cancels_by_default_and_how_long_dead_letters_last(jobs):
     record = jobs.sweep().cancel()
     assert record.canceled_by == who() and who().endswith(f":{os.getpid()}") and "@" in who()
     assert DEAD_LETTER_SECONDS == 7 * 86400
+
+
+def test_a_canceled_periodic_job_does_not_block_the_next_tick():
+    from paglets_artifacts.jobs.records import CANCELED, FINAL_STATES
+    from workers.scheduler import _BUSY_STATES
+
+    assert CANCELED in FINAL_STATES and CANCELED not in _BUSY_STATES
