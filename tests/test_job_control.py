@@ -126,6 +126,31 @@ def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_an
     jobs.close()
 
 
+def test_cancel_stops_a_running_export_and_leaves_no_part_beside_its_target(settings, files, workers):
+    settings = settings.with_changes(fsync=True)
+    workers.start(settings=settings)
+    jobs = ArtifactJobs(settings=settings)
+    source = files / "out-source.bin"
+    _big_file(source, 512 * 1024 * 1024)
+    ref = jobs.import_file(str(source), delete_source=True).wait(120)
+    target = files / "exports" / "copy.bin"
+    for _ in range(3):
+        job = jobs.export(ref["artifact_id"], str(target))
+        wait_until(lambda job=job: job.status().bytes_done > 0, timeout=120, interval=0.005)
+        try:
+            job.cancel()
+        except JobConflict:
+            target.unlink()
+            continue
+        break
+    else:
+        pytest.fail("the export ended before each of three cancels")
+    _stopped(job)
+    assert list(target.parent.iterdir()) == []  # no target, no hidden .part
+    assert _store(settings).find_committed(ref["artifact_id"]) is not None  # the artifact is untouched
+    jobs.close()
+
+
 def test_cancel_stops_a_running_sweep_at_its_next_item_and_it_reports_what_it_did(settings, jobs, workers):
     store = _store(settings)
     count = 6000
