@@ -29,8 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from paglets_artifacts import ArtifactJobs, Settings  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
-from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
-from paglets_artifacts.settings import delete_namespace  # noqa: E402
+from paglets_artifacts.redis_server import delete_namespace, redis_url_or_embedded  # noqa: E402
 from paglets_artifacts.store.artifacts import ArtifactStore  # noqa: E402
 
 
