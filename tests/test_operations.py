@@ -284,7 +284,7 @@ def test_importing_workers_or_the_scheduler_builds_no_broker_and_registers_no_ac
         check=True,
         cwd="/",
     )
-    assert scheduler.stdout.strip() == "['workers', 'workers.scheduler']"
+    assert scheduler.stdout.strip() == "['workers', 'workers.reconcile', 'workers.scheduler']"
 
 
 def test_the_registry_builds_the_broker_and_registers_every_job_kind_once(settings):

@@ -29,12 +29,14 @@ from paglets_artifacts.errors import (
     TransferError,
 )
 from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.client import ArtifactJobs
 from paglets_artifacts.settings import Settings
 from paglets_artifacts.store.paths import AllowedPath, resolve_beneath
 from paglets_artifacts.store.streams import hashed_read
 
 from .context import context
 from .middleware import current_job
+from .reconcile import reconcile_jobs
 
 logger = logging.getLogger("paglets_artifacts.jobs")
 
@@ -291,6 +293,13 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
 @job_actor(contract.REINDEX, time_limit=maintenance_time_limit)
 def reindex() -> dict[str, Any]:
     return context().store.reindex()
+
+
+@job_actor(contract.RECONCILE, time_limit=maintenance_time_limit)
+def reconcile() -> dict[str, Any]:
+    ctx = context()
+    jobs = ArtifactJobs(client=ctx.client, settings=ctx.settings)
+    return reconcile_jobs(jobs, grace_seconds=ctx.settings.reconcile_grace_seconds).to_wire()
 
 
 @job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)

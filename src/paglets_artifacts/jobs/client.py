@@ -17,6 +17,7 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from ..errors import JobTimeout, error_class
+from ..redis_client import connect_redis
 from ..settings import Settings
 from . import contract
 from .records import FAILED, JobRecord, JobRecords
@@ -27,12 +28,12 @@ RECONNECT_DELAY_SECONDS = 0.2
 
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """The Redis client of a host, the CLI or the HTTP host (``url`` defaults to
-    ``settings.redis_url``): connecting and every command give up after
+    ``settings.redis_url``; plain or Sentinel, see :mod:`paglets_artifacts.redis_client`):
+    connecting and every command give up after
     ``settings.redis_timeout_seconds`` with ``redis.TimeoutError``, so a hung Redis is an
     error, never a hung caller. Waits that are meant to be long (``Job.wait`` on pub/sub)
     pass their own shorter timeouts to each read."""
-    timeout = settings.redis_timeout_seconds
-    return redis.Redis.from_url(url or settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return connect_redis(settings, url, timeout=settings.redis_timeout_seconds)
 
 
 class Job:
@@ -182,6 +183,10 @@ class ArtifactJobs:
     def reindex(self) -> Job:
         """Rebuild the store's index from the files on disk."""
         return self.enqueue(contract.REINDEX)
+
+    def reconcile(self) -> Job:
+        """Re-enqueue or fail the jobs whose message Redis lost (after a failover)."""
+        return self.enqueue(contract.RECONCILE)
 
     def import_url(
         self,
