@@ -162,3 +162,17 @@ def test_the_scheduler_runs_the_reconciliation_on_its_schedule(settings):
     with ArtifactJobs(settings=settings) as jobs:
         job = periodics["reconcile"].enqueue(jobs)
         assert jobs.job(job.id).status().kind == "reconcile"
+
+
+def test_a_job_running_past_its_time_limit_is_re_enqueued_even_with_its_message_in_an_ack_set(settings, jobs):
+    """The acknowledgement and the record's end were lost: the message is still in the
+    hash (a live worker's ack set), but the attempt that fetched it is long over."""
+    job = jobs.reindex()
+    jobs.client.hset(jobs.records.key(job.id), mapping={"state": RUNNING, "started_at": repr(time.time())})
+    age(jobs, job.id, settings.maintenance_time_limit_seconds + 120)
+    report = reconcile_jobs(jobs, grace_seconds=60)
+    assert report.requeued == [job.id]
+    young = jobs.reindex()
+    jobs.client.hset(jobs.records.key(young.id), mapping={"state": RUNNING, "started_at": repr(time.time())})
+    age(jobs, young.id, 120)  # running, within its time limit, message there: left alone
+    assert young.id not in reconcile_jobs(jobs, grace_seconds=60).requeued

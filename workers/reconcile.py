@@ -11,6 +11,11 @@ will ever run it. :func:`reconcile_jobs` finds such jobs and ends the wait:
   (read in one transaction: a message that moves from one to the other is seen once). A
   message fetched by a worker stays in that hash until it is acknowledged, so the ack
   sets of workers, dead or alive, hold nothing the hash does not.
+- A job whose record says **running for longer than its kind's time limit** (and the grace
+  period) is lost too, message or not: the time limit has ended that attempt, so its end
+  was lost, and a message still there sits in the ack set of a worker done with it (the
+  acknowledgement was lost). Another message of the job is harmless: a worker that meets
+  it after the job ended skips it.
 - A lost job is **re-enqueued**, with its id, arguments and enqueue time, when its record
   holds its arguments in full (no URL argument was redacted) and it was re-enqueued fewer
   than :data:`MAX_REQUEUES` times: every kind's effect is exactly-once under redelivery
@@ -38,7 +43,7 @@ from dramatiq.common import dq_name, xq_name
 
 from paglets_artifacts.jobs import contract
 from paglets_artifacts.jobs.client import ArtifactJobs
-from paglets_artifacts.jobs.records import FAILED, FINAL_STATES, JobRecord, JobRecords
+from paglets_artifacts.jobs.records import FAILED, FINAL_STATES, RUNNING, JobRecord, JobRecords
 from paglets_artifacts.redaction import MASK
 
 logger = logging.getLogger("paglets_artifacts.jobs")
@@ -129,6 +134,18 @@ def _last_change(record: JobRecord) -> float:
     return max(record.enqueued_at, record.started_at or 0.0)
 
 
+def _overdue(jobs: ArtifactJobs, record: JobRecord, before: float) -> bool:
+    """Whether a running attempt started longer ago than its kind's time limit: it has
+    ended (the limit stops it), so a record still saying running lost its end, and its
+    message, if any, waits in the ack set of a worker that is done with it."""
+    kind = contract.KINDS.get(record.kind)
+    if record.state != RUNNING or record.started_at is None or kind is None:
+        return False
+    settings = jobs.settings
+    limit = settings.transfer_time_limit_seconds if kind.transfer else settings.maintenance_time_limit_seconds
+    return record.started_at < before - limit
+
+
 def _replayable(kind: contract.JobKind, arguments: dict[str, Any]) -> bool:
     """Whether the record's arguments are the message's: no URL argument was redacted."""
     for name, value in arguments.items():
@@ -149,14 +166,17 @@ def reconcile_jobs(jobs: ArtifactJobs, *, grace_seconds: float, now: float | Non
     live, dead_lettered = message_ids(jobs.client, namespace)
     for record in _unfinished(records, moment - grace_seconds):
         report.checked += 1
-        if record.id in live or _last_change(record) > moment - grace_seconds:
+        if _last_change(record) > moment - grace_seconds:
+            continue
+        overdue = _overdue(jobs, record, moment - grace_seconds)
+        if record.id in live and not overdue:
             continue
         # Read again: the job may have moved on since the listing (a retry's new message is
         # enqueued before the old one is acknowledged, so a fresh look at both settles it).
         current = records.get(record.id)
         if current is None or current.done or _last_change(current) > moment - grace_seconds:
             continue
-        if record.id in message_ids(jobs.client, namespace)[0]:
+        if not overdue and record.id in message_ids(jobs.client, namespace)[0]:
             continue
         kind = contract.KINDS.get(current.kind)
         requeues = int(jobs.client.hget(records.key(current.id), REQUEUES_FIELD) or 0)
