@@ -165,19 +165,6 @@ def test_work_survives_repeated_sentinel_failovers(sentinel_settings, cluster, f
             if record.state == SUCCEEDED:
                 assert record.result["artifact_id"] == uuid.UUID(job_id).hex
 
-        print(
-            "STATS",
-            len(load.imports),
-            len(load.exports),
-            load.enqueue_errors,
-            len(records),
-            [(r.kind, r.error) for r in records.values() if r.state != SUCCEEDED][:10],
-            [
-                r.result
-                for r in records.values()
-                if r.kind == "reconcile" and r.result and (r.result["requeued"] or r.result["failed"])
-            ],
-        )
         jobs.reindex().wait(60)
         assert store.index.used_bytes() == store.layout.blob_bytes() == sum(ref.size_bytes for ref in store.list())
 
