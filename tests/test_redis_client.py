@@ -136,3 +136,19 @@ def test_a_worker_and_the_scheduler_with_an_unusable_redis_url_stop_with_one_lin
         assert done.returncode != 0, args
         assert "REDIS_URL='redis+sentinel://:***@h1:26379/' is invalid: no service name" in done.stderr, args
         assert "Traceback" not in done.stderr, args
+
+
+def test_the_cli_shows_a_sentinel_url_masked_and_refuses_an_unusable_one_with_exit_code_3():
+    from typer.testing import CliRunner
+
+    from paglets_artifacts.cli import commands as cli
+
+    runner = CliRunner()
+    shown = runner.invoke(cli.app, ["config", "--json"], env={"REDIS_URL": "redis+sentinel://:pw@h1:26379,h2/svc/1"})
+    assert shown.exit_code == 0, shown.output
+    assert "redis+sentinel://:***@h1:26379,h2/svc/1" in shown.stdout and "pw@" not in shown.stdout
+    refused = runner.invoke(cli.app, ["jobs"], env={"REDIS_URL": "redis+sentinel://:pw@h1:26379/"})
+    assert refused.exit_code == 3
+    assert (
+        "configuration error: REDIS_URL='redis+sentinel://:***@h1:26379/' is invalid: no service name" in refused.stderr
+    )

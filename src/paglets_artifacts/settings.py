@@ -62,7 +62,8 @@ class Settings:
         metadata=_meta(
             "REDIS_URL",
             "Redis URL (redis://, rediss:// for TLS, unix://), or Sentinels: "
-            "redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db] (rediss+sentinel:// for TLS)",
+            "redis+sentinel://:password@host:port,host:port/service_name/db (rediss+sentinel:// for TLS; "
+            "the password and db are optional)",
             "url",
         ),
     )
