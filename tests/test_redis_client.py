@@ -14,7 +14,13 @@ from conftest import ROOT
 from paglets_artifacts import Settings, SettingsError
 from paglets_artifacts.jobs.client import connect
 from paglets_artifacts.redaction import redact_text, redact_url
-from paglets_artifacts.redis_client import DEFAULT_SENTINEL_PORT, connect_redis, is_sentinel_url, parse_sentinel_url
+from paglets_artifacts.redis_client import (
+    DEFAULT_SENTINEL_PORT,
+    KEEPALIVE_OPTIONS,
+    connect_redis,
+    is_sentinel_url,
+    parse_sentinel_url,
+)
 
 
 def test_a_sentinel_url_names_its_sentinels_service_db_and_the_data_nodes_password():
@@ -73,6 +79,7 @@ def test_a_plain_url_keeps_the_host_side_timeouts(redis_url):
     try:
         kwargs = client.connection_pool.connection_kwargs
         assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (2.5, 2.5)
+        assert kwargs["socket_keepalive"] is True and kwargs["socket_keepalive_options"] == KEEPALIVE_OPTIONS
         assert client.ping()
     finally:
         client.close()
@@ -96,6 +103,7 @@ def test_a_sentinel_client_asks_the_sentinels_with_their_own_password_and_tls():
         "/etc/ca.pem",
     )
     assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+    assert node["socket_keepalive"] is True
     sentinels = pool.sentinel_manager.sentinels
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [1, 2]
     first = sentinels[0].connection_pool.connection_kwargs

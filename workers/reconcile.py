@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from dramatiq import Message
@@ -112,7 +112,9 @@ def _unfinished(records: JobRecords, before: float) -> Iterable[JobRecord]:
     """Every record enqueued before ``before`` that has not ended."""
     start = 0
     while True:
-        ids = records.client.zrangebyscore(records.index_key, "-inf", before, start=start, num=_PAGE)
+        ids = cast(
+            "list[bytes]", records.client.zrangebyscore(records.index_key, "-inf", before, start=start, num=_PAGE)
+        )
         if not ids:
             return
         pipe = records.client.pipeline(transaction=False)
