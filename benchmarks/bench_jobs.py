@@ -31,8 +31,7 @@ from benchmarks.noop_actor import NOOP  # noqa: E402
 from paglets_artifacts import ArtifactJobs, Settings  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
 from paglets_artifacts.redis_client import connect_redis  # noqa: E402
-from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
-from paglets_artifacts.settings import delete_namespace  # noqa: E402
+from paglets_artifacts.redis_server import delete_namespace, redis_url_or_embedded  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -40,8 +40,7 @@ from paglets.serialization.codec import dataclass_to_wire, qualified_name
 from paglets_artifacts import PagletFileRef, Settings
 from paglets_artifacts.jobs.worker_process import WorkerProcess
 from paglets_artifacts.redis_client import connect_redis
-from paglets_artifacts.redis_server import free_port, redis_url_or_embedded
-from paglets_artifacts.settings import delete_namespace
+from paglets_artifacts.redis_server import delete_namespace, free_port, redis_url_or_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024

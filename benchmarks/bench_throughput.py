@@ -61,8 +61,8 @@ import redis  # noqa: E402
 from paglets_artifacts.jobs.client import ArtifactJobs  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WORKER_TIMEOUT_MS, WORKER_TIMEOUT_VARIABLE, WorkerProcess  # noqa: E402
 from paglets_artifacts.redis_client import connect_redis  # noqa: E402
-from paglets_artifacts.redis_server import EmbeddedRedis  # noqa: E402
-from paglets_artifacts.settings import Settings, delete_namespace  # noqa: E402
+from paglets_artifacts.redis_server import EmbeddedRedis, delete_namespace  # noqa: E402
+from paglets_artifacts.settings import Settings  # noqa: E402
 from paglets_artifacts.store.artifacts import ArtifactStore  # noqa: E402
 
 MIB = 1024 * 1024

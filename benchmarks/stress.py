@@ -57,7 +57,7 @@ from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E40
 from paglets_artifacts.jobs.records import FINAL_STATES  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
 from paglets_artifacts.redis_client import connect_redis  # noqa: E402
-from paglets_artifacts.settings import delete_namespace  # noqa: E402
+from paglets_artifacts.redis_server import delete_namespace  # noqa: E402
 
 #: The job kinds a crash can target.
 KINDS = ("import", "export", "sweep", "delete_owner")

@@ -398,10 +398,10 @@ def test_scheduler_is_found_without_importing_workers():
 
 
 def test_serve_calls_the_http_api(settings, monkeypatch):
-    import paglets_artifacts.http.app as http_api
+    import paglets_artifacts.http.server as http_server
 
     calls = []
-    monkeypatch.setattr(http_api, "serve", lambda *args: calls.append(args))
+    monkeypatch.setattr(http_server, "serve", lambda *args: calls.append(args))
     assert invoke(settings, "serve").exit_code == 0
     assert invoke(settings, "serve", "--host", "0.0.0.0", "--port", "9000").exit_code == 0
     assert [(host, port) for _settings, host, port in calls] == [("127.0.0.1", 8470), ("0.0.0.0", 9000)]
@@ -409,10 +409,10 @@ def test_serve_calls_the_http_api(settings, monkeypatch):
 
 
 def test_serve_without_the_http_api_is_a_one_line_error(settings, monkeypatch):
-    monkeypatch.setitem(sys.modules, "paglets_artifacts.http.app", None)
+    monkeypatch.setitem(sys.modules, "paglets_artifacts.http.server", None)
     result = invoke(settings, "serve")
     assert result.exit_code == cli.EXIT_FAILED
-    assert "paglets_artifacts.http.app" in one_line_error(result)
+    assert "paglets_artifacts.http.server" in one_line_error(result)
 
 
 # ------------------------------------------------------------------------ configuration and health
@@ -560,10 +560,10 @@ def test_an_export_to_a_hostile_target_succeeds_and_says_so(settings, workers, f
 @pytest.fixture
 def uvicorn_runs(monkeypatch):
     """Record what ``serve`` would run instead of serving (the checks before it are real)."""
-    import paglets_artifacts.http.app as http_api
+    import paglets_artifacts.http.server as http_server
 
     calls: list[dict] = []
-    monkeypatch.setattr(http_api.uvicorn, "run", lambda app, **options: calls.append(options))
+    monkeypatch.setattr(http_server.uvicorn, "run", lambda app, **options: calls.append(options))
     return calls
 
 
@@ -636,7 +636,7 @@ def test_serve_writes_the_projects_log_lines(settings, tmp_path):
 
 
 def test_the_python_serve_refuses_too(settings, uvicorn_runs):
-    from paglets_artifacts.http.app import serve
+    from paglets_artifacts.http.server import serve
     from paglets_artifacts.settings import SettingsError
 
     with pytest.raises(SettingsError, match="PAGLETS_ARTIFACTS_ALLOW_INSECURE"):

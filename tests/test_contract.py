@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from paglets_artifacts import ArtifactJobs
 from paglets_artifacts.errors import InvalidInput
-from paglets_artifacts.http.app import openapi_document
+from paglets_artifacts.http.openapi import openapi_document
 from paglets_artifacts.jobs import contract
 from paglets_artifacts.jobs.records import STATES, JobRecord
 from paglets_artifacts.refs import ArtifactRef

@@ -881,7 +881,8 @@ def _status(answer: bytes) -> int:
 
 @pytest.fixture
 def http_server(settings, jobs):
-    from paglets_artifacts.http.app import ServerThread, create_app
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
 
     store = ArtifactStore.from_settings(settings, redis=jobs.client)
     with ServerThread(create_app(settings, store=store, jobs=jobs)) as server:
@@ -998,7 +999,7 @@ def test_malformed_queries_and_job_bodies_are_invalid_input_never_a_500(http_ser
 def test_job_body_nesting_is_refused_before_parsing_even_below_the_size_cap(http_server):
     import httpx
 
-    from paglets_artifacts.http.app import MAX_JOB_BODY_BYTES, MAX_JSON_DEPTH
+    from paglets_artifacts.http.limits import MAX_JOB_BODY_BYTES, MAX_JSON_DEPTH
 
     server, _store = http_server
     deep = b'{"now": ' + b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1) + b"}"
@@ -1046,7 +1047,8 @@ def test_credentials_in_urls_are_refused_so_no_job_record_carries_them(jobs, url
 
 def test_api_keys_and_the_redis_password_never_reach_job_records_or_logs(settings, tmp_path, workers):
     """A pull from a peer that requires a key, on a Redis that requires a password."""
-    from paglets_artifacts.http.app import ServerThread, create_app
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
     from paglets_artifacts.redis_server import EmbeddedRedis
 
     password, peer_key, own_key = "redis-pw-7f3a9c", "peer-key-2b8e41", "own-key-9d0c55"
@@ -1119,7 +1121,7 @@ def test_a_made_up_method_is_refused_by_the_parser_with_a_client_error(http_serv
 
 
 def test_a_request_head_just_under_the_bound_is_served(http_server):
-    from paglets_artifacts.http.app import MAX_REQUEST_HEAD_BYTES
+    from paglets_artifacts.http.limits import MAX_REQUEST_HEAD_BYTES
 
     server, _ = http_server
     padding = b"X-Pad: " + b"a" * (MAX_REQUEST_HEAD_BYTES - 200) + b"\r\n"
@@ -1150,7 +1152,7 @@ def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
 
 @pytest.mark.parametrize("pieces", [1, 2, 7])
 def test_a_request_head_over_the_bound_is_refused_however_it_is_split(http_server, pieces):
-    from paglets_artifacts.http.app import MAX_REQUEST_HEAD_BYTES
+    from paglets_artifacts.http.limits import MAX_REQUEST_HEAD_BYTES
 
     server, _ = http_server
     request = (

@@ -19,7 +19,9 @@ import pytest
 
 from conftest import wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
-from paglets_artifacts.http.app import ServerThread, create_app, openapi_document
+from paglets_artifacts.http.app import create_app
+from paglets_artifacts.http.openapi import openapi_document
+from paglets_artifacts.http.server import ServerThread
 from paglets_artifacts.jobs import contract
 
 KEY = "s3cret-key"

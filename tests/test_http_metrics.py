@@ -17,8 +17,9 @@ import pytest
 
 from conftest import ROOT, wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
-from paglets_artifacts.http.app import ServerThread, create_app
+from paglets_artifacts.http.app import create_app
 from paglets_artifacts.http.metrics import UNMATCHED, HostMetrics, RequestMetrics
+from paglets_artifacts.http.server import ServerThread
 from paglets_artifacts.redis_server import free_port
 
 KEY = "metrics-test-key"

@@ -21,7 +21,9 @@ import pytest
 
 from conftest import wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
-from paglets_artifacts.http.app import UPLOAD_RESERVATION_STEP_BYTES, ServerThread, create_app
+from paglets_artifacts.http.app import create_app
+from paglets_artifacts.http.limits import UPLOAD_RESERVATION_STEP_BYTES
+from paglets_artifacts.http.server import ServerThread
 
 GiB = 1024**3
 H = b"Host: x\r\n"

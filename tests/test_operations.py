@@ -105,11 +105,11 @@ def test_compose_environment_names_are_the_documented_variables():
 
 
 def test_compose_service_commands_are_valid_cli_invocations(monkeypatch, settings):
-    import paglets_artifacts.http.app as http_api
+    import paglets_artifacts.http.server as http_server
 
     calls = []
     monkeypatch.setattr(cli, "_exec", lambda args, env: calls.append(args))
-    monkeypatch.setattr(http_api, "serve", lambda *args: calls.append(list(args[1:])))
+    monkeypatch.setattr(http_server, "serve", lambda *args: calls.append(list(args[1:])))
     services = compose_services()
     runner = CliRunner()
     for name in ("worker", "scheduler", "host"):
@@ -127,7 +127,7 @@ def test_compose_requires_an_api_key_for_the_published_host(monkeypatch, setting
     API key from the environment, and ``serve`` would refuse too."""
     import yaml
 
-    import paglets_artifacts.http.app as http_api
+    import paglets_artifacts.http.server as http_server
 
     document = yaml.safe_load(COMPOSE)
     key = document["x-environment"]["PAGLETS_ARTIFACTS_API_KEY"]
@@ -137,7 +137,7 @@ def test_compose_requires_an_api_key_for_the_published_host(monkeypatch, setting
     assert "ALLOW_INSECURE" not in COMPOSE and "--insecure" not in host["command"]
 
     served = []
-    monkeypatch.setattr(http_api.uvicorn, "run", lambda app, **options: served.append(options["host"]))
+    monkeypatch.setattr(http_server.uvicorn, "run", lambda app, **options: served.append(options["host"]))
     command = [interpolate(part) for part in host["command"]]
     refused = CliRunner().invoke(cli.app, command, env=settings.to_env())
     assert refused.exit_code == cli.EXIT_CONFIG and served == []
@@ -308,7 +308,7 @@ def test_the_registry_builds_the_broker_and_registers_every_job_kind_once(settin
 def test_the_package_never_imports_the_worker_side():
     code = (
         "import sys, paglets_artifacts, paglets_artifacts.cli.commands, paglets_artifacts.cli.demo, "
-        "paglets_artifacts.cli.console, paglets_artifacts.paglets_host, paglets_artifacts.http.app; "
+        "paglets_artifacts.cli.console, paglets_artifacts.paglets_host, paglets_artifacts.http.server; "
         "print(sorted(name for name in sys.modules if name == 'workers' or name.startswith('workers.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")

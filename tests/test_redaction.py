@@ -160,7 +160,8 @@ def _scrape(port: int) -> str | None:
 
 def test_a_pre_signed_pull_reaches_the_worker_but_no_record_log_or_metric(settings, tmp_path, workers):
     from paglets_artifacts import ArtifactJobs, ArtifactRef, TransferError
-    from paglets_artifacts.http.app import ServerThread, create_app
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
 
     peer_settings = settings.with_changes(store_root=tmp_path / "peer-store", namespace=settings.namespace + "-peer")
     peer_jobs = ArtifactJobs(settings=peer_settings)

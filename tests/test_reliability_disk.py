@@ -192,7 +192,8 @@ def test_an_import_job_on_a_full_store_fails_at_once_and_a_later_one_succeeds(sm
 def test_an_upload_to_a_full_store_answers_507_and_leaves_nothing(small_fs, settings, jobs):
     import httpx
 
-    from paglets_artifacts.http.app import ServerThread, create_app
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
 
     store = _store(small_fs / "store")
     with (

@@ -392,7 +392,8 @@ def test_hosts_and_workers_speak_tls_to_a_password_protected_redis(tls_redis, se
 def test_the_http_host_answers_again_after_redis_restarts(own_redis, own_settings):
     import httpx
 
-    from paglets_artifacts.http.app import ServerThread, create_app
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
 
     jobs = ArtifactJobs(settings=own_settings)
     with ServerThread(create_app(own_settings, jobs=jobs)) as server, httpx.Client(base_url=server.url) as client:
@@ -432,7 +433,8 @@ def hung_settings(own_settings: Settings) -> Settings:
 def test_the_http_host_answers_503_naming_redis_while_redis_hangs(hung_settings, own_redis):
     import httpx
 
-    from paglets_artifacts.http.app import ServerThread, create_app
+    from paglets_artifacts.http.app import create_app
+    from paglets_artifacts.http.server import ServerThread
 
     with ServerThread(create_app(hung_settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         uploaded = http.post("/artifacts", params={"owner_agent_id": "o"}, content=b"before")

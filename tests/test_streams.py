@@ -24,14 +24,9 @@ from paglets_artifacts import (
     file_sha256,
 )
 from paglets_artifacts.store import streams
-from paglets_artifacts.store.streams import (
-    MAX_CHUNK_LINE_BYTES,
-    MAX_CHUNK_TRAILER_BYTES,
-    create_exclusive,
-    hashed_copy,
-    open_exclusive,
-    write_all,
-)
+from paglets_artifacts.store.bodies import MAX_CHUNK_LINE_BYTES, MAX_CHUNK_TRAILER_BYTES
+from paglets_artifacts.store.files import create_exclusive, open_exclusive, write_all
+from paglets_artifacts.store.streams import hashed_copy
 
 FRAMING_ERRORS = (InvalidInput, SizeMismatch)
 

@@ -18,14 +18,10 @@ import pytest
 
 from conftest import ReadOnly
 from paglets_artifacts.errors import ArtifactTooLarge, SizeMismatch, TransferError
-from paglets_artifacts.store import streams
+from paglets_artifacts.store import files, streams
 from paglets_artifacts.store.artifacts import ArtifactStore
-from paglets_artifacts.store.streams import (
-    LimitedRequestReader,
-    file_sha256,
-    hashed_copy,
-    hashed_read,
-)
+from paglets_artifacts.store.bodies import LimitedRequestReader
+from paglets_artifacts.store.streams import file_sha256, hashed_copy, hashed_read
 
 CHUNK = 4096
 HOST = "http://127.0.0.1:8470"
@@ -440,12 +436,12 @@ def writebacks(monkeypatch):
         calls.append((fd, offset, length, flags))
         return 0
 
-    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", recording)
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", recording)
     return calls
 
 
 def covered_ranges(calls, fd: int) -> list[tuple[int, int]]:
-    assert calls and all(call[0] == fd and call[3] == streams._SYNC_FILE_RANGE_WRITE for call in calls)
+    assert calls and all(call[0] == fd and call[3] == files._SYNC_FILE_RANGE_WRITE for call in calls)
     return [(offset, offset + length) for _, offset, length, _ in calls]
 
 
@@ -500,7 +496,7 @@ def test_write_behind_into_a_pipe_copies_without_naming_ranges(writebacks):
 def test_start_writeback_is_only_a_hint_and_never_fails(tmp_path, monkeypatch):
     read_end, write_end = os.pipe()
     try:
-        streams.start_writeback(write_end)  # sync_file_range refuses a pipe (ESPIPE): nothing happens
+        files.start_writeback(write_end)  # sync_file_range refuses a pipe (ESPIPE): nothing happens
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -531,9 +527,9 @@ def test_without_sync_file_range_write_behind_does_nothing_and_copies_all_the_sa
         monkeypatch.setattr(ctypes, "CDLL", no_libc)
     else:
         monkeypatch.setattr(builtins, "__import__", no_ctypes)
-    assert streams._load_sync_file_range() is None
+    assert files._load_sync_file_range() is None
     monkeypatch.setattr(builtins, "__import__", real_import)
-    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", None)
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", None)
     data = os.urandom(3 * CHUNK)
     with open(write_source(tmp_path, data), "rb", buffering=0) as handle:
         target = tmp_path / "out.bin"
@@ -549,7 +545,7 @@ def test_this_linux_has_sync_file_range():
     """The write-behind the benchmarks measure is really there on Linux."""
     if not sys.platform.startswith("linux"):
         pytest.skip("sync_file_range is Linux's")
-    assert streams._load_sync_file_range() is not None
+    assert files._load_sync_file_range() is not None
 
 
 @pytest.mark.parametrize("fsync", [True, False])

@@ -51,8 +51,9 @@ from .store.artifacts import (
     paglet_file_ref_from_path,
     safe_target_filename,
 )
+from .store.bodies import ChunkedRequestReader, LimitedRequestReader
 from .store.layout import StoreLayout
-from .store.streams import ChunkedRequestReader, LimitedRequestReader, copy_path, copy_stream, file_sha256
+from .store.streams import copy_path, copy_stream, file_sha256
 
 __all__ = [
     "ARTIFACT_COPY",

@@ -607,7 +607,7 @@ def run_host(
 
     from paglets.runtime.host import Host
 
-    from .http.app import is_loopback
+    from .http.server import is_loopback
 
     configure_logging(settings, keep_existing=True)  # a host operator reads which job moved which file
     if not api_key and not is_loopback(bind):

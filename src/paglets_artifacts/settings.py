@@ -30,21 +30,6 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "paglets-artifacts"
 
 
-def delete_namespace(client: Any, namespace: str) -> int:
-    """Delete every Redis key under ``namespace`` (job records, index, Dramatiq queues) and
-    return how many: what a demo, a benchmark or a test run leaves behind in a shared Redis."""
-    deleted = 0
-    batch: list[Any] = []
-    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += client.delete(*batch)
-            batch = []
-    if batch:
-        deleted += client.delete(*batch)
-    return deleted
-
-
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
 

@@ -557,11 +557,11 @@ def serve(
     if insecure:
         settings = settings.with_changes(allow_insecure=True)
     try:
-        from ..http.app import serve as serve_http
+        from ..http.server import serve as serve_http
     except ModuleNotFoundError as exc:
-        if exc.name != "paglets_artifacts.http.app":
+        if exc.name != "paglets_artifacts.http.server":
             raise
-        raise RuntimeError("the HTTP API (paglets_artifacts.http.app) is not installed") from None
+        raise RuntimeError("the HTTP API (paglets_artifacts.http.server) is not installed") from None
     if port is None:
         parts = urlsplit(settings.host_url)
         port = parts.port or (443 if parts.scheme == "https" else 8470)

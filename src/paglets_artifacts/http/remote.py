@@ -40,8 +40,8 @@ from ..redaction import redact_url
 from ..refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, Progress
+from ..store.files import create_exclusive, write_all
 from ..store.paths import AllowedPath
-from ..store.streams import create_exclusive, write_all
 
 #: Timeouts of every remote request: 10 s to connect, 60 s of silence while reading or writing.
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)

@@ -47,19 +47,13 @@ from ..refs import (
     validate_expires_at,
     validate_sha256,
 )
+from .bodies import ChunkedRequestReader, LimitedRequestReader
+from .files import create_exclusive, start_writeback
 from .index import IndexUnavailable, ScanIndex, StoreIndex
 from .layout import StoreLayout, metadata_json
 from .paths import AllowedPath
 from .redis_index import RedisIndex
-from .streams import (
-    ChunkedRequestReader,
-    LimitedRequestReader,
-    create_exclusive,
-    file_sha256,
-    hashed_copy,
-    hashed_read,
-    start_writeback,
-)
+from .streams import file_sha256, hashed_copy, hashed_read
 
 logger = logging.getLogger("paglets_artifacts.store")
 
