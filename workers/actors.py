@@ -29,6 +29,7 @@ from paglets_artifacts.errors import (
     TransferError,
 )
 from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.client import ArtifactJobs
 from paglets_artifacts.settings import Settings
 from paglets_artifacts.store.artifacts import OwnerDeletion
 from paglets_artifacts.store.paths import AllowedPath, resolve_beneath
@@ -36,6 +37,7 @@ from paglets_artifacts.store.streams import hashed_read
 
 from .context import context
 from .middleware import current_job
+from .reconcile import reconcile_jobs
 
 logger = logging.getLogger("paglets_artifacts.jobs")
 
@@ -303,6 +305,13 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
 def reindex() -> dict[str, Any]:
     cancel = current_job().cancel
     return stopped_early(context().store.reindex(stop=cancel.requested), cancel.canceled)
+
+
+@job_actor(contract.RECONCILE, time_limit=maintenance_time_limit)
+def reconcile() -> dict[str, Any]:
+    ctx = context()
+    jobs = ArtifactJobs(client=ctx.client, settings=ctx.settings)
+    return reconcile_jobs(jobs, grace_seconds=ctx.settings.reconcile_grace_seconds).to_wire()
 
 
 @job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)

@@ -21,6 +21,7 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from ..errors import IdempotencyConflict, InvalidInput, JobCanceled, JobConflict, JobTimeout, error_class
+from ..redis_client import connect_redis
 from ..settings import Settings
 from . import contract
 from .dead_letters import DeadLetters, QueueKeys, delivery, fresh_delivery
@@ -45,12 +46,12 @@ RECONNECT_DELAY_SECONDS = 0.2
 
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """The Redis client of a host, the CLI or the HTTP host (``url`` defaults to
-    ``settings.redis_url``): connecting and every command give up after
+    ``settings.redis_url``; plain or Sentinel, see :mod:`paglets_artifacts.redis_client`):
+    connecting and every command give up after
     ``settings.redis_timeout_seconds`` with ``redis.TimeoutError``, so a hung Redis is an
     error, never a hung caller. Waits that are meant to be long (``Job.wait`` on pub/sub)
     pass their own shorter timeouts to each read."""
-    timeout = settings.redis_timeout_seconds
-    return redis.Redis.from_url(url or settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return connect_redis(settings, url, timeout=settings.redis_timeout_seconds)
 
 
 class Job:
@@ -295,6 +296,10 @@ class ArtifactJobs:
     def reindex(self, *, idempotency_key: str | None = None) -> Job:
         """Rebuild the store's index from the files on disk."""
         return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key)
+
+    def reconcile(self, *, idempotency_key: str | None = None) -> Job:
+        """Re-enqueue or fail the jobs whose message Redis lost (after a failover)."""
+        return self.enqueue(contract.RECONCILE, idempotency_key=idempotency_key)
 
     def import_url(
         self,

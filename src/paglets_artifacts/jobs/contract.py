@@ -381,11 +381,31 @@ REINDEX = JobKind(
     {},
     doc="Rebuild the store's index from the files on disk.",
 )
+RECONCILE = JobKind(
+    "reconcile",
+    "paglets_artifacts_reconcile",
+    MAINTENANCE_QUEUE,
+    {},
+    doc="Find jobs whose record says queued, running or retrying but whose message Redis lost; "
+    "re-enqueue or fail them.",
+)
 
 #: Every job kind, by name.
 KINDS: dict[str, JobKind] = {
     kind.name: kind
-    for kind in (IMPORT, EXPORT, IMPORT_URL, EXPORT_TO_HOST, CHECKSUM, UPLOAD, DOWNLOAD, SWEEP, DELETE_OWNER, REINDEX)
+    for kind in (
+        IMPORT,
+        EXPORT,
+        IMPORT_URL,
+        EXPORT_TO_HOST,
+        CHECKSUM,
+        UPLOAD,
+        DOWNLOAD,
+        SWEEP,
+        DELETE_OWNER,
+        REINDEX,
+        RECONCILE,
+    )
 }
 #: Kinds that stream bytes (they report byte progress): those of the transfer queue.
 TRANSFER_KINDS: frozenset[str] = frozenset(kind.name for kind in KINDS.values() if kind.transfer)
