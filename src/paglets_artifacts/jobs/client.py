@@ -1,7 +1,8 @@
 """The host side of the job system: enqueue a job, follow it, wait for its result.
 
 A call on :class:`ArtifactJobs` only validates its arguments (no file I/O, no hashing)
-and writes one Redis pipeline: the queued job record and the Dramatiq message. Workers
+and writes one Redis transaction: the queued job record and the Dramatiq message, or for
+:meth:`ArtifactJobs.enqueue_many` those of every job of the batch, all or none. Workers
 (``workers/``) run the job; its record tells how it went.
 """
 
@@ -14,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -266,6 +268,22 @@ class ArtifactJobs:
             delete_source=delete_source,
         )
 
+    def import_files(self, imports: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Import many files in one round trip: one mapping of :meth:`import_file`'s
+        arguments per file (``{"path": ..., "owner_agent_id": ...}``); see :meth:`enqueue_many`."""
+        return self.enqueue_many(contract.IMPORT, imports)
+
+    def exports(self, exports: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Export many artifacts in one round trip: one mapping of :meth:`export`'s arguments
+        per artifact (``{"artifact_id": ..., "target": ...}``); see :meth:`enqueue_many`."""
+        return self.enqueue_many(contract.EXPORT, exports)
+
+    def delete_owners(self, owner_agent_ids: Sequence[str]) -> list[Job]:
+        """Delete every artifact of each owner, one job per owner, in one round trip."""
+        if isinstance(owner_agent_ids, (str, bytes)):
+            raise InvalidInput("owner_agent_ids must be a list of owner ids, got one string")
+        return self.enqueue_many(contract.DELETE_OWNER, [{"owner_agent_id": owner} for owner in owner_agent_ids])
+
     def export(
         self,
         artifact_id: str,
@@ -422,6 +440,44 @@ class ArtifactJobs:
         arguments) within ``job_retention_seconds`` returns that job (``Job.replayed``)
         instead of a second one; a different request under the key is refused with
         ``IdempotencyConflict``. Key, record and message are written by one script."""
+        message, record = self._prepare(kind, arguments, start_within_seconds)
+        if idempotency_key is not None:
+            return self._enqueue_once(kind, message, record, idempotency_key)
+        return self._send([(message, record)])[0]
+
+    def enqueue_many(
+        self,
+        kind: contract.JobKind,
+        arguments: Sequence[Mapping[str, Any]],
+        *,
+        start_within_seconds: float | None = None,
+    ) -> list[Job]:
+        """Enqueue one job of ``kind`` per mapping of ``arguments`` (those :meth:`enqueue`
+        takes as keywords) in one round trip; return their handles in the same order.
+
+        Each job has its own record and result. Every item is validated before anything is
+        written: one bad item raises ``InvalidInput`` naming its index and its problem, and
+        nothing is enqueued. The records and messages of the batch are written in one Redis
+        transaction, all or none. A batch holds at most ``contract.MAX_BATCH_JOBS`` jobs;
+        an empty one enqueues nothing."""
+        if isinstance(arguments, (str, bytes, Mapping)) or not isinstance(arguments, Sequence):
+            raise InvalidInput(f"a batch of {kind.name} jobs must be a list of argument objects")
+        if len(arguments) > contract.MAX_BATCH_JOBS:
+            raise InvalidInput(f"a batch holds at most {contract.MAX_BATCH_JOBS} jobs, got {len(arguments)}: split it")
+        prepared = []
+        for index, item in enumerate(arguments):
+            try:
+                prepared.append(self._prepare(kind, item, start_within_seconds))
+            except InvalidInput as exc:
+                raise InvalidInput(f"item {index}: {exc}") from None
+        return self._send(prepared)
+
+    def _prepare(
+        self, kind: contract.JobKind, arguments: Any, start_within_seconds: float | None
+    ) -> tuple[Message[Any], JobRecord]:
+        """A job's message and queued record, its arguments validated; nothing written."""
+        if not isinstance(arguments, Mapping):
+            raise InvalidInput(f"{kind.name} job arguments must be an object, got {type(arguments).__name__}")
         values = kind.validate({key: value for key, value in arguments.items() if value is not None})
         sent = {key: value for key, value in values.items() if value is not None}
         now = time.time()
@@ -436,16 +492,41 @@ class ArtifactJobs:
             message_timestamp=int(now * 1000),
         )
         record = JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=kind.shown(sent))
-        if idempotency_key is not None:
-            return self._enqueue_once(kind, message, record, sent, idempotency_key)
-        self.records.create(record)
-        self.broker.enqueue(message)
-        return Job(self, message.message_id)
+        return message, record
 
-    def _enqueue_once(
-        self, kind: contract.JobKind, message: Message[Any], record: JobRecord, sent: dict[str, Any], key: str
-    ) -> Job:
-        fingerprint = request_fingerprint(kind, sent)
+    def _send(self, prepared: list[tuple[Message[Any], JobRecord]]) -> list[Job]:
+        """Write the records and messages in one transaction (a round trip, and one more
+        when the pipeline checks that Redis has the broker's script)."""
+        if not prepared:
+            return []
+        pipe = self.client.pipeline(transaction=True)
+        for message, record in prepared:
+            self.records.create(record, pipe)
+            self._dispatch_enqueue(pipe, message)
+        pipe.execute()
+        return [Job(self, message.message_id) for message, _ in prepared]
+
+    def _dispatch_enqueue(self, pipe: Any, message: Message[Any]) -> None:
+        """What ``RedisBroker.enqueue`` does (without delay or middleware, which this broker
+        has none of), its dispatch script queued in ``pipe`` rather than sent on its own."""
+        broker = self.broker
+        queued = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        args = [
+            "enqueue",
+            int(time.time() * 1000),
+            queued.queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            0,  # no queue maintenance from a host: workers do it
+            0,  # the unpack bound of the commands that unpack lists; enqueue unpacks none
+            queued.options["redis_message_id"],
+            queued.encode(),
+        ]
+        broker.scripts["dispatch"](keys=[broker.namespace], args=args, client=pipe)
+
+    def _enqueue_once(self, kind: contract.JobKind, message: Message[Any], record: JobRecord, key: str) -> Job:
+        fingerprint = request_fingerprint(kind, message.kwargs)
         done, held, job_id = self.records.create_once(
             record,
             key=self.idempotency_key(key),

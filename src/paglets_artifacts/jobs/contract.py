@@ -17,6 +17,10 @@ from ..errors import InvalidInput
 from ..redaction import MASK, redact_url
 from ..refs import validate_artifact_id, validate_expires_at, validate_sha256
 
+#: The most jobs one ``ArtifactJobs.enqueue_many`` call (or ``POST /jobs/{kind}`` with a
+#: list) enqueues: the batch is one Redis transaction, held in memory on both sides.
+MAX_BATCH_JOBS = 1000
+
 #: Queue of imports and exports (long transfers).
 TRANSFER_QUEUE = "artifact-transfers"
 #: Queue of sweeps, owner deletions and reindexing, so they never wait behind a transfer.
