@@ -21,8 +21,7 @@ import redis
 
 from paglets_artifacts import ArtifactJobs, Settings
 from paglets_artifacts.jobs.worker_process import WorkerProcess
-from paglets_artifacts.redis_server import EmbeddedRedis
-from paglets_artifacts.settings import delete_namespace
+from paglets_artifacts.redis_server import EmbeddedRedis, delete_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 

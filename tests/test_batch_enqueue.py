@@ -127,7 +127,7 @@ def test_post_jobs_with_an_array_runs_one_job_per_item(client, workers, files):
         assert client.get(f"/artifacts/{record['result']['artifact_id']}").content == source.read_bytes()
     # The single form still answers one job.
     single = client.post("/jobs/sweep", json={}).json()
-    assert set(single) == {"job_id", "kind", "status_url"}
+    assert set(single) == {"job_id", "kind", "status_url", "replayed"} and single["replayed"] is False
 
 
 def test_a_bad_batch_over_http_is_a_400_naming_the_item_and_enqueues_nothing(client, jobs, files):
@@ -151,6 +151,9 @@ def test_a_bad_batch_over_http_is_a_400_naming_the_item_and_enqueues_nothing(cli
     refused = client.post("/jobs/import", content=too_big)
     assert refused.status_code == 400 and f"larger than {MAX_JOB_BATCH_BODY_BYTES}" in refused.json()["error"]
     assert client.post("/jobs/import", json=[]).json() == {"jobs": []}
+    # An idempotency key names one request: a batch refuses one rather than keying nothing.
+    refused = client.post("/jobs/import", json=[good], headers={"Idempotency-Key": "batch-1"})
+    assert refused.status_code == 400 and "Idempotency-Key" in refused.json()["error"]
     assert len(jobs.jobs(limit=200)) == 100  # nothing more was enqueued
 
 

@@ -70,6 +70,8 @@ def test_the_openapi_ref_and_record_schemas_are_their_wire_forms():
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
 def test_each_host_wrapper_takes_its_kinds_arguments_with_their_defaults(kind):
     parameters = list(inspect.signature(getattr(ArtifactJobs, WRAPPERS[kind.name])).parameters.values())[1:]
+    key = parameters.pop()  # every enqueue takes a client's idempotency key, last
+    assert (key.name, key.kind, key.default) == ("idempotency_key", key.KEYWORD_ONLY, None)
     assert [parameter.name for parameter in parameters] == list(kind.arguments)
     for parameter in parameters:
         argument = kind.arguments[parameter.name]

@@ -35,8 +35,7 @@ from paglets_artifacts import (
 from paglets_artifacts.http.app import create_app
 from paglets_artifacts.http.remote import RemoteTransfers, RemoteUnavailable, host_allowed
 from paglets_artifacts.http.server import ServerThread
-from paglets_artifacts.redis_server import free_port
-from paglets_artifacts.settings import delete_namespace
+from paglets_artifacts.redis_server import delete_namespace, free_port
 
 KEY_B = "key-of-host-b"
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)

@@ -36,8 +36,7 @@ from conftest import ROOT, wait_until
 from paglets_agents import Carrier, CarrierState, payload
 from paglets_artifacts import ArtifactJobs, Settings, SettingsError
 from paglets_artifacts.paglets_host import OffloadedStore, OffloadingClient, PagletsFacingStore, offload
-from paglets_artifacts.redis_server import EmbeddedRedis, free_port
-from paglets_artifacts.settings import delete_namespace
+from paglets_artifacts.redis_server import EmbeddedRedis, delete_namespace, free_port
 from peers import Peer, offloaded_host, paglets_host, serve
 
 sys.path.insert(0, str(ROOT))

@@ -18,6 +18,7 @@ from redis.retry import Retry
 from paglets_artifacts.redis_server import (
     EmbeddedRedis,
     RedisUnavailable,
+    delete_namespace,
     free_port,
     redis_server_binary,
     redis_url_or_embedded,
@@ -270,3 +271,16 @@ def test_the_server_does_not_outlive_its_process(how):
             child.kill()
             child.wait()
         child.stdout.close()
+
+
+def test_delete_namespace_removes_only_that_namespace_in_batches(redis_client, namespace):
+    other = f"{namespace}-other"
+    redis_client.mset({f"{namespace}:k{i}": i for i in range(2500)})
+    redis_client.set(f"{other}:keep", 1)
+    redis_client.set(namespace + "x", 1)  # shares the prefix but not the namespace
+    try:
+        assert delete_namespace(redis_client, namespace) == 2500
+        assert list(redis_client.scan_iter(match=f"{namespace}:*")) == []
+        assert redis_client.get(f"{other}:keep") == b"1" and redis_client.get(namespace + "x") == b"1"
+    finally:
+        redis_client.delete(f"{other}:keep", namespace + "x")

@@ -292,21 +292,6 @@ def test_settings_are_frozen_and_with_changes_copies():
         settings.namespace = "x"  # type: ignore[misc]
 
 
-def test_delete_namespace_removes_only_that_namespace_in_batches(redis_client, namespace):
-    from paglets_artifacts.settings import delete_namespace
-
-    other = f"{namespace}-other"
-    redis_client.mset({f"{namespace}:k{i}": i for i in range(2500)})
-    redis_client.set(f"{other}:keep", 1)
-    redis_client.set(namespace + "x", 1)  # shares the prefix but not the namespace
-    try:
-        assert delete_namespace(redis_client, namespace) == 2500
-        assert list(redis_client.scan_iter(match=f"{namespace}:*")) == []
-        assert redis_client.get(f"{other}:keep") == b"1" and redis_client.get(namespace + "x") == b"1"
-    finally:
-        redis_client.delete(f"{other}:keep", namespace + "x")
-
-
 @pytest.mark.parametrize("relation", ["contains", "equals", "inside", "inside through a link"])
 def test_an_allowed_root_that_contains_or_lies_inside_the_store_is_refused(tmp_path, relation):
     store = tmp_path / "store"

@@ -29,12 +29,15 @@ from paglets_artifacts.errors import (
     TransferError,
 )
 from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.client import ArtifactJobs
 from paglets_artifacts.settings import Settings
+from paglets_artifacts.store.artifacts import OwnerDeletion
 from paglets_artifacts.store.paths import AllowedPath, resolve_beneath
 from paglets_artifacts.store.streams import hashed_read
 
 from .context import context
 from .middleware import current_job
+from .reconcile import reconcile_jobs
 
 logger = logging.getLogger("paglets_artifacts.jobs")
 
@@ -112,7 +115,7 @@ def check_owner_alive(owner_agent_id: str, *, at_start: bool = False) -> None:
     if not owner_agent_id:
         return
     job = current_job()
-    deleted_at: Any
+    deleted_at: bytes | str | None
     if at_start:
         deleted_at = job.owner_tombstone
     else:
@@ -261,8 +264,14 @@ def _target_sha256(target: AllowedPath) -> str | None:
 
 @job_actor(contract.SWEEP, time_limit=maintenance_time_limit)
 def sweep(*, now: float | None) -> dict[str, Any]:
-    report = context().store.cleanup_temporary(now=now)
-    return report.to_wire()
+    cancel = current_job().cancel
+    report = context().store.cleanup_temporary(now=now, stop=cancel.requested)
+    return stopped_early(report.to_wire(), cancel.canceled)
+
+
+def stopped_early(result: dict[str, Any], canceled: bool) -> dict[str, Any]:
+    """A maintenance job's result, saying ``stopped`` when a cancel ended it before its end."""
+    return {**result, "stopped": True} if canceled else result
 
 
 # KEYS: tombstone | ARGV: deleted_at ttl_seconds. Sets the tombstone unless it already holds
@@ -288,24 +297,36 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ttl = int(context().settings.owner_tombstone_seconds)
     # The tombstone first: an import of this owner enqueued before now is refused when it
     # starts, and removes its artifact itself when it commits from now on.
+    cancel = current_job().cancel
     raise_tombstone = _raise_tombstone(ctx.client)
     raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
-    first = ctx.store.delete_owner(owner_agent_id)
+    first = ctx.store.delete_owner(owner_agent_id, stop=cancel.requested)
     # Then the deletion's end: every import enqueued before it is refused (the tombstone's
     # time is what imports compare their enqueue time with), and a second pass removes what
     # imports committed during the first one, before their post-commit check could see it.
-    raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
-    second = ctx.store.delete_owner(owner_agent_id)
-    return {
+    second = OwnerDeletion()
+    if not cancel.canceled:
+        raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
+        second = ctx.store.delete_owner(owner_agent_id, stop=cancel.requested)
+    result = {
         "owner_agent_id": owner_agent_id,
         "deleted": len(first.deleted) + len(second.deleted),
         "bytes_freed": first.bytes_freed + second.bytes_freed,
     }
+    return stopped_early(result, cancel.canceled)
 
 
 @job_actor(contract.REINDEX, time_limit=maintenance_time_limit)
 def reindex() -> dict[str, Any]:
-    return context().store.reindex()
+    cancel = current_job().cancel
+    return stopped_early(context().store.reindex(stop=cancel.requested), cancel.canceled)
+
+
+@job_actor(contract.RECONCILE, time_limit=maintenance_time_limit)
+def reconcile() -> dict[str, Any]:
+    ctx = context()
+    jobs = ArtifactJobs(client=ctx.client, settings=ctx.settings)
+    return reconcile_jobs(jobs, grace_seconds=ctx.settings.reconcile_grace_seconds).to_wire()
 
 
 @job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)

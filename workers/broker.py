@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -24,8 +24,10 @@ from dramatiq.middleware import (
 )
 
 from paglets_artifacts.errors import TransferError, Transient
+from paglets_artifacts.redis_client import connect_redis
 from paglets_artifacts.settings import Settings
 
+from .context import WORKER_HEALTH_CHECK_SECONDS
 from .logs import StructuredLogs
 from .metrics import Metrics
 from .middleware import JobRecordsMiddleware, retry_while_unreachable
@@ -64,6 +66,14 @@ class PatientRetries(Retries):
     """
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:
+        if isinstance(exception, ActorNotFound):
+            # Dramatiq's Retries looks the actor up again and fails, so the message would be
+            # acknowledged and lost: it goes to the dead-letter queue instead, to be seen there.
+            logging.getLogger("paglets_artifacts.jobs").error(
+                "message %s names no actor %r; moved to the dead-letter queue", message.message_id, message.actor_name
+            )
+            message.fail()
+            return
         super().after_process_message(_PatientEnqueue(broker), message, result=result, exception=exception)
 
 
@@ -124,7 +134,8 @@ class _TolerantConsumer(_RedisConsumer):
 
 
 def make_broker(settings: Settings) -> RedisBroker:
-    """A Redis broker with the standard middleware, job records, and retries of transient errors only."""
+    """A Redis broker (plain or through Sentinel: :func:`paglets_artifacts.redis_client.connect_redis`)
+    with the standard middleware, job records, and retries of transient errors only."""
 
     def retry_when(retries: int, exception: BaseException) -> bool:
         return retries < settings.max_retries and is_transient(exception)
@@ -142,7 +153,7 @@ def make_broker(settings: Settings) -> RedisBroker:
         PatientRetries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms, retry_when=retry_when),
     ]
     return TolerantRedisBroker(
-        url=settings.redis_url,
+        client=connect_redis(settings, health_check_interval=WORKER_HEALTH_CHECK_SECONDS),
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         maintenance_chance=settings.maintenance_chance,

@@ -28,9 +28,10 @@ from typing import Any
 
 from dramatiq import Middleware
 
+from paglets_artifacts.errors import JobCanceled
 from paglets_artifacts.jobs import contract
 from paglets_artifacts.jobs.contract import KINDS_BY_ACTOR
-from paglets_artifacts.jobs.records import FAILED, SUCCEEDED
+from paglets_artifacts.jobs.records import CANCELED, FAILED, SUCCEEDED
 from paglets_artifacts.jobs.worker_process import METRICS_DIR_PREFIX
 from paglets_artifacts.settings import Settings
 
@@ -77,7 +78,7 @@ class JobMetrics:
 
         self.jobs = Counter(
             "paglets_artifacts_jobs",
-            "Jobs that ended, by kind and outcome (succeeded, failed, skipped).",
+            "Jobs that ended, by kind and outcome (succeeded, failed, canceled, skipped).",
             ["kind", "outcome"],
             registry=None,
         )
@@ -201,6 +202,9 @@ class Metrics(Middleware):
         if exception is not None and not message.failed:
             outcome = "retried"
             self.metrics.retries.labels(kind, type(exception).__name__).inc()
+        elif isinstance(exception, JobCanceled) or _stopped_by_cancel():
+            outcome = CANCELED  # the attempt stopped for a cancel (a maintenance job: what it did is its result)
+            self.metrics.jobs.labels(kind, outcome).inc()
         else:
             outcome = FAILED if exception is not None else SUCCEEDED
             self.metrics.jobs.labels(kind, outcome).inc()
@@ -222,6 +226,14 @@ class Metrics(Middleware):
         self.metrics.jobs.labels(kind.name, "skipped").inc()
 
 
+def _stopped_by_cancel() -> bool:
+    """Whether the job this thread ran saw its cancel (a maintenance job stops and returns)."""
+    try:
+        return current_job().cancel.canceled
+    except RuntimeError:
+        return False
+
+
 class StoreCollector:
     """Store figures read from the index at scrape time: bytes used, the quota.
 
@@ -235,11 +247,10 @@ class StoreCollector:
 
     def _open_store(self) -> Any:
         if self._store is None:
-            import redis
-
+            from paglets_artifacts.redis_client import connect_redis
             from paglets_artifacts.store.artifacts import ArtifactStore
 
-            client = redis.Redis.from_url(self.settings.redis_url)
+            client = connect_redis(self.settings)
             self._store = ArtifactStore.from_settings(self.settings, redis=client)
         return self._store
 

@@ -19,6 +19,7 @@ from paglets_artifacts.jobs.contract import INTO_STORE, KINDS_BY_ACTOR, JobKind
 from paglets_artifacts.jobs.records import FAILED, SUCCEEDED
 from paglets_artifacts.redaction import redact_text
 
+from .cancel import CancelWatch, record_stop
 from .context import context
 
 logger = logging.getLogger("paglets_artifacts.jobs")
@@ -32,18 +33,18 @@ RECORD_WRITE_MAX_DELAY_SECONDS = 5.0
 
 def retry_while_unreachable(
     action: Callable[[], Any], what: str, *, patience: float = RECORD_WRITE_PATIENCE_SECONDS
-) -> None:
-    """Run ``action`` (a job record update, a retry's enqueue), retrying while Redis cannot be reached."""
+) -> Any:
+    """Run ``action`` (a job record update, a retry's enqueue), retrying while Redis cannot be
+    reached; return what it returned (None if Redis stayed unreachable)."""
     deadline = time.monotonic() + patience
     delay = 0.1
     while True:
         try:
-            action()
-            return
+            return action()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 logger.error("gave up recording %s after %.0f s: %s", what, patience, exc)
-                return
+                return None
             logger.warning("cannot record %s yet (%s); retrying in %.1f s", what, exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, RECORD_WRITE_MAX_DELAY_SECONDS)
@@ -63,6 +64,11 @@ class RunningJob:
     #: import's first check that its owner still lives (None: no tombstone, or no owner).
     owner_tombstone: bytes | None = None
 
+    @property
+    def cancel(self) -> CancelWatch:
+        """Whether the job was canceled (maintenance jobs ask before each item)."""
+        return self.progress.cancel
+
 
 class ProgressReporter:
     """Writes a transfer's progress to its job record at most every ``every_bytes``.
@@ -76,8 +82,10 @@ class ProgressReporter:
         self.job_id = job_id
         self.every_bytes = max(1, every_bytes)
         self._last = -1
+        self.cancel = CancelWatch(job_id)
 
     def __call__(self, done: int, total: int) -> None:
+        self.cancel.check()  # a canceled transfer stops here, within one chunk
         if self._last < 0 and done == total:
             return  # a transfer that ended with its first report: its final record tells the sizes
         if self._last < 0 or done - self._last >= self.every_bytes or done == total:
@@ -198,16 +206,24 @@ class JobRecordsMiddleware(Middleware):
         records = context().records
         what = f"the end of job {job.id}"
         if exception is None:
-            retry_while_unreachable(lambda: records.finished(job.id, state=SUCCEEDED, result=job.result), what)
-            logger.info("job %s %s succeeded", job.id, job.kind)
+            ended = retry_while_unreachable(lambda: records.finished(job.id, state=SUCCEEDED, result=job.result), what)
+            if ended:
+                logger.info("job %s %s succeeded", job.id, job.kind)
         elif message.failed:
             error = describe_error(exception)
-            retry_while_unreachable(lambda: records.finished(job.id, state=FAILED, error=error), what)
-            logger.warning("job %s %s failed: %s: %s", job.id, job.kind, type(exception).__name__, exception)
+            ended = retry_while_unreachable(lambda: records.finished(job.id, state=FAILED, error=error), what)
+            if ended:
+                logger.warning("job %s %s failed: %s: %s", job.id, job.kind, type(exception).__name__, exception)
         else:
             error = describe_error(exception)
-            retry_while_unreachable(lambda: records.retrying(job.id, error), f"the retry of job {job.id}")
+            ended = retry_while_unreachable(lambda: records.retrying(job.id, error), f"the retry of job {job.id}")
             logger.warning("job %s %s will be retried: %s: %s", job.id, job.kind, type(exception).__name__, exception)
+        if ended is False and (job.cancel.canceled or records.is_canceled(job.id)):
+            # The cancel came first: the record stays canceled; what this attempt did is told.
+            retry_while_unreachable(
+                lambda: record_stop(job.id, job.kind, message.kwargs, job.result, succeeded=exception is None),
+                f"the stop of job {job.id}",
+            )
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         _CURRENT.set(None)

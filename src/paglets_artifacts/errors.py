@@ -107,6 +107,31 @@ class JobExpired(TransferError):
     """A job was not started before its age limit (its enqueuer stopped waiting): it never ran."""
 
 
+class JobCanceled(TransferError):
+    """A job was canceled (``Job.cancel``): ``Job.wait`` raises it, and so does a running
+    attempt that sees the cancel (it stops, cleans up, and leaves no artifact)."""
+
+
+class JobConflict(TransferError):
+    """What was asked of a job does not fit its state: cancelling a job that already ended,
+    retrying one that neither failed nor was canceled. Nothing was changed; ``state`` is the
+    job's state."""
+
+    def __init__(self, message: str, *, state: str = ""):
+        super().__init__(message)
+        self.state = state
+
+
+class IdempotencyConflict(TransferError):
+    """An enqueue reused an idempotency key that a different request (another kind or other
+    arguments) holds within its retention time; nothing was enqueued. ``job_id`` is the job
+    the key holds."""
+
+    def __init__(self, message: str, *, job_id: str = ""):
+        super().__init__(message)
+        self.job_id = job_id
+
+
 _KNOWN: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (
@@ -127,6 +152,7 @@ _KNOWN: dict[str, type[Exception]] = {
         AuthenticationError,
         ForbiddenError,
         JobExpired,
+        JobCanceled,
     )
 }
 

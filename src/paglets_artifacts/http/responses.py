@@ -25,7 +25,9 @@ from ..errors import (
     AuthenticationError,
     ChecksumMismatch,
     ForbiddenError,
+    IdempotencyConflict,
     InvalidInput,
+    JobConflict,
     QuotaExceeded,
     SizeMismatch,
     StorageFull,
@@ -51,6 +53,8 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ChecksumMismatch: 422,
     UploadTooSlow: 408,  # Request Timeout: the body stopped or crawled
     StorageFull: 507,  # Insufficient Storage: the store's filesystem is full
+    JobConflict: 409,  # cancel of a job that ended, retry of one that did not fail: ``state`` says
+    IdempotencyConflict: 422,  # a key reused by a different request
 }
 
 #: The ``error_type`` paglets' client knows for each of our classes (TransferError otherwise).
@@ -97,7 +101,12 @@ def transfer_error_response(exc: TransferError, *, close: bool = False) -> JSONR
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else {}
     if close:
         headers["Connection"] = "close"
-    return JSONResponse(error_body(error_type, exc), status_code=status_for(exc), headers=headers or None)
+    body: dict[str, Any] = error_body(error_type, exc)
+    if isinstance(exc, JobConflict):
+        body["state"] = exc.state
+    if isinstance(exc, IdempotencyConflict):
+        body["job_id"] = exc.job_id
+    return JSONResponse(body, status_code=status_for(exc), headers=headers or None)
 
 
 async def _on_transfer_error(request: Request, exc: Exception) -> Response:

@@ -8,7 +8,11 @@ and writes one Redis transaction: the queued job record and the Dramatiq message
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -18,10 +22,25 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from ..errors import InvalidInput, JobTimeout, error_class
+from ..errors import IdempotencyConflict, InvalidInput, JobCanceled, JobConflict, JobTimeout, error_class
+from ..redis_client import connect_redis
 from ..settings import Settings
 from . import contract
-from .records import FAILED, JobRecord, JobRecords
+from .dead_letters import DeadLetters, QueueKeys, delivery, fresh_delivery
+from .records import CANCELED, FAILED, JobRecord, JobRecords
+
+#: Longest idempotency key a client may choose.
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def who() -> str:
+    """Who cancels or retries from this process, by default: ``user@host:pid``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
 
 #: Pause between two attempts to reach Redis while a caller waits for a job.
 RECONNECT_DELAY_SECONDS = 0.2
@@ -29,12 +48,12 @@ RECONNECT_DELAY_SECONDS = 0.2
 
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """The Redis client of a host, the CLI or the HTTP host (``url`` defaults to
-    ``settings.redis_url``): connecting and every command give up after
+    ``settings.redis_url``; plain or Sentinel, see :mod:`paglets_artifacts.redis_client`):
+    connecting and every command give up after
     ``settings.redis_timeout_seconds`` with ``redis.TimeoutError``, so a hung Redis is an
     error, never a hung caller. Waits that are meant to be long (``Job.wait`` on pub/sub)
     pass their own shorter timeouts to each read."""
-    timeout = settings.redis_timeout_seconds
-    return redis.Redis.from_url(url or settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return connect_redis(settings, url, timeout=settings.redis_timeout_seconds)
 
 
 class Job:
@@ -43,11 +62,14 @@ class Job:
     Parameters:
       jobs(ArtifactJobs): the client that enqueued or found it.
       job_id(str): the job id (the Dramatiq message id).
+      replayed(bool): found by an enqueue under an idempotency key the job already held.
     """
 
-    def __init__(self, jobs: ArtifactJobs, job_id: str):
+    def __init__(self, jobs: ArtifactJobs, job_id: str, *, replayed: bool = False):
         self._jobs = jobs
         self.id = job_id
+        #: Whether an enqueue under an idempotency key found this job instead of making one.
+        self.replayed = replayed
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -59,11 +81,78 @@ class Job:
             raise LookupError(f"no job {self.id!r} (unknown, its record expired, or Redis lost it)")
         return record
 
+    def cancel(self, *, by: str | None = None) -> JobRecord:
+        """Cancel the job and return its record, now ``canceled`` (final) with ``canceled_by``
+        (``by``, default :func:`who`) and ``canceled_at``.
+
+        A queued job never starts; a running one stops at its next progress report or item
+        (within about a second), removes its ``.part``, releases its quota reservation and
+        leaves no artifact, then sets ``stopped_at`` (and, for a maintenance job, its result:
+        what it did until then). A job that already ended raises ``JobConflict`` (its
+        ``state`` says how it ended) and nothing changes; ``LookupError`` for an unknown job.
+        The cancel and a worker's end of the job are each one Redis script: whichever comes
+        first decides the one final state."""
+        done, state = self._jobs.records.cancel(self.id, by=by if by is not None else who())
+        if not done:
+            raise JobConflict(f"job {self.id} already ended ({state}); nothing was canceled", state=state)
+        return self.status()
+
+    def retry(self) -> JobRecord:
+        """Run a failed or canceled job again under the same id and return its record, queued
+        again (``retries`` counts these). The message is the one Dramatiq dead-lettered when
+        it still holds it (the whole arguments, a pre-signed URL's secret included), else it
+        is made from the record's arguments; a job whose record keeps a URL with its secret
+        masked and whose dead letter is gone cannot be retried (``JobConflict``: enqueue it
+        again). An import retried makes its one artifact under its job id, as a redelivery
+        does. ``JobConflict`` for a job in any other state; ``LookupError`` for an unknown one."""
+        record = self.status()
+        if record.state not in (FAILED, CANCELED):
+            raise JobConflict(
+                f"job {self.id} is {record.state}: only a failed or canceled job can be retried", state=record.state
+            )
+        kind = contract.KINDS.get(record.kind)
+        if kind is None:
+            raise JobConflict(
+                f"job {self.id} has no known kind ({record.kind!r}); it cannot be retried", state=record.state
+            )
+        keys = QueueKeys.of(self._jobs.settings.namespace, kind.queue_name)
+        found = self._jobs.dead_letters.find_job(self.id, kind.queue_name)
+        if found is not None:
+            letter_id, message = found
+        else:
+            masked = kind.masked(record.arguments)
+            if masked:
+                raise JobConflict(
+                    f"job {self.id} cannot be retried: its record keeps {', '.join(masked)} with the secret masked "
+                    "and its dead letter is gone; enqueue it again with the whole URL",
+                    state=record.state,
+                )
+            letter_id = ""
+            message = Message(
+                queue_name=kind.queue_name,
+                actor_name=kind.actor_name,
+                args=(),
+                kwargs=dict(record.arguments),
+                options={},
+                message_id=self.id,
+                message_timestamp=int(record.enqueued_at * 1000),
+            )
+        done, state = self._jobs.records.requeue(
+            self.id,
+            queue_keys=keys.enqueue_keys,
+            payload=fresh_delivery(message),
+            dead_letter=(letter_id, keys.dead, keys.dead_messages),
+        )
+        if not done:  # it changed meanwhile (retried by someone else)
+            raise JobConflict(f"job {self.id} is {state}: only a failed or canceled job can be retried", state=state)
+        return self.status()
+
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise its error.
 
         The error raised is of the job's error type (``QuotaExceeded``, ``ChecksumMismatch``,
-        ...); ``JobTimeout`` if it has not ended after ``timeout`` seconds. Waiting listens
+        ...), ``JobCanceled`` for a canceled job; ``JobTimeout`` if it has not ended after
+        ``timeout`` seconds. Waiting listens
         on the job-events channel and re-reads the record each second, so a lost
         notification costs at most a second. A Redis that restarts or drops the connection
         meanwhile is reconnected to until the deadline (its error is raised only then).
@@ -109,11 +198,19 @@ def _wait_for_event(pubsub: Any, job_id: str, seconds: float) -> None:
 
 
 def _outcome(record: JobRecord) -> Any:
+    if record.state == CANCELED:
+        raise JobCanceled(f"job {record.id} was canceled by {record.canceled_by or 'someone'}")
     if record.state == FAILED:
         error = record.error or {}
         cls = error_class(str(error.get("type", "")))
         raise cls(f"{error.get('message') or 'job failed'}")
     return record.result
+
+
+def request_fingerprint(kind: contract.JobKind, arguments: dict[str, Any]) -> str:
+    """What makes two enqueues the same request: the kind and the checked arguments (hashed)."""
+    text = json.dumps({"kind": kind.name, "arguments": arguments}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ArtifactJobs:
@@ -141,6 +238,8 @@ class ArtifactJobs:
         )
         # A broker with no middleware: the host only enqueues, it runs nothing.
         self.broker = RedisBroker(client=self.client, namespace=self.settings.namespace, middleware=[])
+        #: Dramatiq's dead letters of the contract's queues.
+        self.dead_letters = DeadLetters(self.client, self.records)
 
     # ---------------------------------------------------------------- job kinds
 
@@ -154,10 +253,12 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         delete_source: bool = False,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Import a file under the allowed roots into the store."""
         return self.enqueue(
             contract.IMPORT,
+            idempotency_key=idempotency_key,
             path=str(path),
             owner_agent_id=owner_agent_id,
             name=name,
@@ -183,23 +284,40 @@ class ArtifactJobs:
             raise InvalidInput("owner_agent_ids must be a list of owner ids, got one string")
         return self.enqueue_many(contract.DELETE_OWNER, [{"owner_agent_id": owner} for owner in owner_agent_ids])
 
-    def export(self, artifact_id: str, target: str, *, expected_sha256: str | None = None, move: bool = False) -> Job:
+    def export(
+        self,
+        artifact_id: str,
+        target: str,
+        *,
+        expected_sha256: str | None = None,
+        move: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Job:
         """Export an artifact to a path under the allowed roots; ``move`` deletes it after."""
         return self.enqueue(
-            contract.EXPORT, artifact_id=artifact_id, target=str(target), expected_sha256=expected_sha256, move=move
+            contract.EXPORT,
+            idempotency_key=idempotency_key,
+            artifact_id=artifact_id,
+            target=str(target),
+            expected_sha256=expected_sha256,
+            move=move,
         )
 
-    def sweep(self, *, now: float | None = None) -> Job:
+    def sweep(self, *, now: float | None = None, idempotency_key: str | None = None) -> Job:
         """Remove stale ``.part`` files, expired artifacts and orphans."""
-        return self.enqueue(contract.SWEEP, now=now)
+        return self.enqueue(contract.SWEEP, idempotency_key=idempotency_key, now=now)
 
-    def delete_owner(self, owner_agent_id: str) -> Job:
+    def delete_owner(self, owner_agent_id: str, *, idempotency_key: str | None = None) -> Job:
         """Delete every artifact of an owner (a disposed paglet)."""
-        return self.enqueue(contract.DELETE_OWNER, owner_agent_id=owner_agent_id)
+        return self.enqueue(contract.DELETE_OWNER, idempotency_key=idempotency_key, owner_agent_id=owner_agent_id)
 
-    def reindex(self) -> Job:
+    def reindex(self, *, idempotency_key: str | None = None) -> Job:
         """Rebuild the store's index from the files on disk."""
-        return self.enqueue(contract.REINDEX)
+        return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key)
+
+    def reconcile(self, *, idempotency_key: str | None = None) -> Job:
+        """Re-enqueue or fail the jobs whose message Redis lost (after a failover)."""
+        return self.enqueue(contract.RECONCILE, idempotency_key=idempotency_key)
 
     def import_url(
         self,
@@ -211,10 +329,12 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Pull an artifact from a remote host's ``GET /artifacts/{id}`` (or any allowed URL)."""
         return self.enqueue(
             contract.IMPORT_URL,
+            idempotency_key=idempotency_key,
             url=url,
             owner_agent_id=owner_agent_id,
             name=name,
@@ -233,10 +353,12 @@ class ArtifactJobs:
         name: str | None = None,
         expires_at: float | None = None,
         move: bool = False,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Push an artifact to a remote host's ``POST /artifacts``; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT_TO_HOST,
+            idempotency_key=idempotency_key,
             artifact_id=artifact_id,
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -245,9 +367,9 @@ class ArtifactJobs:
             move=move,
         )
 
-    def checksum(self, path: str) -> Job:
+    def checksum(self, path: str, *, idempotency_key: str | None = None) -> Job:
         """Hash a file under the allowed roots; the result is ``{"path", "sha256", "size_bytes"}``."""
-        return self.enqueue(contract.CHECKSUM, path=str(path))
+        return self.enqueue(contract.CHECKSUM, idempotency_key=idempotency_key, path=str(path))
 
     def upload(
         self,
@@ -259,11 +381,13 @@ class ArtifactJobs:
         compression: str = "",
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Upload a file under the allowed roots to a host's ``POST /artifacts`` (paglets'
         ``HostClient.upload_artifact``, run by a worker); the result is the remote ref."""
         return self.enqueue(
             contract.UPLOAD,
+            idempotency_key=idempotency_key,
             path=str(path),
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -281,12 +405,14 @@ class ArtifactJobs:
         expected_sha256: str | None = None,
         expected_size: int | None = None,
         move: bool = False,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Download an artifact's URL to a path under the allowed roots, verified before it
         is renamed into place (paglets' ``HostClient.download_artifact``, run by a worker);
         ``move`` deletes the remote artifact after."""
         return self.enqueue(
             contract.DOWNLOAD,
+            idempotency_key=idempotency_key,
             url=url,
             target=str(target),
             expected_sha256=expected_sha256,
@@ -296,12 +422,28 @@ class ArtifactJobs:
 
     # ---------------------------------------------------------------- generic
 
-    def enqueue(self, kind: contract.JobKind, *, start_within_seconds: float | None = None, **arguments: Any) -> Job:
+    def enqueue(
+        self,
+        kind: contract.JobKind,
+        *,
+        start_within_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        **arguments: Any,
+    ) -> Job:
         """Validate ``arguments`` against ``kind`` and enqueue the job. With ``start_within_seconds``
         a worker that would start it for the first time later skips it and its record fails
         with ``JobExpired`` (a caller that stopped waiting wants no effect any more); once
-        started, its redeliveries and retries run as any job's."""
-        return self._send([self._prepare(kind, arguments, start_within_seconds)])[0]
+        started, its redeliveries and retries run as any job's.
+
+        With ``idempotency_key`` (a client's name for this request: 1 to 200 printable ASCII
+        characters), an enqueue that finds the key held by the same request (same kind and
+        arguments) within ``job_retention_seconds`` returns that job (``Job.replayed``)
+        instead of a second one; a different request under the key is refused with
+        ``IdempotencyConflict``. Key, record and message are written by one script."""
+        message, record = self._prepare(kind, arguments, start_within_seconds)
+        if idempotency_key is not None:
+            return self._enqueue_once(kind, message, record, idempotency_key)
+        return self._send([(message, record)])[0]
 
     def enqueue_many(
         self,
@@ -382,6 +524,32 @@ class ArtifactJobs:
             queued.encode(),
         ]
         broker.scripts["dispatch"](keys=[broker.namespace], args=args, client=pipe)
+
+    def _enqueue_once(self, kind: contract.JobKind, message: Message[Any], record: JobRecord, key: str) -> Job:
+        fingerprint = request_fingerprint(kind, message.kwargs)
+        done, held, job_id = self.records.create_once(
+            record,
+            key=self.idempotency_key(key),
+            fingerprint=fingerprint,
+            key_seconds=self.settings.job_retention_seconds,
+            queue_keys=QueueKeys.of(self.settings.namespace, kind.queue_name).enqueue_keys,
+            payload=delivery(message),
+        )
+        if not done and held != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} is held by job {job_id}, enqueued by a different request "
+                "(another kind or other arguments); nothing was enqueued",
+                job_id=job_id,
+            )
+        return Job(self, job_id, replayed=not done)
+
+    def idempotency_key(self, key: str) -> str:
+        """The Redis key of a client's idempotency key (``InvalidInput`` for a malformed one)."""
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise InvalidInput(f"an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+        if not (key.isascii() and key.isprintable()):
+            raise InvalidInput(f"an idempotency key must be printable ASCII, got {key[:40]!r}")
+        return f"{self.settings.namespace}:idempotency:{key}"
 
     def job(self, job_id: str) -> Job:
         """A job by id (from any process); ``LookupError`` if no record of it exists."""

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidInput
-from ..redaction import redact_url
+from ..redaction import MASK, redact_url
 from ..refs import validate_artifact_id, validate_expires_at, validate_sha256
 
 #: The most jobs one ``ArtifactJobs.enqueue_many`` call (or ``POST /jobs/{kind}`` with a
@@ -227,6 +227,13 @@ class JobKind:
             for name, value in values.items()
         }
 
+    def masked(self, shown: Mapping[str, Any]) -> list[str]:
+        """The URL arguments of ``shown`` (as a job record keeps them) whose secrets were masked:
+        a job cannot be enqueued again from them."""
+        return [
+            name for name, value in shown.items() if self._is_url(name) and isinstance(value, str) and MASK in value
+        ]
+
     def arguments_schema(self) -> dict[str, Any]:
         """The JSON schema of its arguments object (the OpenAPI document's)."""
         return {
@@ -378,11 +385,31 @@ REINDEX = JobKind(
     {},
     doc="Rebuild the store's index from the files on disk.",
 )
+RECONCILE = JobKind(
+    "reconcile",
+    "paglets_artifacts_reconcile",
+    MAINTENANCE_QUEUE,
+    {},
+    doc="Find jobs whose record says queued, running or retrying but whose message Redis lost; "
+    "re-enqueue or fail them.",
+)
 
 #: Every job kind, by name.
 KINDS: dict[str, JobKind] = {
     kind.name: kind
-    for kind in (IMPORT, EXPORT, IMPORT_URL, EXPORT_TO_HOST, CHECKSUM, UPLOAD, DOWNLOAD, SWEEP, DELETE_OWNER, REINDEX)
+    for kind in (
+        IMPORT,
+        EXPORT,
+        IMPORT_URL,
+        EXPORT_TO_HOST,
+        CHECKSUM,
+        UPLOAD,
+        DOWNLOAD,
+        SWEEP,
+        DELETE_OWNER,
+        REINDEX,
+        RECONCILE,
+    )
 }
 #: Kinds that stream bytes (they report byte progress): those of the transfer queue.
 TRANSFER_KINDS: frozenset[str] = frozenset(kind.name for kind in KINDS.values() if kind.transfer)

@@ -22,8 +22,10 @@ RUNNING = "running"
 RETRYING = "retrying"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
-STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED)
-FINAL_STATES = frozenset({SUCCEEDED, FAILED})
+#: Ended by a cancel (``JobRecords.cancel``): a queued job never starts, a running one stops.
+CANCELED = "canceled"
+STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
 
 #: How long a record of a job that never ends (a lost message) is kept at most.
 UNFINISHED_RECORD_TTL_SECONDS = 7 * 86400
@@ -46,6 +48,13 @@ class JobRecord:
     error: dict[str, str] | None = None
     worker: str = ""
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: Who canceled it (``Job.cancel(by=...)``) and when; empty unless it was canceled.
+    canceled_by: str = ""
+    canceled_at: float | None = None
+    #: When the attempt that ran as it was canceled stopped and cleaned up (None if none ran).
+    stopped_at: float | None = None
+    #: How many times it was retried (``Job.retry``) after it failed or was canceled.
+    retries: int = 0
 
     @property
     def done(self) -> bool:
@@ -66,6 +75,10 @@ class JobRecord:
             "error": self.error,
             "worker": self.worker,
             "arguments": self.arguments,
+            "canceled_by": self.canceled_by,
+            "canceled_at": self.canceled_at,
+            "stopped_at": self.stopped_at,
+            "retries": self.retries,
         }
 
     @classmethod
@@ -101,7 +114,24 @@ class JobRecord:
                 json.loads(values["arguments"]) if values.get("arguments") else None, "arguments"
             )
             or {},
+            canceled_by=values.get("canceled_by", ""),
+            canceled_at=number("canceled_at", float, None),
+            stopped_at=number("stopped_at", float, None),
+            retries=number("retries", int, 0),
         )
+
+
+def _queued_fields(record: JobRecord) -> dict[Any, Any]:
+    """The hash fields of a new queued record."""
+    return {
+        "kind": record.kind,
+        "state": record.state,
+        "enqueued_at": repr(record.enqueued_at),
+        "attempts": record.attempts,
+        "bytes_done": 0,
+        "bytes_total": record.bytes_total,
+        "arguments": json.dumps(record.arguments, sort_keys=True),
+    }
 
 
 def _mapping_or_none(value: Any, name: str) -> Any:
@@ -122,7 +152,13 @@ CHECKPOINT_FIELD = "checkpoint"
 def _lua(text: str) -> str:
     """A record script with the state names of this module put in (``{SUCCEEDED}``...), so
     they are spelled once; each becomes a quoted Lua string."""
-    names = {"RUNNING": RUNNING, "SUCCEEDED": SUCCEEDED, "FAILED": FAILED}
+    names = {
+        "QUEUED": QUEUED,
+        "RUNNING": RUNNING,
+        "SUCCEEDED": SUCCEEDED,
+        "FAILED": FAILED,
+        "CANCELED": CANCELED,
+    }
     return text.format(**{name: json.dumps(value) for name, value in names.items()})
 
 
@@ -131,7 +167,7 @@ def _lua(text: str) -> str:
 # KEYS: the record. ARGV: field, value, field, value...
 _UPDATE_UNLESS_FINAL = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == {SUCCEEDED} or state == {FAILED} then return 0 end
+if not state or state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 0 end
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """)
@@ -141,7 +177,7 @@ return 1
 # KEYS: the record, the events channel. ARGV: retention seconds, the event, then field, value...
 _FINISH = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == {SUCCEEDED} or state == {FAILED} then return 0 end
+if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
@@ -154,7 +190,7 @@ return 1
 # had ended) and that key's value; a start is announced in the same step.
 _START = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == {SUCCEEDED} or state == {FAILED} then return {{-1, false}} end
+if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return {{-1, false}} end
 redis.call('HSET', KEYS[1], 'state', {RUNNING}, 'started_at', ARGV[1], 'worker', ARGV[2],
            'bytes_done', '0')
 if not state then
@@ -168,6 +204,85 @@ local read = false
 if KEYS[4] then read = redis.call('GET', KEYS[4]) end
 return {{attempt, read}}
 """)
+
+
+# ---------------------------------------------------------------------- cancel, retry, enqueue once
+# Each is one script, so it and a worker's start or end of the same job (also scripts) happen
+# one after the other: a job ends in exactly one final state.
+
+# KEYS: the record, the events channel. ARGV: now, who, retention seconds, the event.
+# Returns {1, the state it had} when it canceled, {0, the final state} when the job had
+# ended, {-1, ''} for no record.
+_CANCEL = _lua("""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {{-1, ''}} end
+if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return {{0, state}} end
+redis.call('HSET', KEYS[1], 'state', {CANCELED}, 'canceled_by', ARGV[2], 'canceled_at', ARGV[1],
+           'finished_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+return {{1, state}}
+""")
+
+# The attempt that ran when its job was canceled has stopped and cleaned up; what it did
+# (a maintenance job's partial report) is its result. Once only, and only for a canceled job.
+# KEYS: the record, the events channel. ARGV: now, the result (JSON or ''), the event.
+_STOPPED = _lua("""
+if redis.call('HGET', KEYS[1], 'state') ~= {CANCELED} then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'stopped_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'stopped_at', ARGV[1], 'result', ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+""")
+
+# A failed or canceled job queued again under its id, with its message, in one step: the
+# record back to queued (attempts and checkpoint kept), the message on its queue (Dramatiq's
+# layout: the payload in the queue's hash, its id on the queue's list), its dead letter gone.
+# KEYS: the record, the recent-jobs index, the queue's messages hash, the queue's list, the
+# dead-letter set, the dead-letter messages hash, the events channel.
+# ARGV: now, the message's Redis id, its payload, its dead letter's id (or ''), record TTL,
+# the event, the job id. Returns {1, the state it had}, {0, its state} when it is not failed or canceled,
+# {-1, ''} for no record.
+_RETRY = _lua("""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {{-1, ''}} end
+if state ~= {FAILED} and state ~= {CANCELED} then return {{0, state}} end
+redis.call('HDEL', KEYS[1], 'started_at', 'finished_at', 'result', 'error', 'worker', 'canceled_by',
+           'canceled_at', 'stopped_at')
+redis.call('HSET', KEYS[1], 'state', {QUEUED}, 'bytes_done', '0')
+redis.call('HINCRBY', KEYS[1], 'retries', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[7])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('RPUSH', KEYS[4], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('HDEL', KEYS[6], ARGV[4])
+end
+redis.call('PUBLISH', KEYS[7], ARGV[6])
+return {{1, state}}
+""")
+
+# An enqueue under a client's idempotency key: the key (holding the request's fingerprint
+# and the job id, for the retention time), the queued record and the message, all or none.
+# KEYS: the key, the record, the recent-jobs index, the queue's messages hash, the queue's list.
+# ARGV: job id, fingerprint, key TTL, record TTL, enqueued_at, the message's Redis id, its
+# payload, then the record's field, value... Returns {1, fingerprint, job id} when it
+# enqueued, {0, fingerprint, job id} of the request the key already holds.
+_ENQUEUE_ONCE = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local space = string.find(held, ' ', 1, true)
+  return {0, string.sub(held, 1, space - 1), string.sub(held, space + 1)}
+end
+redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[1], 'EX', ARGV[3])
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
+redis.call('RPUSH', KEYS[5], ARGV[6])
+return {1, ARGV[2], ARGV[1]}
+"""
 
 
 class JobRecords:
@@ -188,6 +303,10 @@ class JobRecords:
         self._update = client.register_script(_UPDATE_UNLESS_FINAL)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._stopped = client.register_script(_STOPPED)
+        self._retry = client.register_script(_RETRY)
+        self._enqueue_once = client.register_script(_ENQUEUE_ONCE)
 
     def key(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
@@ -196,18 +315,7 @@ class JobRecords:
         """Store a new queued record (in ``pipe`` when given, so it goes with the enqueue)."""
         target = pipe if pipe is not None else self.client.pipeline(transaction=True)
         key = self.key(record.id)
-        target.hset(
-            key,
-            mapping={
-                "kind": record.kind,
-                "state": record.state,
-                "enqueued_at": repr(record.enqueued_at),
-                "attempts": record.attempts,
-                "bytes_done": 0,
-                "bytes_total": record.bytes_total,
-                "arguments": json.dumps(record.arguments, sort_keys=True),
-            },
-        )
+        target.hset(key, mapping=_queued_fields(record))
         target.expire(key, int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS)))
         target.zadd(self.index_key, {record.id: record.enqueued_at})
         target.zremrangebyscore(self.index_key, "-inf", record.enqueued_at - UNFINISHED_RECORD_TTL_SECONDS)
@@ -234,9 +342,12 @@ class JobRecords:
     def progress(self, job_id: str, done: int, total: int) -> None:
         self._update(keys=[self.key(job_id)], args=["bytes_done", done, "bytes_total", total])
 
-    def retrying(self, job_id: str, error: dict[str, str]) -> None:
+    def retrying(self, job_id: str, error: dict[str, str]) -> bool:
+        """Mark a job retrying; ``False`` (and nothing changed) when it had ended."""
         if self._update(keys=[self.key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]):
             self._announce(job_id, RETRYING)
+            return True
+        return False
 
     def finished(self, job_id: str, *, state: str, result: Any = None, error: dict[str, str] | None = None) -> bool:
         """Record a job's end and announce it; the record expires after the retention time.
@@ -301,6 +412,78 @@ class JobRecords:
         if stale:  # records that expired: drop them from the listing
             self.client.zrem(self.index_key, *stale)
         return records
+
+    # ------------------------------------------------------------ cancel, retry, enqueue once
+
+    def _record_ttl(self) -> int:
+        return int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS))
+
+    def cancel(self, job_id: str, *, by: str) -> tuple[bool, str]:
+        """End a job that has not ended in state ``canceled``, saying ``by`` whom; return
+        whether it did and the state the job had (its final state when it had ended).
+        ``LookupError`` for no record."""
+        event = json.dumps({"id": job_id, "state": CANCELED})
+        retention = max(1, int(self.retention_seconds))
+        done, state = self._cancel(
+            keys=[self.key(job_id), self.channel], args=[repr(time.time()), by, retention, event]
+        )
+        if int(done) < 0:
+            raise LookupError(f"no job {job_id!r} (unknown, its record expired, or Redis lost it)")
+        return bool(int(done)), _s(state)
+
+    def is_canceled(self, job_id: str) -> bool:
+        """Whether the job was canceled (what a running attempt checks now and then)."""
+        return _s(self.client.hget(self.key(job_id), "state") or b"") == CANCELED
+
+    def stopped(self, job_id: str, result: Any = None) -> bool:
+        """Record that the attempt running as the job was canceled stopped, with what it did."""
+        event = json.dumps({"id": job_id, "state": CANCELED, "stopped": True})
+        payload = json.dumps(result) if result is not None else ""
+        return bool(self._stopped(keys=[self.key(job_id), self.channel], args=[repr(time.time()), payload, event]))
+
+    def requeue(
+        self, job_id: str, *, queue_keys: tuple[str, str], payload: tuple[str, bytes], dead_letter: tuple[str, str, str]
+    ) -> tuple[bool, str]:
+        """Queue a failed or canceled job again under its id: its record back to ``queued``
+        and ``payload`` (Redis message id, encoded message) on the queue of ``queue_keys``
+        (its messages hash and list), the dead letter (its id or '', the dead-letter set and
+        hash) removed, in one script. Returns whether it did and the state the job had."""
+        event = json.dumps({"id": job_id, "state": QUEUED})
+        letter_id, letters, letter_messages = dead_letter
+        done, state = self._retry(
+            keys=[self.key(job_id), self.index_key, *queue_keys, letters, letter_messages, self.channel],
+            args=[repr(time.time()), payload[0], payload[1], letter_id, self._record_ttl(), event, job_id],
+        )
+        if int(done) < 0:
+            raise LookupError(f"no job {job_id!r} (unknown, its record expired, or Redis lost it)")
+        return bool(int(done)), _s(state)
+
+    def create_once(
+        self,
+        record: JobRecord,
+        *,
+        key: str,
+        fingerprint: str,
+        key_seconds: float,
+        queue_keys: tuple[str, str],
+        payload: tuple[str, bytes],
+    ) -> tuple[bool, str, str]:
+        """:meth:`create` and the enqueue of ``payload`` on the queue of ``queue_keys``, unless
+        the idempotency ``key`` exists; the key is set (for ``key_seconds``) in the same script.
+        Returns whether it enqueued, and the fingerprint and job id the key holds."""
+        args: list[Any] = [
+            record.id,
+            fingerprint,
+            max(1, int(key_seconds)),
+            self._record_ttl(),
+            repr(record.enqueued_at),
+            payload[0],
+            payload[1],
+        ]
+        for name, value in _queued_fields(record).items():
+            args += [name, value]
+        done, held, job_id = self._enqueue_once(keys=[key, self.key(record.id), self.index_key, *queue_keys], args=args)
+        return bool(int(done)), _s(held), _s(job_id)
 
     def _announce(self, job_id: str, state: str) -> None:
         self.client.publish(self.channel, json.dumps({"id": job_id, "state": state}))

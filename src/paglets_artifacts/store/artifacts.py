@@ -59,6 +59,14 @@ logger = logging.getLogger("paglets_artifacts.store")
 
 #: Called with (bytes_done, bytes_total or -1) while a transfer runs.
 Progress = Callable[[int, int], None]
+#: Asked before each item of a sweep, owner deletion or reindex: True stops it there (a
+#: canceled job), and it returns what it did so far.
+Stop = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # Opening a FIFO for reading blocks until a writer appears; non-blocking, it opens at once and
@@ -867,32 +875,39 @@ class ArtifactStore:
             self.index.release(artifact_id)
         return freed
 
-    def delete_owner(self, owner_agent_id: str) -> OwnerDeletion:
+    def delete_owner(self, owner_agent_id: str, *, stop: Stop = _never) -> OwnerDeletion:
         """Delete every artifact of ``owner_agent_id``, and what an earlier deletion killed
-        half-way left of its artifacts; return the refs deleted and the bytes freed."""
+        half-way left of its artifacts; return the refs deleted and the bytes freed (so far,
+        when ``stop`` said so before an artifact)."""
         if not self.index.scans:
             try:
                 artifact_ids = sorted(self.index.owner_ids(owner_agent_id))
             except IndexUnavailable:
                 pass  # the listing below scans the directory instead
             else:
-                return self._delete_listed(owner_agent_id, artifact_ids)
+                return self._delete_listed(owner_agent_id, artifact_ids, stop)
         deletion = OwnerDeletion()
         for ref in self.list(owner_agent_id=owner_agent_id):
+            if stop():
+                return deletion
             deletion.bytes_freed += self.remove(ref.artifact_id)
             deletion.deleted.append(ref)
         if not self.index.scans:  # a scan lists whole artifacts only
             for artifact_id in list(self.index.owner_ids(owner_agent_id)):
+                if stop():
+                    return deletion
                 # What a removal killed between an artifact's metadata and its blob left behind.
                 deletion.bytes_freed += self.finish_removal(artifact_id)
         return deletion
 
-    def _delete_listed(self, owner_agent_id: str, artifact_ids: builtins.list[str]) -> OwnerDeletion:
+    def _delete_listed(self, owner_agent_id: str, artifact_ids: builtins.list[str], stop: Stop) -> OwnerDeletion:
         """:meth:`delete_owner` over the index's listing of the owner, read once: whole
         artifacts are removed, and the remains of a removal killed between an artifact's
         metadata and its blob (its metadata gone) are finished."""
         deletion = OwnerDeletion()
         for artifact_id in artifact_ids:
+            if stop():
+                return deletion
             try:
                 ref = self.ref(artifact_id)
             except ArtifactNotFound:
@@ -905,7 +920,7 @@ class ArtifactStore:
                 deletion.deleted.append(ref)
         return deletion
 
-    def cleanup_temporary(self, *, now: float | None = None) -> SweepReport:
+    def cleanup_temporary(self, *, now: float | None = None, stop: Stop = _never) -> SweepReport:
         """Sweep: stale ``.part`` files, expired artifacts and orphans.
 
         Orphans are blobs whose commit was interrupted (found through their staged
@@ -915,12 +930,17 @@ class ArtifactStore:
         ``now`` dates the expiry of artifacts only. Temporary files and orphan blobs are
         judged by the real clock: a ``.part`` may belong to an upload still in progress, and
         a sweep dated in the future must never take it.
+
+        ``stop`` is asked before each file and artifact; when it says so, the sweep ends
+        there and reports what it removed until then.
         """
         current = time.time() if now is None else float(now)
         clock = time.time()
         self._ensure_dirs()
         report = SweepReport()
         for path in self.layout.parts():
+            if stop():
+                return report
             try:
                 info = path.lstat()
             except FileNotFoundError:
@@ -941,6 +961,8 @@ class ArtifactStore:
                             report.orphans_removed += 1
                             self.index.removed(artifact_id)
         for artifact_id in list(self.index.expired_ids(current)):
+            if stop():
+                return report
             try:
                 ref = self.ref(artifact_id)
             except ArtifactNotFound:
@@ -956,9 +978,9 @@ class ArtifactStore:
             if 0 < ref.expires_at <= current:
                 report.bytes_freed += self.remove(artifact_id)
                 report.expired_removed += 1
-        if self.index.scans:  # it reads every file anyway; otherwise reindex does this full-scan work
+        if self.index.scans and not stop():  # it reads every file anyway; otherwise reindex does this full-scan work
             blobs, metas = self._listings()
-            removed, freed = self._remove_orphans(blobs, metas, clock)
+            removed, freed = self._remove_orphans(blobs, metas, clock, stop)
             report.orphans_removed += removed
             report.bytes_freed += freed
             for artifact_id in metas:
@@ -973,28 +995,32 @@ class ArtifactStore:
                     report.unreadable_ids.append(artifact_id)
         return report
 
-    def remove_orphans(self) -> tuple[int, int]:
+    def remove_orphans(self, *, stop: Stop = _never) -> tuple[int, int]:
         """Remove, by a full scan, blobs without metadata older than the spool TTL (a commit
         that died; one in progress is younger) and metadata without a blob; return how many
-        files were removed and the bytes freed."""
+        files were removed and the bytes freed (so far, when ``stop`` said so before a file)."""
         self._ensure_dirs()
-        return self._remove_orphans(*self._listings(), time.time())
+        return self._remove_orphans(*self._listings(), time.time(), stop)
 
-    def reindex(self) -> dict[str, Any]:
+    def reindex(self, *, stop: Stop = _never) -> dict[str, Any]:
         """The reindex job: remove orphans, then bring the index in line with the files
         (``StoreIndex.rebuild``); return the index's figures and the orphans removed. A
-        scanning index has nothing to rebuild and its sweep removes orphans: its figures."""
-        return self._reindexed(self.index.rebuild)
+        scanning index has nothing to rebuild and its sweep removes orphans: its figures.
+        ``stop`` is asked before each orphan and before the rebuild (which, once begun, runs
+        to its end); stopped, it returns the orphan figures alone."""
+        return self._reindexed(self.index.rebuild, stop)
 
     def reconcile(self) -> dict[str, Any]:
         """:meth:`reindex`, reading only the metadata the index does not know
         (``StoreIndex.reconcile``): the cheaper call for a host that knows it changed files."""
         return self._reindexed(self.index.reconcile)
 
-    def _reindexed(self, scan: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _reindexed(self, scan: Callable[[], dict[str, Any]], stop: Stop = _never) -> dict[str, Any]:
         if self.index.scans:
             return scan()
-        removed, freed = self.remove_orphans()
+        removed, freed = self.remove_orphans(stop=stop)
+        if stop():
+            return {"orphans_removed": removed, "orphan_bytes_freed": freed}
         return {**scan(), "orphans_removed": removed, "orphan_bytes_freed": freed}
 
     def _listings(self) -> tuple[dict[str, os.DirEntry], dict[str, os.DirEntry]]:
@@ -1005,12 +1031,14 @@ class ArtifactStore:
         return blobs, self.layout.metadata_files()
 
     def _remove_orphans(
-        self, blobs: dict[str, os.DirEntry], metas: dict[str, os.DirEntry], clock: float
+        self, blobs: dict[str, os.DirEntry], metas: dict[str, os.DirEntry], clock: float, stop: Stop = _never
     ) -> tuple[int, int]:
         removed = freed = 0
         for artifact_id, entry in blobs.items():
             if artifact_id in metas:
                 continue
+            if stop():
+                return removed, freed
             try:
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -1028,6 +1056,8 @@ class ArtifactStore:
         for artifact_id, entry in metas.items():
             if artifact_id in blobs or self.layout.blob(artifact_id).exists():
                 continue  # whole, or committed between the two listings
+            if stop():
+                return removed, freed
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:
