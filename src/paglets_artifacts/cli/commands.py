@@ -156,6 +156,15 @@ KeyOpt = Annotated[
     ),
 ]
 
+CallbackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--callback-url",
+        help="POST the job's final record here, signed with PAGLETS_ARTIFACTS_CALLBACK_SECRET, once it ends "
+        "(an http(s) URL under PAGLETS_ARTIFACTS_ALLOWED_HOSTS).",
+    ),
+]
+
 
 def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=True)
@@ -255,6 +264,7 @@ def import_(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     expiry = _expiry(expires_at, expires_in)
     source = os.path.abspath(path)
@@ -268,7 +278,7 @@ def import_(
             expires_at=expiry,
             expected_sha256=sha256,
             delete_source=delete_source,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -287,12 +297,13 @@ def export(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     destination = os.path.abspath(target)
     _submit(
         ctx,
         lambda jobs: jobs.export(
-            artifact_id, destination, expected_sha256=sha256, move=move, idempotency_key=idempotency_key
+            artifact_id, destination, expected_sha256=sha256, move=move, idempotency_key=idempotency_key, callback_url=callback_url
         ),
         wait=wait,
         timeout=timeout,
@@ -315,6 +326,7 @@ def import_url(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     expiry = _expiry(expires_at, expires_in)
     _submit(
@@ -327,7 +339,7 @@ def import_url(
             expires_at=expiry,
             expected_sha256=sha256,
             expected_size=size,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -350,6 +362,7 @@ def push(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
         ctx,
@@ -360,7 +373,7 @@ def push(
             name=name,
             expires_at=expires_at,
             move=move,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -376,10 +389,11 @@ def sweep(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
         ctx,
-        lambda jobs: jobs.sweep(now=now, idempotency_key=idempotency_key),
+        lambda jobs: jobs.sweep(now=now, idempotency_key=idempotency_key, callback_url=callback_url),
         wait=wait,
         timeout=timeout,
         as_json=as_json,
@@ -394,10 +408,11 @@ def delete_owner(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
         ctx,
-        lambda jobs: jobs.delete_owner(owner, idempotency_key=idempotency_key),
+        lambda jobs: jobs.delete_owner(owner, idempotency_key=idempotency_key, callback_url=callback_url),
         wait=wait,
         timeout=timeout,
         as_json=as_json,
@@ -411,9 +426,10 @@ def reindex(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
-        ctx, lambda jobs: jobs.reindex(idempotency_key=idempotency_key), wait=wait, timeout=timeout, as_json=as_json
+        ctx, lambda jobs: jobs.reindex(idempotency_key=idempotency_key, callback_url=callback_url), wait=wait, timeout=timeout, as_json=as_json
     )
 
 

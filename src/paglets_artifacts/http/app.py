@@ -70,6 +70,8 @@ logger = logging.getLogger("paglets_artifacts.http")
 
 #: The request header that carries a client's idempotency key for an enqueue.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The request header that names an enqueue's completion callback URL (``callback_url``).
+CALLBACK_HEADER = "Callback-URL"
 #: Set (``true``) on the answer of an enqueue whose key already held the job.
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -211,7 +213,9 @@ class ArtifactAPI:
         kind.validate(arguments)
         # A client's name for this request: the same key again returns the same job.
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, **arguments)
+        # Where the job's final record is POSTed, signed, once it ends.
+        callback_url = request.headers.get(CALLBACK_HEADER)
+        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, callback_url=callback_url, **arguments)
         status_url = str(request.url_for("job", job_id=job.id))
         headers = {"Location": status_url}
         if job.replayed:

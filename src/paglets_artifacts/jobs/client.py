@@ -23,6 +23,8 @@ from dramatiq.brokers.redis import RedisBroker
 from ..errors import IdempotencyConflict, InvalidInput, JobCanceled, JobConflict, JobTimeout, error_class
 from ..settings import Settings
 from . import contract
+from ..redaction import MASK, redact_url
+from .callbacks import check_callback_url
 from .dead_letters import DeadLetters, QueueKeys, delivery, fresh_delivery
 from .records import CANCELED, FAILED, JobRecord, JobRecords
 
@@ -118,6 +120,8 @@ class Job:
             letter_id, message = found
         else:
             masked = kind.masked(record.arguments)
+            if MASK in record.callback_url:
+                masked = [*masked, "callback_url"]
             if masked:
                 raise JobConflict(
                     f"job {self.id} cannot be retried: its record keeps {', '.join(masked)} with the secret masked "
@@ -130,7 +134,7 @@ class Job:
                 actor_name=kind.actor_name,
                 args=(),
                 kwargs=dict(record.arguments),
-                options={},
+                options={"callback_url": record.callback_url} if record.callback_url else {},
                 message_id=self.id,
                 message_timestamp=int(record.enqueued_at * 1000),
             )
@@ -250,12 +254,12 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         delete_source: bool = False,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> Job:
         """Import a file under the allowed roots into the store."""
         return self.enqueue(
             contract.IMPORT,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
             path=str(path),
             owner_agent_id=owner_agent_id,
             name=name,
@@ -272,29 +276,29 @@ class ArtifactJobs:
         *,
         expected_sha256: str | None = None,
         move: bool = False,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> Job:
         """Export an artifact to a path under the allowed roots; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
             artifact_id=artifact_id,
             target=str(target),
             expected_sha256=expected_sha256,
             move=move,
         )
 
-    def sweep(self, *, now: float | None = None, idempotency_key: str | None = None) -> Job:
+    def sweep(self, *, now: float | None = None, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Remove stale ``.part`` files, expired artifacts and orphans."""
-        return self.enqueue(contract.SWEEP, idempotency_key=idempotency_key, now=now)
+        return self.enqueue(contract.SWEEP, idempotency_key=idempotency_key, callback_url=callback_url, now=now)
 
-    def delete_owner(self, owner_agent_id: str, *, idempotency_key: str | None = None) -> Job:
+    def delete_owner(self, owner_agent_id: str, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Delete every artifact of an owner (a disposed paglet)."""
-        return self.enqueue(contract.DELETE_OWNER, idempotency_key=idempotency_key, owner_agent_id=owner_agent_id)
+        return self.enqueue(contract.DELETE_OWNER, idempotency_key=idempotency_key, callback_url=callback_url, owner_agent_id=owner_agent_id)
 
-    def reindex(self, *, idempotency_key: str | None = None) -> Job:
+    def reindex(self, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Rebuild the store's index from the files on disk."""
-        return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key)
+        return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key, callback_url=callback_url)
 
     def import_url(
         self,
@@ -306,12 +310,12 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> Job:
         """Pull an artifact from a remote host's ``GET /artifacts/{id}`` (or any allowed URL)."""
         return self.enqueue(
             contract.IMPORT_URL,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
             url=url,
             owner_agent_id=owner_agent_id,
             name=name,
@@ -330,12 +334,12 @@ class ArtifactJobs:
         name: str | None = None,
         expires_at: float | None = None,
         move: bool = False,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> Job:
         """Push an artifact to a remote host's ``POST /artifacts``; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT_TO_HOST,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
             artifact_id=artifact_id,
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -344,9 +348,9 @@ class ArtifactJobs:
             move=move,
         )
 
-    def checksum(self, path: str, *, idempotency_key: str | None = None) -> Job:
+    def checksum(self, path: str, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Hash a file under the allowed roots; the result is ``{"path", "sha256", "size_bytes"}``."""
-        return self.enqueue(contract.CHECKSUM, idempotency_key=idempotency_key, path=str(path))
+        return self.enqueue(contract.CHECKSUM, idempotency_key=idempotency_key, callback_url=callback_url, path=str(path))
 
     def upload(
         self,
@@ -358,13 +362,13 @@ class ArtifactJobs:
         compression: str = "",
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> Job:
         """Upload a file under the allowed roots to a host's ``POST /artifacts`` (paglets'
         ``HostClient.upload_artifact``, run by a worker); the result is the remote ref."""
         return self.enqueue(
             contract.UPLOAD,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
             path=str(path),
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -382,14 +386,14 @@ class ArtifactJobs:
         expected_sha256: str | None = None,
         expected_size: int | None = None,
         move: bool = False,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> Job:
         """Download an artifact's URL to a path under the allowed roots, verified before it
         is renamed into place (paglets' ``HostClient.download_artifact``, run by a worker);
         ``move`` deletes the remote artifact after."""
         return self.enqueue(
             contract.DOWNLOAD,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, callback_url=callback_url,
             url=url,
             target=str(target),
             expected_sha256=expected_sha256,
@@ -405,6 +409,7 @@ class ArtifactJobs:
         *,
         start_within_seconds: float | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
         **arguments: Any,
     ) -> Job:
         """Validate ``arguments`` against ``kind`` and enqueue the job. With ``start_within_seconds``
@@ -416,11 +421,17 @@ class ArtifactJobs:
         characters), an enqueue that finds the key held by the same request (same kind and
         arguments) within ``job_retention_seconds`` returns that job (``Job.replayed``)
         instead of a second one; a different request under the key is refused with
-        ``IdempotencyConflict``. Key, record and message are written by one script."""
+        ``IdempotencyConflict``. Key, record and message are written by one script.
+
+        With ``callback_url`` (an http(s) URL under ``allowed_hosts``; it needs
+        ``callback_secret``), the job's final record is POSTed there, signed, once it ends
+        (:mod:`paglets_artifacts.jobs.callbacks`); ``InvalidInput`` names what is wrong with it."""
         values = kind.validate({key: value for key, value in arguments.items() if value is not None})
         sent = {key: value for key, value in values.items() if value is not None}
         now = time.time()
-        options = {} if start_within_seconds is None else {"start_by": now + start_within_seconds}
+        options: dict[str, Any] = {} if start_within_seconds is None else {"start_by": now + start_within_seconds}
+        if callback_url is not None:
+            options["callback_url"] = check_callback_url(callback_url, self.settings)
         message: Message[Any] = Message(
             queue_name=kind.queue_name,
             actor_name=kind.actor_name,
@@ -430,9 +441,17 @@ class ArtifactJobs:
             message_id=str(uuid.uuid4()),
             message_timestamp=int(now * 1000),
         )
-        record = JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=kind.shown(sent))
+        record = JobRecord(
+            id=message.message_id,
+            kind=kind.name,
+            enqueued_at=now,
+            arguments=kind.shown(sent),
+            callback_url=redact_url(callback_url) if callback_url is not None else "",
+        )
         if idempotency_key is not None:
-            return self._enqueue_once(kind, message, record, sent, idempotency_key)
+            # A different callback makes a different request; none leaves the fingerprint as it was.
+            asked = sent if callback_url is None else {**sent, "callback_url": callback_url}
+            return self._enqueue_once(kind, message, record, asked, idempotency_key)
         self.records.create(record)
         self.broker.enqueue(message)
         return Job(self, message.message_id)
