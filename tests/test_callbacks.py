@@ -208,8 +208,9 @@ def test_a_receiver_that_hangs_times_out_and_is_retried(cb_jobs, cb_settings, wo
     workers.start(settings=cb_settings)
     record = _callback_ended(job)
     assert record.callback_state == "delivered" and record.callback_attempts == 2
-    assert f"job {job.id} callback to {receiver.url}/hook failed (attempt 1), will be retried: no answer within 1 s" in (
-        workers.logs()
+    assert (
+        f"job {job.id} callback to {receiver.url}/hook failed (attempt 1), will be retried: no answer within 1 s"
+        in (workers.logs())
     )
 
 
@@ -266,7 +267,7 @@ def test_a_callback_url_over_http(cb_settings, cb_jobs, receiver):
         shown = client.get(f"/jobs/{accepted.json()['job_id']}").json()["job"]
         assert shown["callback_url"] == f"{receiver.url}/hook" and shown["callback_state"] == ""
         document = client.get("/openapi.json").json()
-        parameters = document["paths"]["/jobs/{kind}"]["post"]["parameters"]
+        parameters = document["paths"]["/jobs/sweep"]["post"]["parameters"]
         assert any(parameter["name"] == "Callback-URL" for parameter in parameters)
         record = document["components"]["schemas"]["JobRecord"]["properties"]
         assert {"callback_url", "callback_state", "callback_attempts", "callback_error"} <= set(record)

@@ -102,7 +102,9 @@ def attempt(settings: Settings, job_id: str, url: str, record: dict[str, Any]) -
     if len(body) > MAX_CALLBACK_BODY_BYTES:
         raise CallbackRefused(f"the record is {len(body)} bytes, more than {MAX_CALLBACK_BODY_BYTES}; nothing was sent")
     try:
-        status = post(url, body, signed_headers(settings.callback_secret, job_id, body), settings.callback_timeout_seconds)
+        status = post(
+            url, body, signed_headers(settings.callback_secret, job_id, body), settings.callback_timeout_seconds
+        )
     except TimeoutError:
         raise CallbackRetry(f"no answer within {settings.callback_timeout_seconds:g} s") from None
     except (OSError, http.client.HTTPException) as exc:

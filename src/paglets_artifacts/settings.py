@@ -114,7 +114,9 @@ class Settings:
     callback_max_attempts: int = field(
         default=8,
         metadata=_meta(
-            "CALLBACK_MAX_ATTEMPTS", "attempts of a completion callback (backoff as job retries) before it fails", "count"
+            "CALLBACK_MAX_ATTEMPTS",
+            "attempts of a completion callback (backoff as job retries) before it fails",
+            "count",
         ),
     )
     allow_insecure: bool = field(

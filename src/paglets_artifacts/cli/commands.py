@@ -278,7 +278,8 @@ def import_(
             expires_at=expiry,
             expected_sha256=sha256,
             delete_source=delete_source,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -303,7 +304,12 @@ def export(
     _submit(
         ctx,
         lambda jobs: jobs.export(
-            artifact_id, destination, expected_sha256=sha256, move=move, idempotency_key=idempotency_key, callback_url=callback_url
+            artifact_id,
+            destination,
+            expected_sha256=sha256,
+            move=move,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -339,7 +345,8 @@ def import_url(
             expires_at=expiry,
             expected_sha256=sha256,
             expected_size=size,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -373,7 +380,8 @@ def push(
             name=name,
             expires_at=expires_at,
             move=move,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -429,7 +437,11 @@ def reindex(
     callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
-        ctx, lambda jobs: jobs.reindex(idempotency_key=idempotency_key, callback_url=callback_url), wait=wait, timeout=timeout, as_json=as_json
+        ctx,
+        lambda jobs: jobs.reindex(idempotency_key=idempotency_key, callback_url=callback_url),
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
     )
 
 

@@ -11,8 +11,8 @@ import typing
 from typing import Any
 
 from ..jobs import contract
-from ..jobs.dead_letters import DeadLetter
 from ..jobs.callbacks import MAX_CALLBACK_URL_LENGTH
+from ..jobs.dead_letters import DeadLetter
 from ..jobs.records import CALLBACK_STATES, STATES, JobRecord
 from ..refs import ArtifactRef
 from .limits import MAX_DEAD_LETTER_LIST, MAX_JOB_LIST

@@ -21,9 +21,9 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from ..errors import IdempotencyConflict, InvalidInput, JobCanceled, JobConflict, JobTimeout, error_class
+from ..redaction import MASK, redact_url
 from ..settings import Settings
 from . import contract
-from ..redaction import MASK, redact_url
 from .callbacks import check_callback_url
 from .dead_letters import DeadLetters, QueueKeys, delivery, fresh_delivery
 from .records import CANCELED, FAILED, JobRecord, JobRecords
@@ -254,12 +254,14 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         delete_source: bool = False,
-        idempotency_key: str | None = None, callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Import a file under the allowed roots into the store."""
         return self.enqueue(
             contract.IMPORT,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
             path=str(path),
             owner_agent_id=owner_agent_id,
             name=name,
@@ -276,25 +278,36 @@ class ArtifactJobs:
         *,
         expected_sha256: str | None = None,
         move: bool = False,
-        idempotency_key: str | None = None, callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Export an artifact to a path under the allowed roots; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
             artifact_id=artifact_id,
             target=str(target),
             expected_sha256=expected_sha256,
             move=move,
         )
 
-    def sweep(self, *, now: float | None = None, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
+    def sweep(
+        self, *, now: float | None = None, idempotency_key: str | None = None, callback_url: str | None = None
+    ) -> Job:
         """Remove stale ``.part`` files, expired artifacts and orphans."""
         return self.enqueue(contract.SWEEP, idempotency_key=idempotency_key, callback_url=callback_url, now=now)
 
-    def delete_owner(self, owner_agent_id: str, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
+    def delete_owner(
+        self, owner_agent_id: str, *, idempotency_key: str | None = None, callback_url: str | None = None
+    ) -> Job:
         """Delete every artifact of an owner (a disposed paglet)."""
-        return self.enqueue(contract.DELETE_OWNER, idempotency_key=idempotency_key, callback_url=callback_url, owner_agent_id=owner_agent_id)
+        return self.enqueue(
+            contract.DELETE_OWNER,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            owner_agent_id=owner_agent_id,
+        )
 
     def reindex(self, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Rebuild the store's index from the files on disk."""
@@ -310,12 +323,14 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
-        idempotency_key: str | None = None, callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Pull an artifact from a remote host's ``GET /artifacts/{id}`` (or any allowed URL)."""
         return self.enqueue(
             contract.IMPORT_URL,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
             url=url,
             owner_agent_id=owner_agent_id,
             name=name,
@@ -334,12 +349,14 @@ class ArtifactJobs:
         name: str | None = None,
         expires_at: float | None = None,
         move: bool = False,
-        idempotency_key: str | None = None, callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Push an artifact to a remote host's ``POST /artifacts``; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT_TO_HOST,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
             artifact_id=artifact_id,
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -350,7 +367,9 @@ class ArtifactJobs:
 
     def checksum(self, path: str, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Hash a file under the allowed roots; the result is ``{"path", "sha256", "size_bytes"}``."""
-        return self.enqueue(contract.CHECKSUM, idempotency_key=idempotency_key, callback_url=callback_url, path=str(path))
+        return self.enqueue(
+            contract.CHECKSUM, idempotency_key=idempotency_key, callback_url=callback_url, path=str(path)
+        )
 
     def upload(
         self,
@@ -362,13 +381,15 @@ class ArtifactJobs:
         compression: str = "",
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
-        idempotency_key: str | None = None, callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Upload a file under the allowed roots to a host's ``POST /artifacts`` (paglets'
         ``HostClient.upload_artifact``, run by a worker); the result is the remote ref."""
         return self.enqueue(
             contract.UPLOAD,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
             path=str(path),
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -386,14 +407,16 @@ class ArtifactJobs:
         expected_sha256: str | None = None,
         expected_size: int | None = None,
         move: bool = False,
-        idempotency_key: str | None = None, callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Download an artifact's URL to a path under the allowed roots, verified before it
         is renamed into place (paglets' ``HostClient.download_artifact``, run by a worker);
         ``move`` deletes the remote artifact after."""
         return self.enqueue(
             contract.DOWNLOAD,
-            idempotency_key=idempotency_key, callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
             url=url,
             target=str(target),
             expected_sha256=expected_sha256,
