@@ -30,6 +30,7 @@ import redis  # noqa: E402
 from benchmarks.noop_actor import NOOP  # noqa: E402
 from paglets_artifacts import ArtifactJobs, Settings  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
+from paglets_artifacts.redis_client import connect_redis  # noqa: E402
 from paglets_artifacts.redis_server import delete_namespace, redis_url_or_embedded  # noqa: E402
 
 
@@ -163,7 +164,7 @@ def main() -> None:
         print(f"{'no-op (baseline)':>18} {noops:>8.1f}")
         print(f"{'import 1 KiB':>18} {imports:>8.1f}")
         print(f"import / no-op: {imports / noops:.2f}x")
-        cleanup = redis.Redis.from_url(url)
+        cleanup = connect_redis(Settings(redis_url=url))
         for ns in (namespace + "-imp", namespace + "-noop"):
             delete_namespace(cleanup, ns)
         cleanup.close()

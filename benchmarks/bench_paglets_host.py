@@ -39,6 +39,7 @@ from paglets.serialization.codec import dataclass_to_wire, qualified_name
 
 from paglets_artifacts import PagletFileRef, Settings
 from paglets_artifacts.jobs.worker_process import WorkerProcess
+from paglets_artifacts.redis_client import connect_redis
 from paglets_artifacts.redis_server import delete_namespace, free_port, redis_url_or_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             for rig in rigs:
                 rig.stop()
-            import redis
-
-            client = redis.Redis.from_url(redis_url)
+            client = connect_redis(Settings(redis_url=redis_url))
             delete_namespace(client, namespace)
             client.close()
         median = {label: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for label, rows in results.items()}

@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from paglets_artifacts import ArtifactRef, ArtifactStore  # noqa: E402
+from paglets_artifacts import ArtifactRef, ArtifactStore, Settings  # noqa: E402
+from paglets_artifacts.redis_client import connect_redis  # noqa: E402
 from paglets_artifacts.redis_server import redis_url_or_embedded  # noqa: E402
 from paglets_artifacts.store.artifacts import metadata_json  # noqa: E402
 from paglets_artifacts.store.layout import StoreLayout  # noqa: E402
@@ -297,7 +298,7 @@ def main() -> None:
     )
     rows: list[dict] = []
     with redis_url_or_embedded() as url, tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.dir) as tmp:
-        client = redis.Redis.from_url(url)
+        client = connect_redis(Settings(redis_url=url))
         try:
             for size in sizes:
                 rows += measure(size, client, Path(tmp), args, sweep_only=False)

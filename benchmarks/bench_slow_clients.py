@@ -40,6 +40,7 @@ import httpx  # noqa: E402
 import redis  # noqa: E402
 
 from paglets_artifacts import ArtifactStore, Settings  # noqa: E402
+from paglets_artifacts.redis_client import connect_redis  # noqa: E402
 from paglets_artifacts.redis_server import delete_namespace, free_port, redis_url_or_embedded  # noqa: E402
 
 GiB = 1024**3
@@ -116,7 +117,7 @@ def main() -> int:
             process = subprocess.Popen(
                 [*SERVE, "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            client = redis.Redis.from_url(redis_url)
+            client = connect_redis(Settings(redis_url=redis_url))
             try:
                 wait_for_port(port, process)
                 return run(settings, client, port)

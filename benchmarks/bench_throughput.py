@@ -60,6 +60,7 @@ import redis  # noqa: E402
 
 from paglets_artifacts.jobs.client import ArtifactJobs  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WORKER_TIMEOUT_MS, WORKER_TIMEOUT_VARIABLE, WorkerProcess  # noqa: E402
+from paglets_artifacts.redis_client import connect_redis  # noqa: E402
 from paglets_artifacts.redis_server import EmbeddedRedis, delete_namespace  # noqa: E402
 from paglets_artifacts.settings import Settings  # noqa: E402
 from paglets_artifacts.store.artifacts import ArtifactStore  # noqa: E402
@@ -313,7 +314,7 @@ class WorkerRig:
             max_artifact_bytes=2 * self.size + MIB,
             allowed_roots=(self.work,),
         )
-        self.client = redis.Redis.from_url(url)
+        self.client = connect_redis(self.settings)
         self.jobs = ArtifactJobs(client=self.client, settings=self.settings)
         # the worker's store seen from here, through the same Redis index, to remove what rows import
         self.store = ArtifactStore.from_settings(self.settings, redis=self.client)

@@ -53,11 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
-
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
 from paglets_artifacts.jobs.records import FINAL_STATES  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
+from paglets_artifacts.redis_client import connect_redis  # noqa: E402
 from paglets_artifacts.redis_server import delete_namespace  # noqa: E402
 
 #: The job kinds a crash can target.
@@ -308,7 +307,7 @@ class CrashRun:
         self.timeout = timeout
         self.rng = random.Random(plan.seed)
         self.files = Path(settings.allowed_roots[0])
-        self.client = redis.Redis.from_url(settings.redis_url)
+        self.client = connect_redis(settings)
         self.jobs = ArtifactJobs(client=self.client, settings=settings)
         self.store = ArtifactStore.from_settings(settings, redis=self.client)
         self.seeded: dict[str, dict[str, Any]] = {}  # artifact id -> role, sha, owner
@@ -630,7 +629,7 @@ def run_one(plan: Plan, *, redis_url: str, base: Path, timeout: float = 120.0) -
         return run.execute()
     finally:
         run.close()
-        client = redis.Redis.from_url(redis_url)
+        client = connect_redis(Settings(redis_url=redis_url))
         delete_namespace(client, namespace)
         client.close()
 

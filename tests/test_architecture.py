@@ -18,7 +18,20 @@ from conftest import ROOT
 
 #: The floors, lowest first: a module may import its own floor and those below.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "redaction", "schedule", "refs", "settings", "redis_server", "logging_setup", "origins")),
+    (
+        "foundation",
+        (
+            "errors",
+            "redaction",
+            "schedule",
+            "refs",
+            "settings",
+            "redis_client",
+            "redis_server",
+            "logging_setup",
+            "origins",
+        ),
+    ),
     ("store", ("store",)),
     ("jobs", ("jobs",)),
     ("http", ("http",)),

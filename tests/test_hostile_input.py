@@ -914,7 +914,7 @@ HTTP_CASES = {
     "NaN expiry": (b"POST /artifacts?expires_at=nan HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", 400),
     "bad sha256": (b"POST /artifacts?sha256=zz HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", 400),
     "job body not JSON": (b"POST /jobs/import HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\n{{{{{", 400),
-    "job body a list": (b"POST /jobs/import HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\n[]", 400),
+    "job body a list of no objects": (b"POST /jobs/import HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\n[1]", 400),
     "job argument mistyped": (b"POST /jobs/import HTTP/1.1\r\n" + H + b'Content-Length: 12\r\n\r\n{"path": 12}', 400),
     "job relative path": (
         b"POST /jobs/import HTTP/1.1\r\n" + H + b'Content-Length: 21\r\n\r\n{"path": "../secret"}',
@@ -1134,7 +1134,7 @@ def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
     import anyio
     from starlette.requests import Request
 
-    from paglets_artifacts.http.app import _json_object
+    from paglets_artifacts.http.job_bodies import read_job_body
 
     scope = {
         "type": "http",
@@ -1147,7 +1147,7 @@ def test_a_job_body_declaring_a_non_ascii_length_is_read_not_a_crash():
     async def receive() -> dict:
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    assert anyio.run(_json_object, Request(scope, receive)) == {}
+    assert anyio.run(read_job_body, Request(scope, receive)) == {}
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 7])

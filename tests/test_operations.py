@@ -284,7 +284,7 @@ def test_importing_workers_or_the_scheduler_builds_no_broker_and_registers_no_ac
         check=True,
         cwd="/",
     )
-    assert scheduler.stdout.strip() == "['workers', 'workers.scheduler']"
+    assert scheduler.stdout.strip() == "['workers', 'workers.reconcile', 'workers.scheduler']"
 
 
 def test_the_registry_builds_the_broker_and_registers_every_job_kind_once(settings):
@@ -376,7 +376,15 @@ def test_dockerfile_installs_the_paglets_extra():
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian's package) is not installed")
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.paglets.yml"]])
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["docker-compose.yml"],
+        ["docker-compose.yml", "docker-compose.paglets.yml"],
+        ["docker-compose.yml", "docker-compose.sentinel.yml"],
+        ["docker-compose.yml", "docker-compose.paglets.yml", "docker-compose.sentinel.yml"],
+    ],
+)
 def test_docker_compose_validates_the_files_as_compose_reads_them(files):
     """``docker-compose config`` needs no engine: it parses, interpolates, merges and checks
     the schema. Without the required keys it refuses; with them it accepts."""
@@ -388,3 +396,23 @@ def test_docker_compose_validates_the_files_as_compose_reads_them(files):
     accepted = subprocess.run(args, env=keyed, capture_output=True, text=True, timeout=60)
     assert accepted.returncode == 0, accepted.stderr
     assert ("paglets-host" in accepted.stdout) == ("docker-compose.paglets.yml" in files)
+    assert ("redis+sentinel://" in accepted.stdout) == ("docker-compose.sentinel.yml" in files)
+
+
+def test_the_sentinel_compose_variant_points_every_client_at_three_sentinels_of_one_service():
+    from paglets_artifacts.redis_client import parse_sentinel_url
+
+    services = compose_merged("docker-compose.yml", "docker-compose.sentinel.yml")
+    sentinels = sorted(name for name in services if name.startswith("sentinel-"))
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert "--replicaof" in services["redis-replica"]["command"]
+    for name in ("redis", "redis-replica", *sentinels):
+        assert services[name]["healthcheck"]["test"], name
+    script = " ".join(services["sentinel-1"]["command"])
+    monitored = re.search(r"sentinel monitor (\S+) redis 6379 2", script)
+    assert monitored and "--sentinel" in script
+    for name in ("worker", "scheduler", "host"):
+        url = parse_sentinel_url(interpolate(services[name]["environment"]["REDIS_URL"]))
+        assert [host for host, _port in url.sentinels] == sentinels, name
+        assert {port for _host, port in url.sentinels} == {26379} and url.service_name == monitored.group(1), name
+        assert set(sentinels) <= set(services[name]["depends_on"]), name

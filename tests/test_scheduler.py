@@ -225,6 +225,39 @@ def test_a_job_whose_message_was_lost_does_not_block_forever(jobs, clock, caplog
     )
 
 
+def test_a_job_whose_own_message_was_lost_does_not_block_while_others_are_queued(jobs, clock, redis_client):
+    """After a failover lost the sweep's message, other jobs' messages still fill the queue:
+    the sweep's own message is what is looked for."""
+    scheduler = make(jobs, clock, "a")
+    [first] = scheduler.run_pending()
+    jobs.broker.flush(contract.MAINTENANCE_QUEUE)
+    jobs.delete_owner("someone")  # a message of another job on the same queue
+    clock.advance(PERIOD)
+    [decision] = scheduler.run_pending()
+    assert decision.outcome == FIRED and decision.job_id != first.job_id
+
+
+def test_a_job_whose_message_is_queued_still_blocks(jobs, clock):
+    scheduler = make(jobs, clock, "a")
+    [first] = scheduler.run_pending()
+    clock.advance(PERIOD)
+    [decision] = scheduler.run_pending()
+    assert (decision.outcome, decision.job_id) == (SKIPPED_BUSY, first.job_id)
+
+
+def test_a_periodic_state_lost_in_a_failover_does_not_stop_the_ticks(jobs, clock, redis_client):
+    """A failover may lose the claim hash (or bring back an older one): the next tick fires."""
+    scheduler = make(jobs, clock, "a")
+    [first] = scheduler.run_pending()
+    jobs.broker.flush(contract.MAINTENANCE_QUEUE)
+    redis_client.delete(scheduler.state_key("sweep"))
+    clock.advance(PERIOD)
+    [decision] = scheduler.run_pending()
+    assert decision.outcome == FIRED and decision.tick == T0 + PERIOD
+    clock.advance(PERIOD)
+    assert scheduler.run_pending()[0].outcome == SKIPPED_BUSY  # and the state is whole again
+
+
 def test_an_expired_record_of_the_previous_job_does_not_block(jobs, clock, redis_client):
     scheduler = make(jobs, clock, "a")
     [first] = scheduler.run_pending()

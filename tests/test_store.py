@@ -1239,6 +1239,16 @@ def test_metadata_json_is_indented_sorted_with_a_trailing_newline():
     text = metadata_json(ref)
     assert text == json.dumps(ref.to_wire(), indent=2, sort_keys=True) + "\n"
     assert text.startswith('{\n  "artifact_id": ')
+    odd = ArtifactRef(
+        host_url="http://h/\u00e9",
+        artifact_id=FIXED_ID,
+        name='r\u00e9sum\u00e9 "q"\\\n\u2603.bin',
+        size_bytes=2**40,
+        created_at=1700000000.123456,
+        expires_at=1e20,
+        owner_agent_id="agent-\U0001f600",
+    )
+    assert metadata_json(odd) == json.dumps(odd.to_wire(), indent=2, sort_keys=True) + "\n"
 
 
 # ---------------------------------------------------------------- find_committed() and the scanning index

@@ -29,6 +29,7 @@ from paglets_artifacts.errors import (
     TransferError,
 )
 from paglets_artifacts.jobs import contract
+from paglets_artifacts.jobs.client import ArtifactJobs
 from paglets_artifacts.settings import Settings
 from paglets_artifacts.store.artifacts import OwnerDeletion
 from paglets_artifacts.store.paths import AllowedPath, resolve_beneath
@@ -36,6 +37,7 @@ from paglets_artifacts.store.streams import hashed_read
 
 from .context import context
 from .middleware import current_job
+from .reconcile import reconcile_jobs
 
 logger = logging.getLogger("paglets_artifacts.jobs")
 
@@ -105,13 +107,21 @@ def artifact_id_for_job() -> str:
         raise InvalidInput(f"job id {job_id!r} is not a UUID (enqueue jobs with ArtifactJobs)") from None
 
 
-def check_owner_alive(owner_agent_id: str) -> None:
-    """Fail an import enqueued before its owner was deleted (see README: owner deletion)."""
+def check_owner_alive(owner_agent_id: str, *, at_start: bool = False) -> None:
+    """Fail an import enqueued before its owner was deleted (see README: owner deletion).
+
+    ``at_start``: by the tombstone read with the job's start (its first check, before it
+    touches its source), rather than by reading it now."""
     if not owner_agent_id:
         return
-    ctx = context()
-    deleted_at = ctx.client.get(ctx.tombstone_key(owner_agent_id))
-    if deleted_at is not None and float(deleted_at) >= current_job().enqueued_at:
+    job = current_job()
+    deleted_at: bytes | str | None
+    if at_start:
+        deleted_at = job.owner_tombstone
+    else:
+        ctx = context()
+        deleted_at = ctx.client.get(ctx.tombstone_key(owner_agent_id))
+    if deleted_at is not None and float(deleted_at) >= job.enqueued_at:
         raise OwnerDeleted(f"owner {owner_agent_id!r} was deleted after this import was enqueued")
 
 
@@ -192,7 +202,7 @@ def _import_file(
     # Opened beneath its allowed root later, no link followed: a directory of the path
     # swapped for a symlink after this check is refused, not followed out of the root.
     source = resolve_beneath(path, context().settings.allowed_roots, what="import source", forbidden=[ctx.store.root])
-    check_owner_alive(owner_agent_id)
+    check_owner_alive(owner_agent_id, at_start=True)
     # Idempotent by the job's artifact id: one committed by an attempt that died (or lost
     # Redis) before it finished is returned, added to the index, and a moved source removed.
     result = ctx.store.create_from_path(
@@ -274,6 +284,12 @@ return 1
 """
 
 
+@functools.cache
+def _raise_tombstone(client: Any) -> Any:
+    """The tombstone script, registered once per process (sent by its SHA, not its text)."""
+    return client.register_script(_RAISE_TOMBSTONE)
+
+
 @job_actor(contract.DELETE_OWNER, time_limit=maintenance_time_limit)
 def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     ctx = context()
@@ -282,14 +298,15 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
     # The tombstone first: an import of this owner enqueued before now is refused when it
     # starts, and removes its artifact itself when it commits from now on.
     cancel = current_job().cancel
-    ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+    raise_tombstone = _raise_tombstone(ctx.client)
+    raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
     first = ctx.store.delete_owner(owner_agent_id, stop=cancel.requested)
     # Then the deletion's end: every import enqueued before it is refused (the tombstone's
     # time is what imports compare their enqueue time with), and a second pass removes what
     # imports committed during the first one, before their post-commit check could see it.
     second = OwnerDeletion()
     if not cancel.canceled:
-        ctx.client.eval(_RAISE_TOMBSTONE, 1, key, repr(time.time()), ttl)
+        raise_tombstone(keys=[key], args=[repr(time.time()), ttl])
         second = ctx.store.delete_owner(owner_agent_id, stop=cancel.requested)
     result = {
         "owner_agent_id": owner_agent_id,
@@ -303,6 +320,13 @@ def delete_owner(*, owner_agent_id: str) -> dict[str, Any]:
 def reindex() -> dict[str, Any]:
     cancel = current_job().cancel
     return stopped_early(context().store.reindex(stop=cancel.requested), cancel.canceled)
+
+
+@job_actor(contract.RECONCILE, time_limit=maintenance_time_limit)
+def reconcile() -> dict[str, Any]:
+    ctx = context()
+    jobs = ArtifactJobs(client=ctx.client, settings=ctx.settings)
+    return reconcile_jobs(jobs, grace_seconds=ctx.settings.reconcile_grace_seconds).to_wire()
 
 
 @job_actor(contract.CHECKSUM, time_limit=transfer_time_limit)

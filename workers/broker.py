@@ -24,8 +24,10 @@ from dramatiq.middleware import (
 )
 
 from paglets_artifacts.errors import TransferError, Transient
+from paglets_artifacts.redis_client import connect_redis
 from paglets_artifacts.settings import Settings
 
+from .context import WORKER_HEALTH_CHECK_SECONDS
 from .logs import StructuredLogs
 from .metrics import Metrics
 from .middleware import JobRecordsMiddleware, retry_while_unreachable
@@ -132,7 +134,8 @@ class _TolerantConsumer(_RedisConsumer):
 
 
 def make_broker(settings: Settings) -> RedisBroker:
-    """A Redis broker with the standard middleware, job records, and retries of transient errors only."""
+    """A Redis broker (plain or through Sentinel: :func:`paglets_artifacts.redis_client.connect_redis`)
+    with the standard middleware, job records, and retries of transient errors only."""
 
     def retry_when(retries: int, exception: BaseException) -> bool:
         return retries < settings.max_retries and is_transient(exception)
@@ -150,7 +153,7 @@ def make_broker(settings: Settings) -> RedisBroker:
         PatientRetries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms, retry_when=retry_when),
     ]
     return TolerantRedisBroker(
-        url=settings.redis_url,
+        client=connect_redis(settings, health_check_interval=WORKER_HEALTH_CHECK_SECONDS),
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         maintenance_chance=settings.maintenance_chance,

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 import redis
 
 from paglets_artifacts.jobs.records import JobRecords
+from paglets_artifacts.redis_client import connect_redis
 from paglets_artifacts.settings import Settings, SettingsError
 from paglets_artifacts.store.artifacts import ArtifactStore
+
+#: Seconds after which a worker's idle Redis connection is checked (PING) before it is used
+#: again: a connection to a master that died or was demoted is then replaced at once.
+WORKER_HEALTH_CHECK_SECONDS = 30
 
 
 @dataclass
@@ -39,7 +44,7 @@ class WorkerContext:
 
 
 def build_context(settings: Settings) -> WorkerContext:
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = connect_redis(settings, health_check_interval=WORKER_HEALTH_CHECK_SECONDS)
     store = ArtifactStore.from_settings(settings, redis=client)
     records = JobRecords(client, namespace=settings.namespace, retention_seconds=settings.job_retention_seconds)
     return WorkerContext(settings=settings, client=client, store=store, records=records)

@@ -247,11 +247,10 @@ class StoreCollector:
 
     def _open_store(self) -> Any:
         if self._store is None:
-            import redis
-
+            from paglets_artifacts.redis_client import connect_redis
             from paglets_artifacts.store.artifacts import ArtifactStore
 
-            client = redis.Redis.from_url(self.settings.redis_url)
+            client = connect_redis(self.settings)
             self._store = ArtifactStore.from_settings(self.settings, redis=client)
         return self._store
 

@@ -15,7 +15,7 @@ from dramatiq import Middleware
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from paglets_artifacts.errors import Transient
-from paglets_artifacts.jobs.contract import KINDS_BY_ACTOR
+from paglets_artifacts.jobs.contract import INTO_STORE, KINDS_BY_ACTOR, JobKind
 from paglets_artifacts.jobs.records import FAILED, SUCCEEDED
 from paglets_artifacts.redaction import redact_text
 
@@ -61,6 +61,9 @@ class RunningJob:
     enqueued_at: float
     progress: ProgressReporter
     result: Any = None
+    #: Its owner's tombstone (when the owner was deleted) as read with the job's start: an
+    #: import's first check that its owner still lives (None: no tombstone, or no owner).
+    owner_tombstone: bytes | None = None
 
     @property
     def cancel(self) -> CancelWatch:
@@ -84,6 +87,8 @@ class ProgressReporter:
 
     def __call__(self, done: int, total: int) -> None:
         self.cancel.check()  # a canceled transfer stops here, within one chunk
+        if self._last < 0 and done == total:
+            return  # a transfer that ended with its first report: its final record tells the sizes
         if self._last < 0 or done - self._last >= self.every_bytes or done == total:
             self._last = done
             try:
@@ -114,6 +119,15 @@ def describe_error(exception: BaseException) -> dict[str, str]:
     return {"type": type(exception).__name__, "message": redact_text(str(exception)) or type(exception).__name__}
 
 
+def _tombstone_to_read(ctx: Any, kind: JobKind, message: Any) -> str | None:
+    """The tombstone key of the owner an import (a kind whose bytes enter the store) writes
+    for, read with the job's start; None for other kinds and imports of no owner."""
+    if kind.direction != INTO_STORE or "owner_agent_id" not in kind.arguments:
+        return None
+    owner = message.kwargs.get("owner_agent_id") if isinstance(message.kwargs, dict) else None
+    return ctx.tombstone_key(owner) if isinstance(owner, str) and owner else None
+
+
 def _enqueued_at(message: Any) -> float:
     """When the message was enqueued (now, for a garbage timestamp: the job still gets its record)."""
     stamp = message.message_timestamp
@@ -136,18 +150,25 @@ class JobRecordsMiddleware(Middleware):
             return
         ctx = context()
         enqueued_at = _enqueued_at(message)
-        started: list[int] = []
+        tombstone = _tombstone_to_read(ctx, kind, message)
+        started: list[tuple[int, bytes | None]] = []
         # Dramatiq logs and swallows an error raised here and runs the actor anyway, so an
         # unreachable Redis is waited for: the job must not run without its record.
         retry_while_unreachable(
             lambda: started.append(
-                ctx.records.started(message.message_id, worker=ctx.worker_name, kind=kind.name, enqueued_at=enqueued_at)
+                ctx.records.start(
+                    message.message_id,
+                    worker=ctx.worker_name,
+                    kind=kind.name,
+                    enqueued_at=enqueued_at,
+                    read=tombstone,
+                )
             ),
             f"the start of job {message.message_id}",
         )
         if not started:  # Redis stayed unreachable: retry the job later rather than run it unrecorded
             raise RecordUnavailable(f"job {message.message_id}: its record could not be written")
-        attempt = started[0]
+        attempt, tombstone_value = started[0]
         if attempt < 0:
             # The job already ended (a redelivery after its result was recorded, a job canceled
             # while queued): its effect happened once, and it must not happen twice. Its
@@ -169,7 +190,16 @@ class JobRecordsMiddleware(Middleware):
             self._callback(message.message_id, message)
             raise SkipMessage()
         reporter = ProgressReporter(message.message_id, ctx.settings.progress_every_bytes)
-        _CURRENT.set(RunningJob(message.message_id, kind.name, attempt, enqueued_at, reporter))
+        _CURRENT.set(
+            RunningJob(
+                message.message_id,
+                kind.name,
+                attempt,
+                enqueued_at,
+                reporter,
+                owner_tombstone=tombstone_value,
+            )
+        )
         logger.info("job %s %s started (attempt %d)", message.message_id, kind.name, attempt)
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:

@@ -12,6 +12,8 @@ import logging
 
 import dramatiq
 
+from paglets_artifacts.settings import SettingsError
+
 from . import actors, callbacks, remote_actors
 from .actors import JobActor
 from .broker import make_broker
@@ -24,6 +26,7 @@ JOB_ACTORS: tuple[JobActor, ...] = (
     actors.sweep,
     actors.delete_owner,
     actors.reindex,
+    actors.reconcile,
     actors.checksum,
     remote_actors.import_url,
     remote_actors.export_to_host,
@@ -33,7 +36,10 @@ JOB_ACTORS: tuple[JobActor, ...] = (
 
 settings = worker_settings()
 logging.getLogger("paglets_artifacts").setLevel(logging.INFO)
-broker = make_broker(settings)
+try:
+    broker = make_broker(settings)
+except SettingsError as exc:  # a REDIS_URL that cannot be used: one line, not a traceback
+    raise SystemExit(f"paglets-artifacts: configuration error: {exc}") from None
 dramatiq.set_broker(broker)
 
 

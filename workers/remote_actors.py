@@ -41,7 +41,7 @@ def import_url(
     artifact_id = artifact_id_for_job()
     with RemoteTransfers(context().settings) as remote, reclaimed_on_failure(artifact_id):
         remote.check_allowed(url)  # before anything else: no request to a host not allowed
-        check_owner_alive(owner_agent_id)
+        check_owner_alive(owner_agent_id, at_start=True)
         result = remote.pull(
             url,
             ctx.store,

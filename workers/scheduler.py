@@ -36,14 +36,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from dramatiq.common import dq_name
 
 from paglets_artifacts.jobs import contract
 from paglets_artifacts.jobs.client import ArtifactJobs, Job
 from paglets_artifacts.jobs.records import FINAL_STATES, STATES
 from paglets_artifacts.logging_setup import configure_logging
+from paglets_artifacts.redis_client import connect_redis
 from paglets_artifacts.schedule import Schedule, parse_schedule
 from paglets_artifacts.settings import Settings, SettingsError
+
+from .reconcile import message_ids
 
 logger = logging.getLogger("paglets_artifacts.scheduler")
 
@@ -120,10 +122,12 @@ class Decision:
 
 
 def periodic_jobs(settings: Settings) -> list[Periodic]:
-    """The sweep and the reindex, on the schedules ``settings`` names (``ValueError`` if invalid)."""
+    """The sweep, the reindex and the job reconciliation, on the schedules ``settings`` names
+    (``ValueError`` if invalid)."""
     return [
         Periodic(contract.SWEEP, parse_schedule(settings.sweep_schedule), lambda jobs: jobs.sweep()),
         Periodic(contract.REINDEX, parse_schedule(settings.reindex_schedule), lambda jobs: jobs.reindex()),
+        Periodic(contract.RECONCILE, parse_schedule(settings.reconcile_schedule), lambda jobs: jobs.reconcile()),
     ]
 
 
@@ -311,12 +315,13 @@ class PeriodicScheduler:
         record = self.jobs.records.get(job_id)
         if record is None or record.state not in _BUSY_STATES:
             return None  # ended, or its record expired
-        if not self._queue_holds_messages(periodic.kind.queue_name):
+        if job_id not in message_ids(self.client, self.namespace, [periodic.kind.queue_name])[0]:
             # A queued or running job always has its message in the queue's hash (until
-            # acked, and a retry is in the delay queue first), so an empty queue means the
-            # message was lost (a flushed queue): waiting for it would block forever.
+            # acked, and a retry is in the delay queue first), so a job without one lost it
+            # (a flushed queue, writes lost in a failover): waiting for it would block
+            # forever. Its record is left to reconciliation.
             logger.warning(
-                "%s: previous job %s is recorded %s but queue %s holds no message; presumed lost",
+                "%s: previous job %s is recorded %s but queue %s holds no message of it; presumed lost",
                 periodic.name,
                 job_id,
                 record.state,
@@ -324,12 +329,6 @@ class PeriodicScheduler:
             )
             return None
         return (job_id, record.state)
-
-    def _queue_holds_messages(self, queue_name: str) -> bool:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hlen(f"{self.namespace}:{queue_name}.msgs")
-        pipe.hlen(f"{self.namespace}:{dq_name(queue_name)}.msgs")
-        return sum(pipe.execute()) > 0
 
     def _fire(self, periodic: Periodic, tick: float, *, previous_tick: float) -> Decision:
         key = self.state_key(periodic.name)
@@ -467,9 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     # Timeouts, so a Redis that stops answering delays a tick instead of hanging the loop.
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
-    )
+    try:
+        client = connect_redis(settings, timeout=REDIS_TIMEOUT_SECONDS)
+    except SettingsError as exc:
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 2
     jobs = ArtifactJobs(client=client, settings=settings)
     try:
         scheduler = PeriodicScheduler(jobs, periodics)

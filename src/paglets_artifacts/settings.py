@@ -44,7 +44,27 @@ class Settings:
 
     redis_url: str = field(
         default=DEFAULT_REDIS_URL,
-        metadata=_meta("REDIS_URL", "Redis URL (redis://, rediss:// for TLS, unix://)", "url"),
+        metadata=_meta(
+            "REDIS_URL",
+            "Redis URL (redis://, rediss:// for TLS, unix://), or Sentinels: "
+            "redis+sentinel://:password@host:port,host:port/service_name/db (rediss+sentinel:// for TLS; "
+            "the password and db are optional)",
+            "url",
+        ),
+    )
+    redis_sentinel_password: str = field(
+        default="",
+        metadata=_meta(
+            "REDIS_SENTINEL_PASSWORD",
+            "password of the Sentinels themselves, when they require one (the URL's is the data nodes')",
+            "secret",
+        ),
+    )
+    redis_sentinel_tls: bool = field(
+        default=False,
+        metadata=_meta(
+            "REDIS_SENTINEL_TLS", "speak TLS to the Sentinels (the URL's scheme says it of the data nodes)", "bool"
+        ),
     )
     redis_timeout_seconds: float = field(
         default=5.0,
@@ -204,6 +224,22 @@ class Settings:
     reindex_schedule: str = field(
         default="3600",
         metadata=_meta("REINDEX_SCHEDULE", "reconciliation schedule: seconds, or a cron expression", "schedule"),
+    )
+    reconcile_schedule: str = field(
+        default="300",
+        metadata=_meta(
+            "RECONCILE_SCHEDULE",
+            "schedule of the job reconciliation (jobs whose message Redis lost): seconds, or a cron expression",
+            "schedule",
+        ),
+    )
+    reconcile_grace_seconds: float = field(
+        default=60.0,
+        metadata=_meta(
+            "RECONCILE_GRACE_SECONDS",
+            "how long a job's record must have gone unchanged without its message before reconciliation acts on it",
+            "seconds",
+        ),
     )
     metrics_port: int = field(
         default=0, metadata=_meta("METRICS_PORT", "Prometheus port of a worker or of the HTTP host (0: off)", "count")

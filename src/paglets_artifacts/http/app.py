@@ -10,7 +10,8 @@ with a paglets host, so paglets' own HTTP client works against it unchanged:
     DELETE /artifacts/{id}                                               -> {"ok": true}
 
 Our own endpoints: ``POST /jobs/{kind}`` (202 with the job id and a status URL; an
-``Idempotency-Key`` header makes a repeated request return the same job), ``GET /jobs/{id}``,
+``Idempotency-Key`` header makes a repeated request return the same job; with a JSON
+array, a batch: ``{"jobs": [...]}``, read by :mod:`.job_bodies`), ``GET /jobs/{id}``,
 ``GET /jobs`` and ``GET /openapi.json``; cancel, retry and dead letters are :mod:`.job_control`'s.
 
 Errors are answered as :mod:`.responses` says; the API key is checked by :mod:`.auth`;
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -52,12 +52,11 @@ from ..refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
 from .auth import BearerAuth
+from .job_bodies import read_job_body
 from .job_control import JobControl
 from .limits import (
     MAX_CONCURRENT_UPLOADS,
-    MAX_JOB_BODY_BYTES,
     MAX_JOB_LIST,
-    MAX_JSON_DEPTH,
     UPLOAD_RESERVATION_STEP_BYTES,
 )
 from .metrics import HostMetrics, RequestMetrics
@@ -207,24 +206,33 @@ class ArtifactAPI:
             raise UnknownJobKind(
                 f"no job kind {request.path_params['kind']!r}; expected one of {', '.join(contract.KINDS)}"
             )
-        arguments = await _json_object(request)
+        body = await read_job_body(request)
+        if isinstance(body, list):  # a batch: every item checked, then all enqueued at once
+            if request.headers.get(IDEMPOTENCY_HEADER) is not None:
+                raise InvalidInput(
+                    f"a batch takes no {IDEMPOTENCY_HEADER} header: enqueue its jobs one by one to key them"
+                )
+            callback_url = request.headers.get(CALLBACK_HEADER)
+            jobs = await self._sync(self.jobs.enqueue_many, kind, body, callback_url=callback_url)
+            return JSONResponse({"jobs": [self._accepted(request, kind, job.id) for job in jobs]}, status_code=202)
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
-        kind.validate(arguments)
+        kind.validate(body)
         # A client's name for this request: the same key again returns the same job.
         key = request.headers.get(IDEMPOTENCY_HEADER)
         # Where the job's final record is POSTed, signed, once it ends.
         callback_url = request.headers.get(CALLBACK_HEADER)
-        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, callback_url=callback_url, **arguments)
-        status_url = str(request.url_for("job", job_id=job.id))
-        headers = {"Location": status_url}
+        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, callback_url=callback_url, **body)
+        accepted = self._accepted(request, kind, job.id)
+        accepted["replayed"] = job.replayed
+        headers = {"Location": accepted["status_url"]}
         if job.replayed:
             headers[REPLAYED_HEADER] = "true"
-        return JSONResponse(
-            {"job_id": job.id, "kind": kind.name, "status_url": status_url, "replayed": job.replayed},
-            status_code=202,
-            headers=headers,
-        )
+        return JSONResponse(accepted, status_code=202, headers=headers)
+
+    @staticmethod
+    def _accepted(request: Request, kind: contract.JobKind, job_id: str) -> dict[str, Any]:
+        return {"job_id": job_id, "kind": kind.name, "status_url": str(request.url_for("job", job_id=job_id))}
 
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -265,51 +273,6 @@ async def _blob_chunks(reader: Any, size: int, sent: Callable[[int], None] | Non
                 sent(len(chunk))
     finally:
         reader.close()
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_JOB_BODY_BYTES:
-        raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_JOB_BODY_BYTES:
-            raise InvalidInput(f"job arguments are larger than {MAX_JOB_BODY_BYTES} bytes")
-    if not raw.strip():
-        return {}
-    if json_depth(raw) > MAX_JSON_DEPTH:
-        raise InvalidInput(f"job arguments are nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"job arguments are not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"job arguments must be a JSON object, got {type(payload).__name__}")
-    return payload
-
-
-def json_depth(raw: bytes | bytearray) -> int:
-    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings
-    not counted (a linear scan: no parser, no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # closing quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest
 
 
 # ---------------------------------------------------------------------- assembly

@@ -2,6 +2,8 @@
 
 #: Largest JSON body the job endpoints accept.
 MAX_JOB_BODY_BYTES = 64 * 1024
+#: Largest JSON body of a batch (an array of job arguments, ``contract.MAX_BATCH_JOBS`` at most).
+MAX_JOB_BATCH_BODY_BYTES = 4 * 1024 * 1024
 #: Most job records ``GET /jobs`` returns.
 MAX_JOB_LIST = 1000
 #: Deepest nesting of arrays and objects a job body may have. Job arguments are one flat

@@ -149,6 +149,11 @@ def openapi_document() -> dict[str, Any]:
                         "replayed": {"type": "boolean", "description": "the Idempotency-Key already held this job"},
                     },
                 },
+                "JobsAccepted": {
+                    "type": "object",
+                    "description": "a batch's jobs, in the order of its items",
+                    "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobAccepted"}}},
+                },
                 "JobRecord": {"type": "object", "properties": record_properties},
                 "Job": {"type": "object", "properties": {"job": {"$ref": "#/components/schemas/JobRecord"}}},
                 "Jobs": {
@@ -233,15 +238,42 @@ def openapi_document() -> dict[str, Any]:
                 f"/jobs/{name}": {
                     "post": {
                         "summary": f"Enqueue a {name} job: {contract.KINDS[name].doc}",
+                        "description": "One object of arguments enqueues one job; an array of them "
+                        f"(at most {contract.MAX_BATCH_JOBS}) enqueues one job per item in one Redis "
+                        "transaction, every item checked first: one bad item enqueues nothing, and "
+                        "the 400 names its index.",
                         "requestBody": {
                             "required": False,
                             "content": {
-                                "application/json": {"schema": {"$ref": f"#/components/schemas/{name}_arguments"}}
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": f"#/components/schemas/{name}_arguments"},
+                                            {
+                                                "type": "array",
+                                                "maxItems": contract.MAX_BATCH_JOBS,
+                                                "items": {"$ref": f"#/components/schemas/{name}_arguments"},
+                                            },
+                                        ]
+                                    }
+                                }
                             },
                         },
                         "parameters": [idempotency_key, callback_url],
                         "responses": {
-                            "202": _json("JobAccepted", "enqueued (or replayed)"),
+                            "202": {
+                                "description": "enqueued (a batch: its jobs)",
+                                "content": {
+                                    "application/json": {
+                                        "schema": {
+                                            "oneOf": [
+                                                {"$ref": "#/components/schemas/JobAccepted"},
+                                                {"$ref": "#/components/schemas/JobsAccepted"},
+                                            ]
+                                        }
+                                    }
+                                },
+                            },
                             **_error_responses(400, 401, 422, 503),
                         },
                     }

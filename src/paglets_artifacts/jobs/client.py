@@ -1,7 +1,8 @@
 """The host side of the job system: enqueue a job, follow it, wait for its result.
 
 A call on :class:`ArtifactJobs` only validates its arguments (no file I/O, no hashing)
-and writes one Redis pipeline: the queued job record and the Dramatiq message. Workers
+and writes one Redis transaction: the queued job record and the Dramatiq message, or for
+:meth:`ArtifactJobs.enqueue_many` those of every job of the batch, all or none. Workers
 (``workers/``) run the job; its record tells how it went.
 """
 
@@ -14,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -22,6 +24,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from ..errors import IdempotencyConflict, InvalidInput, JobCanceled, JobConflict, JobTimeout, error_class
 from ..redaction import MASK, redact_url
+from ..redis_client import connect_redis
 from ..settings import Settings
 from . import contract
 from .callbacks import check_callback_url
@@ -47,12 +50,12 @@ RECONNECT_DELAY_SECONDS = 0.2
 
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """The Redis client of a host, the CLI or the HTTP host (``url`` defaults to
-    ``settings.redis_url``): connecting and every command give up after
+    ``settings.redis_url``; plain or Sentinel, see :mod:`paglets_artifacts.redis_client`):
+    connecting and every command give up after
     ``settings.redis_timeout_seconds`` with ``redis.TimeoutError``, so a hung Redis is an
     error, never a hung caller. Waits that are meant to be long (``Job.wait`` on pub/sub)
     pass their own shorter timeouts to each read."""
-    timeout = settings.redis_timeout_seconds
-    return redis.Redis.from_url(url or settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return connect_redis(settings, url, timeout=settings.redis_timeout_seconds)
 
 
 class Job:
@@ -271,6 +274,22 @@ class ArtifactJobs:
             delete_source=delete_source,
         )
 
+    def import_files(self, imports: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Import many files in one round trip: one mapping of :meth:`import_file`'s
+        arguments per file (``{"path": ..., "owner_agent_id": ...}``); see :meth:`enqueue_many`."""
+        return self.enqueue_many(contract.IMPORT, imports)
+
+    def exports(self, exports: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Export many artifacts in one round trip: one mapping of :meth:`export`'s arguments
+        per artifact (``{"artifact_id": ..., "target": ...}``); see :meth:`enqueue_many`."""
+        return self.enqueue_many(contract.EXPORT, exports)
+
+    def delete_owners(self, owner_agent_ids: Sequence[str]) -> list[Job]:
+        """Delete every artifact of each owner, one job per owner, in one round trip."""
+        if isinstance(owner_agent_ids, (str, bytes)):
+            raise InvalidInput("owner_agent_ids must be a list of owner ids, got one string")
+        return self.enqueue_many(contract.DELETE_OWNER, [{"owner_agent_id": owner} for owner in owner_agent_ids])
+
     def export(
         self,
         artifact_id: str,
@@ -312,6 +331,10 @@ class ArtifactJobs:
     def reindex(self, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Rebuild the store's index from the files on disk."""
         return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key, callback_url=callback_url)
+
+    def reconcile(self, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
+        """Re-enqueue or fail the jobs whose message Redis lost (after a failover)."""
+        return self.enqueue(contract.RECONCILE, idempotency_key=idempotency_key, callback_url=callback_url)
 
     def import_url(
         self,
@@ -449,6 +472,46 @@ class ArtifactJobs:
         With ``callback_url`` (an http(s) URL under ``allowed_hosts``; it needs
         ``callback_secret``), the job's final record is POSTed there, signed, once it ends
         (:mod:`paglets_artifacts.jobs.callbacks`); ``InvalidInput`` names what is wrong with it."""
+        message, record = self._prepare(kind, arguments, start_within_seconds, callback_url)
+        if idempotency_key is not None:
+            return self._enqueue_once(kind, message, record, idempotency_key)
+        return self._send([(message, record)])[0]
+
+    def enqueue_many(
+        self,
+        kind: contract.JobKind,
+        arguments: Sequence[Mapping[str, Any]],
+        *,
+        start_within_seconds: float | None = None,
+        callback_url: str | None = None,
+    ) -> list[Job]:
+        """Enqueue one job of ``kind`` per mapping of ``arguments`` (those :meth:`enqueue`
+        takes as keywords) in one round trip; return their handles in the same order.
+
+        Each job has its own record and result. Every item is validated before anything is
+        written: one bad item raises ``InvalidInput`` naming its index and its problem, and
+        nothing is enqueued. The records and messages of the batch are written in one Redis
+        transaction, all or none. A batch holds at most ``contract.MAX_BATCH_JOBS`` jobs;
+        an empty one enqueues nothing. With ``callback_url``, each job's final record is
+        POSTed there once that job ends (see :meth:`enqueue`)."""
+        if isinstance(arguments, (str, bytes, Mapping)) or not isinstance(arguments, Sequence):
+            raise InvalidInput(f"a batch of {kind.name} jobs must be a list of argument objects")
+        if len(arguments) > contract.MAX_BATCH_JOBS:
+            raise InvalidInput(f"a batch holds at most {contract.MAX_BATCH_JOBS} jobs, got {len(arguments)}: split it")
+        prepared = []
+        for index, item in enumerate(arguments):
+            try:
+                prepared.append(self._prepare(kind, item, start_within_seconds, callback_url))
+            except InvalidInput as exc:
+                raise InvalidInput(f"item {index}: {exc}") from None
+        return self._send(prepared)
+
+    def _prepare(
+        self, kind: contract.JobKind, arguments: Any, start_within_seconds: float | None, callback_url: str | None
+    ) -> tuple[Message[Any], JobRecord]:
+        """A job's message and queued record, its arguments validated; nothing written."""
+        if not isinstance(arguments, Mapping):
+            raise InvalidInput(f"{kind.name} job arguments must be an object, got {type(arguments).__name__}")
         values = kind.validate({key: value for key, value in arguments.items() if value is not None})
         sent = {key: value for key, value in values.items() if value is not None}
         now = time.time()
@@ -471,18 +534,44 @@ class ArtifactJobs:
             arguments=kind.shown(sent),
             callback_url=redact_url(callback_url) if callback_url is not None else "",
         )
-        if idempotency_key is not None:
-            # A different callback makes a different request; none leaves the fingerprint as it was.
-            asked = sent if callback_url is None else {**sent, "callback_url": callback_url}
-            return self._enqueue_once(kind, message, record, asked, idempotency_key)
-        self.records.create(record)
-        self.broker.enqueue(message)
-        return Job(self, message.message_id)
+        return message, record
 
-    def _enqueue_once(
-        self, kind: contract.JobKind, message: Message[Any], record: JobRecord, sent: dict[str, Any], key: str
-    ) -> Job:
-        fingerprint = request_fingerprint(kind, sent)
+    def _send(self, prepared: list[tuple[Message[Any], JobRecord]]) -> list[Job]:
+        """Write the records and messages in one transaction (a round trip, and one more
+        when the pipeline checks that Redis has the broker's script)."""
+        if not prepared:
+            return []
+        pipe = self.client.pipeline(transaction=True)
+        for message, record in prepared:
+            self.records.create(record, pipe)
+            self._dispatch_enqueue(pipe, message)
+        pipe.execute()
+        return [Job(self, message.message_id) for message, _ in prepared]
+
+    def _dispatch_enqueue(self, pipe: Any, message: Message[Any]) -> None:
+        """What ``RedisBroker.enqueue`` does (without delay or middleware, which this broker
+        has none of), its dispatch script queued in ``pipe`` rather than sent on its own."""
+        broker = self.broker
+        queued = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        args = [
+            "enqueue",
+            int(time.time() * 1000),
+            queued.queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            0,  # no queue maintenance from a host: workers do it
+            0,  # the unpack bound of the commands that unpack lists; enqueue unpacks none
+            queued.options["redis_message_id"],
+            queued.encode(),
+        ]
+        broker.scripts["dispatch"](keys=[broker.namespace], args=args, client=pipe)
+
+    def _enqueue_once(self, kind: contract.JobKind, message: Message[Any], record: JobRecord, key: str) -> Job:
+        # A different callback makes a different request; none leaves the fingerprint as it was.
+        callback_url = message.options.get("callback_url")
+        asked = message.kwargs if callback_url is None else {**message.kwargs, "callback_url": callback_url}
+        fingerprint = request_fingerprint(kind, asked)
         done, held, job_id = self.records.create_once(
             record,
             key=self.idempotency_key(key),

@@ -17,6 +17,10 @@ from ..errors import InvalidInput
 from ..redaction import MASK, redact_url
 from ..refs import validate_artifact_id, validate_expires_at, validate_sha256
 
+#: The most jobs one ``ArtifactJobs.enqueue_many`` call (or ``POST /jobs/{kind}`` with a
+#: list) enqueues: the batch is one Redis transaction, held in memory on both sides.
+MAX_BATCH_JOBS = 1000
+
 #: Queue of imports and exports (long transfers).
 TRANSFER_QUEUE = "artifact-transfers"
 #: Queue of sweeps, owner deletions and reindexing, so they never wait behind a transfer.
@@ -381,11 +385,31 @@ REINDEX = JobKind(
     {},
     doc="Rebuild the store's index from the files on disk.",
 )
+RECONCILE = JobKind(
+    "reconcile",
+    "paglets_artifacts_reconcile",
+    MAINTENANCE_QUEUE,
+    {},
+    doc="Find jobs whose record says queued, running or retrying but whose message Redis lost; "
+    "re-enqueue or fail them.",
+)
 
 #: Every job kind, by name.
 KINDS: dict[str, JobKind] = {
     kind.name: kind
-    for kind in (IMPORT, EXPORT, IMPORT_URL, EXPORT_TO_HOST, CHECKSUM, UPLOAD, DOWNLOAD, SWEEP, DELETE_OWNER, REINDEX)
+    for kind in (
+        IMPORT,
+        EXPORT,
+        IMPORT_URL,
+        EXPORT_TO_HOST,
+        CHECKSUM,
+        UPLOAD,
+        DOWNLOAD,
+        SWEEP,
+        DELETE_OWNER,
+        REINDEX,
+        RECONCILE,
+    )
 }
 #: Kinds that stream bytes (they report byte progress): those of the transfer queue.
 TRANSFER_KINDS: frozenset[str] = frozenset(kind.name for kind in KINDS.values() if kind.transfer)

@@ -210,11 +210,13 @@ redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 """)
 
-# KEYS: the record, the recent-jobs index. ARGV: started_at, worker, kind, enqueued_at,
-# job id, record TTL. Returns the attempt number, or -1 for a job that had ended.
+# KEYS: the record, the recent-jobs index, the events channel, and optionally a key the
+# worker reads before it runs the job (an owner's tombstone). ARGV: started_at, worker, kind,
+# enqueued_at, job id, record TTL, the event. Returns the attempt number (-1 for a job that
+# had ended) and that key's value; a start is announced in the same step.
 _START = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return -1 end
+if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return {{-1, false}} end
 redis.call('HSET', KEYS[1], 'state', {RUNNING}, 'started_at', ARGV[1], 'worker', ARGV[2],
            'bytes_done', '0')
 if not state then
@@ -222,7 +224,11 @@ if not state then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('PUBLISH', KEYS[3], ARGV[7])
+local read = false
+if KEYS[4] then read = redis.call('GET', KEYS[4]) end
+return {{attempt, read}}
 """)
 
 
@@ -358,17 +364,21 @@ class JobRecords:
             target.execute()
 
     def started(self, job_id: str, *, worker: str, kind: str, enqueued_at: float) -> int:
-        """Mark a job running; return its attempt number (-1 if it had already ended)."""
+        """Mark a job running and announce it; return its attempt number (-1 if it had already ended)."""
+        return self.start(job_id, worker=worker, kind=kind, enqueued_at=enqueued_at)[0]
+
+    def start(
+        self, job_id: str, *, worker: str, kind: str, enqueued_at: float, read: str | None = None
+    ) -> tuple[int, bytes | None]:
+        """:meth:`started`, and the value of the key ``read`` (None: no key, or no value),
+        read in the same round trip: what a worker must know before it runs the job."""
         ttl = int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS))
-        attempt = int(
-            self._start(
-                keys=[self.key(job_id), self.index_key],
-                args=[repr(time.time()), worker, kind, repr(enqueued_at), job_id, ttl],
-            )
+        keys = [self.key(job_id), self.index_key, self.channel, *([read] if read is not None else [])]
+        event = json.dumps({"id": job_id, "state": RUNNING})
+        attempt, value = self._start(
+            keys=keys, args=[repr(time.time()), worker, kind, repr(enqueued_at), job_id, ttl, event]
         )
-        if attempt > 0:
-            self._announce(job_id, RUNNING)
-        return attempt
+        return int(attempt), value
 
     def progress(self, job_id: str, done: int, total: int) -> None:
         self._update(keys=[self.key(job_id)], args=["bytes_done", done, "bytes_total", total])
