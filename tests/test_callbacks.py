@@ -281,3 +281,31 @@ def test_an_idempotency_key_tells_apart_two_callback_urls(cb_jobs, receiver):
     assert cb_jobs.sweep(idempotency_key=key, callback_url=f"{receiver.url}/a").id == first.id
     with pytest.raises(IdempotencyConflict):
         cb_jobs.sweep(idempotency_key=key, callback_url=f"{receiver.url}/b")
+
+
+def test_a_worker_without_the_secret_or_the_host_sends_nothing_and_says_so(
+    cb_jobs, cb_settings, workers, files, receiver
+):
+    no_secret = _checksum_job(cb_jobs, files, f"{receiver.url}/a")
+    workers.start(settings=cb_settings.with_changes(callback_secret=""))
+    record = _callback_ended(no_secret)
+    assert record.callback_state == "failed" and "CALLBACK_SECRET is not set on the worker" in record.callback_error
+    workers.stop_all()
+    off_list = _checksum_job(cb_jobs, files, f"{receiver.url}/b")
+    workers.start(settings=cb_settings.with_changes(allowed_hosts=("http://elsewhere.example",)))
+    record = _callback_ended(off_list)
+    assert record.callback_state == "failed" and "not in the worker's PAGLETS_ARTIFACTS_ALLOWED_HOSTS" in (
+        record.callback_error
+    )
+    assert receiver.received == []
+
+
+def test_a_batch_takes_one_callback_url_for_each_job(cb_jobs, files, receiver):
+    from paglets_artifacts.jobs import contract
+
+    items = [{"path": str(files / "a.bin")}, {"path": str(files / "b.bin")}]
+    with pytest.raises(InvalidInput, match=r"item 0: callback_url host elsewhere\.example"):
+        cb_jobs.enqueue_many(contract.CHECKSUM, items, callback_url="http://elsewhere.example/hook")
+    assert cb_jobs.jobs() == []
+    batch = cb_jobs.enqueue_many(contract.CHECKSUM, items, callback_url=f"{receiver.url}/hook")
+    assert [job.status().callback_url for job in batch] == [f"{receiver.url}/hook"] * 2
