@@ -184,6 +184,7 @@ def _lua(text: str) -> str:
         "SUCCEEDED": SUCCEEDED,
         "FAILED": FAILED,
         "CANCELED": CANCELED,
+        "CALLBACK_PENDING": CALLBACK_PENDING,
     }
     return text.format(**{name: json.dumps(value) for name, value in names.items()})
 
@@ -318,7 +319,7 @@ return {1, ARGV[2], ARGV[1]}
 _QUEUE_CALLBACK = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= {SUCCEEDED} and state ~= {FAILED} and state ~= {CANCELED} then return 0 end
-if redis.call('HSETNX', KEYS[1], 'callback_state', 'pending') == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'callback_state', {CALLBACK_PENDING}) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 return 1
