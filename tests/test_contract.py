@@ -70,7 +70,10 @@ def test_the_openapi_ref_and_record_schemas_are_their_wire_forms():
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
 def test_each_host_wrapper_takes_its_kinds_arguments_with_their_defaults(kind):
     parameters = list(inspect.signature(getattr(ArtifactJobs, WRAPPERS[kind.name])).parameters.values())[1:]
-    key = parameters.pop()  # every enqueue takes a client's idempotency key, last
+    # Every enqueue takes a client's idempotency key and a completion callback URL, last.
+    callback = parameters.pop()
+    assert (callback.name, callback.kind, callback.default) == ("callback_url", callback.KEYWORD_ONLY, None)
+    key = parameters.pop()
     assert (key.name, key.kind, key.default) == ("idempotency_key", key.KEYWORD_ONLY, None)
     assert [parameter.name for parameter in parameters] == list(kind.arguments)
     for parameter in parameters:

@@ -19,6 +19,7 @@ from paglets_artifacts.jobs.contract import INTO_STORE, KINDS_BY_ACTOR, JobKind
 from paglets_artifacts.jobs.records import FAILED, SUCCEEDED
 from paglets_artifacts.redaction import redact_text
 
+from .callbacks import queue_callback
 from .cancel import CancelWatch, record_stop
 from .context import context
 
@@ -169,9 +170,11 @@ class JobRecordsMiddleware(Middleware):
             raise RecordUnavailable(f"job {message.message_id}: its record could not be written")
         attempt, tombstone_value = started[0]
         if attempt < 0:
-            # The job already ended (a redelivery after its result was recorded): its
-            # effect happened once, and it must not happen twice.
+            # The job already ended (a redelivery after its result was recorded, a job canceled
+            # while queued): its effect happened once, and it must not happen twice. Its
+            # callback, if it has one and none was queued yet, goes now.
             logger.info("job %s already ended; skipping redelivered message", message.message_id)
+            self._callback(message.message_id, message)
             raise SkipMessage()
         start_by = message.options.get("start_by")
         if attempt == 1 and start_by is not None and time.time() > float(start_by):
@@ -184,6 +187,7 @@ class JobRecordsMiddleware(Middleware):
                 f"the expiry of job {message.message_id}",
             )
             logger.info("job %s %s expired before it started", message.message_id, kind.name)
+            self._callback(message.message_id, message)
             raise SkipMessage()
         reporter = ProgressReporter(message.message_id, ctx.settings.progress_every_bytes)
         _CURRENT.set(
@@ -218,12 +222,22 @@ class JobRecordsMiddleware(Middleware):
             error = describe_error(exception)
             ended = retry_while_unreachable(lambda: records.retrying(job.id, error), f"the retry of job {job.id}")
             logger.warning("job %s %s will be retried: %s: %s", job.id, job.kind, type(exception).__name__, exception)
+            if ended:
+                return
         if ended is False and (job.cancel.canceled or records.is_canceled(job.id)):
             # The cancel came first: the record stays canceled; what this attempt did is told.
             retry_while_unreachable(
                 lambda: record_stop(job.id, job.kind, message.kwargs, job.result, succeeded=exception is None),
                 f"the stop of job {job.id}",
             )
+        self._callback(job.id, message)
+
+    @staticmethod
+    def _callback(job_id: str, message: Any) -> None:
+        """Queue the completion callback of a job that ended, when its message names one
+        (no Redis call otherwise); an unreachable Redis is waited for, as for the record."""
+        if message.options.get("callback_url"):
+            retry_while_unreachable(lambda: queue_callback(job_id, message), f"the callback of job {job_id}")
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         _CURRENT.set(None)

@@ -208,7 +208,10 @@ def _requeue(jobs: ArtifactJobs, kind: contract.JobKind, record: JobRecord) -> N
         actor_name=kind.actor_name,
         args=(),
         kwargs=dict(record.arguments),
-        options={},
+        # Its callback goes with it, unless the record keeps the URL with a secret masked.
+        options={"callback_url": record.callback_url}
+        if record.callback_url and MASK not in record.callback_url
+        else {},
         message_id=record.id,
         # The enqueue time is the job's: an owner deletion since then still refuses an import.
         message_timestamp=int(record.enqueued_at * 1000),

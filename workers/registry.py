@@ -14,7 +14,7 @@ import dramatiq
 
 from paglets_artifacts.settings import SettingsError
 
-from . import actors, remote_actors
+from . import actors, callbacks, remote_actors
 from .actors import JobActor
 from .broker import make_broker
 from .context import worker_settings
@@ -50,3 +50,5 @@ def register(job: JobActor) -> dramatiq.Actor:
 
 #: The registered actors, by actor name.
 ACTORS: dict[str, dramatiq.Actor] = {job.kind.actor_name: register(job) for job in JOB_ACTORS}
+#: The completion callbacks' actor, on its own queue.
+CALLBACK_ACTOR: dramatiq.Actor = callbacks.register(broker, settings)

@@ -119,6 +119,26 @@ class Settings:
     api_key: str = field(
         default="", metadata=_meta("API_KEY", "Bearer key the HTTP API requires (empty: no auth)", "secret")
     )
+    callback_secret: str = field(
+        default="",
+        metadata=_meta(
+            "CALLBACK_SECRET",
+            "key of the HMAC-SHA256 signature of completion callbacks (required to enqueue a job with a callback_url)",
+            "secret",
+        ),
+    )
+    callback_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_meta("CALLBACK_TIMEOUT_SECONDS", "timeout of one completion callback request", "seconds"),
+    )
+    callback_max_attempts: int = field(
+        default=8,
+        metadata=_meta(
+            "CALLBACK_MAX_ATTEMPTS",
+            "attempts of a completion callback (backoff as job retries) before it fails",
+            "count",
+        ),
+    )
     allow_insecure: bool = field(
         default=False,
         metadata=_meta(

@@ -156,6 +156,15 @@ KeyOpt = Annotated[
     ),
 ]
 
+CallbackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--callback-url",
+        help="POST the job's final record here, signed with PAGLETS_ARTIFACTS_CALLBACK_SECRET, once it ends "
+        "(an http(s) URL under PAGLETS_ARTIFACTS_ALLOWED_HOSTS).",
+    ),
+]
+
 
 def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=True)
@@ -255,6 +264,7 @@ def import_(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     expiry = _expiry(expires_at, expires_in)
     source = os.path.abspath(path)
@@ -269,6 +279,7 @@ def import_(
             expected_sha256=sha256,
             delete_source=delete_source,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -287,12 +298,18 @@ def export(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     destination = os.path.abspath(target)
     _submit(
         ctx,
         lambda jobs: jobs.export(
-            artifact_id, destination, expected_sha256=sha256, move=move, idempotency_key=idempotency_key
+            artifact_id,
+            destination,
+            expected_sha256=sha256,
+            move=move,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -315,6 +332,7 @@ def import_url(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     expiry = _expiry(expires_at, expires_in)
     _submit(
@@ -328,6 +346,7 @@ def import_url(
             expected_sha256=sha256,
             expected_size=size,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -350,6 +369,7 @@ def push(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
         ctx,
@@ -361,6 +381,7 @@ def push(
             expires_at=expires_at,
             move=move,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
         ),
         wait=wait,
         timeout=timeout,
@@ -376,10 +397,11 @@ def sweep(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
         ctx,
-        lambda jobs: jobs.sweep(now=now, idempotency_key=idempotency_key),
+        lambda jobs: jobs.sweep(now=now, idempotency_key=idempotency_key, callback_url=callback_url),
         wait=wait,
         timeout=timeout,
         as_json=as_json,
@@ -394,10 +416,11 @@ def delete_owner(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
         ctx,
-        lambda jobs: jobs.delete_owner(owner, idempotency_key=idempotency_key),
+        lambda jobs: jobs.delete_owner(owner, idempotency_key=idempotency_key, callback_url=callback_url),
         wait=wait,
         timeout=timeout,
         as_json=as_json,
@@ -411,9 +434,14 @@ def reindex(
     timeout: TimeoutOpt = None,
     as_json: JsonFlag = False,
     idempotency_key: KeyOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     _submit(
-        ctx, lambda jobs: jobs.reindex(idempotency_key=idempotency_key), wait=wait, timeout=timeout, as_json=as_json
+        ctx,
+        lambda jobs: jobs.reindex(idempotency_key=idempotency_key, callback_url=callback_url),
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
     )
 
 

@@ -69,6 +69,8 @@ logger = logging.getLogger("paglets_artifacts.http")
 
 #: The request header that carries a client's idempotency key for an enqueue.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The request header that names an enqueue's completion callback URL (``callback_url``).
+CALLBACK_HEADER = "Callback-URL"
 #: Set (``true``) on the answer of an enqueue whose key already held the job.
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -210,14 +212,17 @@ class ArtifactAPI:
                 raise InvalidInput(
                     f"a batch takes no {IDEMPOTENCY_HEADER} header: enqueue its jobs one by one to key them"
                 )
-            jobs = await self._sync(self.jobs.enqueue_many, kind, body)
+            callback_url = request.headers.get(CALLBACK_HEADER)
+            jobs = await self._sync(self.jobs.enqueue_many, kind, body, callback_url=callback_url)
             return JSONResponse({"jobs": [self._accepted(request, kind, job.id) for job in jobs]}, status_code=202)
         # Checked before the call: a key such as "kind" or "self" would collide with
         # enqueue()'s own parameters.
         kind.validate(body)
         # A client's name for this request: the same key again returns the same job.
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, **body)
+        # Where the job's final record is POSTed, signed, once it ends.
+        callback_url = request.headers.get(CALLBACK_HEADER)
+        job = await self._sync(self.jobs.enqueue, kind, idempotency_key=key, callback_url=callback_url, **body)
         accepted = self._accepted(request, kind, job.id)
         accepted["replayed"] = job.replayed
         headers = {"Location": accepted["status_url"]}

@@ -11,8 +11,9 @@ import typing
 from typing import Any
 
 from ..jobs import contract
+from ..jobs.callbacks import MAX_CALLBACK_URL_LENGTH
 from ..jobs.dead_letters import DeadLetter
-from ..jobs.records import STATES, JobRecord
+from ..jobs.records import CALLBACK_STATES, STATES, JobRecord
 from ..refs import ArtifactRef
 from .limits import MAX_DEAD_LETTER_LIST, MAX_JOB_LIST
 from .remote import SHA256_HEADER
@@ -75,7 +76,11 @@ def openapi_document() -> dict[str, Any]:
     artifact_id = {"name": "artifact_id", "in": "path", "required": True, "schema": dict(contract.ARTIFACT_ID.schema)}
     job_kinds = {kind.name: kind.arguments_schema() for kind in contract.KINDS.values()}
     ref_properties = _fields_schema(ArtifactRef)
-    record_properties = _fields_schema(JobRecord, state={"type": "string", "enum": list(STATES)})
+    record_properties = _fields_schema(
+        JobRecord,
+        state={"type": "string", "enum": list(STATES)},
+        callback_state={"type": "string", "enum": ["", *CALLBACK_STATES]},
+    )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
     letter_id = {"name": "letter_id", "in": "path", "required": True, "schema": {"type": "string"}}
     idempotency_key = {
@@ -86,6 +91,17 @@ def openapi_document() -> dict[str, Any]:
         "description": "a client's name for this request: the same key with the same kind and arguments, within "
         "the job retention time, answers the job it enqueued first (replayed, header Idempotent-Replayed: true); "
         "other arguments under the key are refused (422 IdempotencyConflict)",
+    }
+    callback_url = {
+        "name": "Callback-URL",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "format": "uri", "maxLength": MAX_CALLBACK_URL_LENGTH},
+        "description": "an http(s) URL under PAGLETS_ARTIFACTS_ALLOWED_HOSTS that receives the job's final record "
+        "(JobRecord, JSON) in a POST once it ends, signed: X-Paglets-Artifacts-Signature: sha256=<hex> is the "
+        "HMAC-SHA256 keyed with PAGLETS_ARTIFACTS_CALLBACK_SECRET of '<X-Paglets-Artifacts-Timestamp>.' followed by "
+        "the body; retried with backoff on a 5xx, 408, 429, connection error or timeout; redirects are not followed; "
+        "the record's callback_state tells how it went. A host off the list, or no secret configured: 400 InvalidInput",
     }
     return {
         "openapi": "3.1.0",
@@ -243,7 +259,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "parameters": [idempotency_key],
+                        "parameters": [idempotency_key, callback_url],
                         "responses": {
                             "202": {
                                 "description": "enqueued (a batch: its jobs)",

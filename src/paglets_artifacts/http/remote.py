@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ..errors import ChecksumMismatch, HostNotAllowed, InvalidInput, RemoteError, SizeMismatch, Transient
-from ..origins import url_origin
+from ..origins import host_allowed
 from ..redaction import redact_url
 from ..refs import STREAM_CHUNK_BYTES, ArtifactRef, ArtifactWriteResult, validate_sha256
 from ..settings import Settings
@@ -64,31 +64,6 @@ class RemoteUnavailable(Transient, ConnectionError):
     def __init__(self, message: str, *, status: int = 0):
         super().__init__(message)
         self.status = status
-
-
-def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
-    """Whether ``url`` lies under one of ``allowed_hosts`` (same origin, and under its path)."""
-    origin = url_origin(url)
-    if origin is None:
-        return False
-    scheme, host, _port = origin
-    if scheme not in ("http", "https") or not host:
-        return False
-    segments = _path_segments(url)
-    if any(unquote(part) in (".", "..") for part in segments):
-        return False  # a client or server resolves them: the path would leave its prefix
-    for allowed in allowed_hosts:
-        if url_origin(allowed) != origin:
-            continue
-        prefix = _path_segments(allowed)
-        if segments[: len(prefix)] == prefix:
-            return True
-    return False
-
-
-def _path_segments(url: str) -> list[str]:
-    """The non-empty segments of a URL's path (one ``url_origin`` could parse)."""
-    return [part for part in urlsplit(url).path.split("/") if part]
 
 
 def check_allowed(url: str, allowed_hosts: Iterable[str]) -> None:

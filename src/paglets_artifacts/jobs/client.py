@@ -23,9 +23,11 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from ..errors import IdempotencyConflict, InvalidInput, JobCanceled, JobConflict, JobTimeout, error_class
+from ..redaction import MASK, redact_url
 from ..redis_client import connect_redis
 from ..settings import Settings
 from . import contract
+from .callbacks import check_callback_url
 from .dead_letters import DeadLetters, QueueKeys, delivery, fresh_delivery
 from .records import CANCELED, FAILED, JobRecord, JobRecords
 
@@ -121,6 +123,8 @@ class Job:
             letter_id, message = found
         else:
             masked = kind.masked(record.arguments)
+            if MASK in record.callback_url:
+                masked = [*masked, "callback_url"]
             if masked:
                 raise JobConflict(
                     f"job {self.id} cannot be retried: its record keeps {', '.join(masked)} with the secret masked "
@@ -133,7 +137,7 @@ class Job:
                 actor_name=kind.actor_name,
                 args=(),
                 kwargs=dict(record.arguments),
-                options={},
+                options={"callback_url": record.callback_url} if record.callback_url else {},
                 message_id=self.id,
                 message_timestamp=int(record.enqueued_at * 1000),
             )
@@ -254,11 +258,13 @@ class ArtifactJobs:
         expected_sha256: str | None = None,
         delete_source: bool = False,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Import a file under the allowed roots into the store."""
         return self.enqueue(
             contract.IMPORT,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             path=str(path),
             owner_agent_id=owner_agent_id,
             name=name,
@@ -292,32 +298,43 @@ class ArtifactJobs:
         expected_sha256: str | None = None,
         move: bool = False,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Export an artifact to a path under the allowed roots; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             artifact_id=artifact_id,
             target=str(target),
             expected_sha256=expected_sha256,
             move=move,
         )
 
-    def sweep(self, *, now: float | None = None, idempotency_key: str | None = None) -> Job:
+    def sweep(
+        self, *, now: float | None = None, idempotency_key: str | None = None, callback_url: str | None = None
+    ) -> Job:
         """Remove stale ``.part`` files, expired artifacts and orphans."""
-        return self.enqueue(contract.SWEEP, idempotency_key=idempotency_key, now=now)
+        return self.enqueue(contract.SWEEP, idempotency_key=idempotency_key, callback_url=callback_url, now=now)
 
-    def delete_owner(self, owner_agent_id: str, *, idempotency_key: str | None = None) -> Job:
+    def delete_owner(
+        self, owner_agent_id: str, *, idempotency_key: str | None = None, callback_url: str | None = None
+    ) -> Job:
         """Delete every artifact of an owner (a disposed paglet)."""
-        return self.enqueue(contract.DELETE_OWNER, idempotency_key=idempotency_key, owner_agent_id=owner_agent_id)
+        return self.enqueue(
+            contract.DELETE_OWNER,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            owner_agent_id=owner_agent_id,
+        )
 
-    def reindex(self, *, idempotency_key: str | None = None) -> Job:
+    def reindex(self, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Rebuild the store's index from the files on disk."""
-        return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key)
+        return self.enqueue(contract.REINDEX, idempotency_key=idempotency_key, callback_url=callback_url)
 
-    def reconcile(self, *, idempotency_key: str | None = None) -> Job:
+    def reconcile(self, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Re-enqueue or fail the jobs whose message Redis lost (after a failover)."""
-        return self.enqueue(contract.RECONCILE, idempotency_key=idempotency_key)
+        return self.enqueue(contract.RECONCILE, idempotency_key=idempotency_key, callback_url=callback_url)
 
     def import_url(
         self,
@@ -330,11 +347,13 @@ class ArtifactJobs:
         expected_sha256: str | None = None,
         expected_size: int | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Pull an artifact from a remote host's ``GET /artifacts/{id}`` (or any allowed URL)."""
         return self.enqueue(
             contract.IMPORT_URL,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             url=url,
             owner_agent_id=owner_agent_id,
             name=name,
@@ -354,11 +373,13 @@ class ArtifactJobs:
         expires_at: float | None = None,
         move: bool = False,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Push an artifact to a remote host's ``POST /artifacts``; ``move`` deletes it after."""
         return self.enqueue(
             contract.EXPORT_TO_HOST,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             artifact_id=artifact_id,
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -367,9 +388,11 @@ class ArtifactJobs:
             move=move,
         )
 
-    def checksum(self, path: str, *, idempotency_key: str | None = None) -> Job:
+    def checksum(self, path: str, *, idempotency_key: str | None = None, callback_url: str | None = None) -> Job:
         """Hash a file under the allowed roots; the result is ``{"path", "sha256", "size_bytes"}``."""
-        return self.enqueue(contract.CHECKSUM, idempotency_key=idempotency_key, path=str(path))
+        return self.enqueue(
+            contract.CHECKSUM, idempotency_key=idempotency_key, callback_url=callback_url, path=str(path)
+        )
 
     def upload(
         self,
@@ -382,12 +405,14 @@ class ArtifactJobs:
         expires_at: float = 0.0,
         expected_sha256: str | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Upload a file under the allowed roots to a host's ``POST /artifacts`` (paglets'
         ``HostClient.upload_artifact``, run by a worker); the result is the remote ref."""
         return self.enqueue(
             contract.UPLOAD,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             path=str(path),
             host_url=host_url,
             owner_agent_id=owner_agent_id,
@@ -406,6 +431,7 @@ class ArtifactJobs:
         expected_size: int | None = None,
         move: bool = False,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Download an artifact's URL to a path under the allowed roots, verified before it
         is renamed into place (paglets' ``HostClient.download_artifact``, run by a worker);
@@ -413,6 +439,7 @@ class ArtifactJobs:
         return self.enqueue(
             contract.DOWNLOAD,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             url=url,
             target=str(target),
             expected_sha256=expected_sha256,
@@ -428,6 +455,7 @@ class ArtifactJobs:
         *,
         start_within_seconds: float | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
         **arguments: Any,
     ) -> Job:
         """Validate ``arguments`` against ``kind`` and enqueue the job. With ``start_within_seconds``
@@ -439,8 +467,12 @@ class ArtifactJobs:
         characters), an enqueue that finds the key held by the same request (same kind and
         arguments) within ``job_retention_seconds`` returns that job (``Job.replayed``)
         instead of a second one; a different request under the key is refused with
-        ``IdempotencyConflict``. Key, record and message are written by one script."""
-        message, record = self._prepare(kind, arguments, start_within_seconds)
+        ``IdempotencyConflict``. Key, record and message are written by one script.
+
+        With ``callback_url`` (an http(s) URL under ``allowed_hosts``; it needs
+        ``callback_secret``), the job's final record is POSTed there, signed, once it ends
+        (:mod:`paglets_artifacts.jobs.callbacks`); ``InvalidInput`` names what is wrong with it."""
+        message, record = self._prepare(kind, arguments, start_within_seconds, callback_url)
         if idempotency_key is not None:
             return self._enqueue_once(kind, message, record, idempotency_key)
         return self._send([(message, record)])[0]
@@ -451,6 +483,7 @@ class ArtifactJobs:
         arguments: Sequence[Mapping[str, Any]],
         *,
         start_within_seconds: float | None = None,
+        callback_url: str | None = None,
     ) -> list[Job]:
         """Enqueue one job of ``kind`` per mapping of ``arguments`` (those :meth:`enqueue`
         takes as keywords) in one round trip; return their handles in the same order.
@@ -459,7 +492,8 @@ class ArtifactJobs:
         written: one bad item raises ``InvalidInput`` naming its index and its problem, and
         nothing is enqueued. The records and messages of the batch are written in one Redis
         transaction, all or none. A batch holds at most ``contract.MAX_BATCH_JOBS`` jobs;
-        an empty one enqueues nothing."""
+        an empty one enqueues nothing. With ``callback_url``, each job's final record is
+        POSTed there once that job ends (see :meth:`enqueue`)."""
         if isinstance(arguments, (str, bytes, Mapping)) or not isinstance(arguments, Sequence):
             raise InvalidInput(f"a batch of {kind.name} jobs must be a list of argument objects")
         if len(arguments) > contract.MAX_BATCH_JOBS:
@@ -467,13 +501,13 @@ class ArtifactJobs:
         prepared = []
         for index, item in enumerate(arguments):
             try:
-                prepared.append(self._prepare(kind, item, start_within_seconds))
+                prepared.append(self._prepare(kind, item, start_within_seconds, callback_url))
             except InvalidInput as exc:
                 raise InvalidInput(f"item {index}: {exc}") from None
         return self._send(prepared)
 
     def _prepare(
-        self, kind: contract.JobKind, arguments: Any, start_within_seconds: float | None
+        self, kind: contract.JobKind, arguments: Any, start_within_seconds: float | None, callback_url: str | None
     ) -> tuple[Message[Any], JobRecord]:
         """A job's message and queued record, its arguments validated; nothing written."""
         if not isinstance(arguments, Mapping):
@@ -481,7 +515,9 @@ class ArtifactJobs:
         values = kind.validate({key: value for key, value in arguments.items() if value is not None})
         sent = {key: value for key, value in values.items() if value is not None}
         now = time.time()
-        options = {} if start_within_seconds is None else {"start_by": now + start_within_seconds}
+        options: dict[str, Any] = {} if start_within_seconds is None else {"start_by": now + start_within_seconds}
+        if callback_url is not None:
+            options["callback_url"] = check_callback_url(callback_url, self.settings)
         message: Message[Any] = Message(
             queue_name=kind.queue_name,
             actor_name=kind.actor_name,
@@ -491,7 +527,13 @@ class ArtifactJobs:
             message_id=str(uuid.uuid4()),
             message_timestamp=int(now * 1000),
         )
-        record = JobRecord(id=message.message_id, kind=kind.name, enqueued_at=now, arguments=kind.shown(sent))
+        record = JobRecord(
+            id=message.message_id,
+            kind=kind.name,
+            enqueued_at=now,
+            arguments=kind.shown(sent),
+            callback_url=redact_url(callback_url) if callback_url is not None else "",
+        )
         return message, record
 
     def _send(self, prepared: list[tuple[Message[Any], JobRecord]]) -> list[Job]:
@@ -526,7 +568,10 @@ class ArtifactJobs:
         broker.scripts["dispatch"](keys=[broker.namespace], args=args, client=pipe)
 
     def _enqueue_once(self, kind: contract.JobKind, message: Message[Any], record: JobRecord, key: str) -> Job:
-        fingerprint = request_fingerprint(kind, message.kwargs)
+        # A different callback makes a different request; none leaves the fingerprint as it was.
+        callback_url = message.options.get("callback_url")
+        asked = message.kwargs if callback_url is None else {**message.kwargs, "callback_url": callback_url}
+        fingerprint = request_fingerprint(kind, asked)
         done, held, job_id = self.records.create_once(
             record,
             key=self.idempotency_key(key),

@@ -27,6 +27,15 @@ CANCELED = "canceled"
 STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELED)
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
 
+#: A completion callback's states (``callback_state``; empty for a job that names none, or
+#: that has not ended): queued to be sent, retrying after a failed attempt, delivered (the
+#: receiver answered 2xx), failed (a final answer, or every attempt failed).
+CALLBACK_PENDING = "pending"
+CALLBACK_RETRYING = "retrying"
+CALLBACK_DELIVERED = "delivered"
+CALLBACK_FAILED = "failed"
+CALLBACK_STATES = (CALLBACK_PENDING, CALLBACK_RETRYING, CALLBACK_DELIVERED, CALLBACK_FAILED)
+
 #: How long a record of a job that never ends (a lost message) is kept at most.
 UNFINISHED_RECORD_TTL_SECONDS = 7 * 86400
 
@@ -55,6 +64,12 @@ class JobRecord:
     stopped_at: float | None = None
     #: How many times it was retried (``Job.retry``) after it failed or was canceled.
     retries: int = 0
+    #: The URL its final record is POSTed to (secrets redacted; empty: no callback), how
+    #: that went (one of ``CALLBACK_STATES``), the attempts made and the last failure.
+    callback_url: str = ""
+    callback_state: str = ""
+    callback_attempts: int = 0
+    callback_error: str = ""
 
     @property
     def done(self) -> bool:
@@ -79,6 +94,10 @@ class JobRecord:
             "canceled_at": self.canceled_at,
             "stopped_at": self.stopped_at,
             "retries": self.retries,
+            "callback_url": self.callback_url,
+            "callback_state": self.callback_state,
+            "callback_attempts": self.callback_attempts,
+            "callback_error": self.callback_error,
         }
 
     @classmethod
@@ -118,12 +137,16 @@ class JobRecord:
             canceled_at=number("canceled_at", float, None),
             stopped_at=number("stopped_at", float, None),
             retries=number("retries", int, 0),
+            callback_url=values.get("callback_url", ""),
+            callback_state=values.get("callback_state", ""),
+            callback_attempts=number("callback_attempts", int, 0),
+            callback_error=values.get("callback_error", ""),
         )
 
 
 def _queued_fields(record: JobRecord) -> dict[Any, Any]:
     """The hash fields of a new queued record."""
-    return {
+    fields = {
         "kind": record.kind,
         "state": record.state,
         "enqueued_at": repr(record.enqueued_at),
@@ -132,6 +155,9 @@ def _queued_fields(record: JobRecord) -> dict[Any, Any]:
         "bytes_total": record.bytes_total,
         "arguments": json.dumps(record.arguments, sort_keys=True),
     }
+    if record.callback_url:
+        fields["callback_url"] = record.callback_url
+    return fields
 
 
 def _mapping_or_none(value: Any, name: str) -> Any:
@@ -158,6 +184,7 @@ def _lua(text: str) -> str:
         "SUCCEEDED": SUCCEEDED,
         "FAILED": FAILED,
         "CANCELED": CANCELED,
+        "CALLBACK_PENDING": CALLBACK_PENDING,
     }
     return text.format(**{name: json.dumps(value) for name, value in names.items()})
 
@@ -248,7 +275,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {{-1, ''}} end
 if state ~= {FAILED} and state ~= {CANCELED} then return {{0, state}} end
 redis.call('HDEL', KEYS[1], 'started_at', 'finished_at', 'result', 'error', 'worker', 'canceled_by',
-           'canceled_at', 'stopped_at')
+           'canceled_at', 'stopped_at', 'callback_state', 'callback_attempts', 'callback_error')
 redis.call('HSET', KEYS[1], 'state', {QUEUED}, 'bytes_done', '0')
 redis.call('HINCRBY', KEYS[1], 'retries', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -284,6 +311,20 @@ redis.call('RPUSH', KEYS[5], ARGV[6])
 return {1, ARGV[2], ARGV[1]}
 """
 
+# The callback of a job that ended, queued once per end: its state set to pending and its
+# message on the callbacks queue in one step (a retried job's new end sends a new one).
+# KEYS: the record, the queue's messages hash, the queue's list. ARGV: the message's Redis
+# id, its payload. Returns 1 when it queued, 0 when the job has not ended or its callback
+# was already queued.
+_QUEUE_CALLBACK = _lua("""
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= {SUCCEEDED} and state ~= {FAILED} and state ~= {CANCELED} then return 0 end
+if redis.call('HSETNX', KEYS[1], 'callback_state', {CALLBACK_PENDING}) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return 1
+""")
+
 
 class JobRecords:
     """Reads and writes job records.
@@ -307,6 +348,7 @@ class JobRecords:
         self._stopped = client.register_script(_STOPPED)
         self._retry = client.register_script(_RETRY)
         self._enqueue_once = client.register_script(_ENQUEUE_ONCE)
+        self._queue_callback = client.register_script(_QUEUE_CALLBACK)
 
     def key(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
@@ -484,6 +526,24 @@ class JobRecords:
             args += [name, value]
         done, held, job_id = self._enqueue_once(keys=[key, self.key(record.id), self.index_key, *queue_keys], args=args)
         return bool(int(done)), _s(held), _s(job_id)
+
+    # ------------------------------------------------------------ completion callbacks
+
+    def queue_callback(self, job_id: str, *, queue_keys: tuple[str, str], payload: tuple[str, bytes]) -> bool:
+        """Put ``payload`` (Redis message id, encoded message) of the job's callback on the
+        queue of ``queue_keys`` and mark it pending, once per end of the job, in one script;
+        ``False`` (nothing queued) when the job has not ended or its callback was queued."""
+        return bool(self._queue_callback(keys=[self.key(job_id), *queue_keys], args=[payload[0], payload[1]]))
+
+    def callback_attempt(self, job_id: str) -> int:
+        """Count one more attempt of the job's callback; return its number."""
+        return int(self.client.hincrby(self.key(job_id), "callback_attempts", 1))
+
+    def callback_outcome(self, job_id: str, state: str, error: str = "") -> None:
+        """Record how the job's callback went (one of ``CALLBACK_STATES``) and its last error."""
+        assert state in CALLBACK_STATES
+        if self.client.exists(self.key(job_id)):  # never recreate a record that expired
+            self.client.hset(self.key(job_id), mapping={"callback_state": state, "callback_error": error})
 
     def _announce(self, job_id: str, state: str) -> None:
         self.client.publish(self.channel, json.dumps({"id": job_id, "state": state}))
