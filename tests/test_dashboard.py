@@ -79,3 +79,10 @@ def test_the_page_shows_queued_and_canceled_jobs_and_escapes_hostile_text(server
     assert f'data-job="{canceled.id}" data-final="1" class="canceled"' in page
     assert 'data-act="retry"' in page and 'data-act="cancel"' in page
     assert "artifact-transfers</td><td>2</td>" in page  # both messages wait: no worker runs
+
+
+def test_openapi_lists_the_page_and_its_login():
+    from paglets_artifacts.http.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    assert "get" in paths["/ui"] and "post" in paths["/ui/login"]

@@ -73,6 +73,10 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _progress(record: JobRecord) -> str:
     if record.state == "succeeded":
         return '<progress max="1" value="1">done</progress>'
@@ -148,7 +152,7 @@ class Dashboard:
         return {
             "records": records,
             "queues": queues,
-            "heartbeats": [(k.decode() if isinstance(k, bytes) else str(k), s) for k, s in seen],
+            "heartbeats": [(_text(beat[0]), float(beat[1])) for beat in seen],
             "workers": workers,
             "used": self.store.index.used_bytes(),
             "quota": self.store.quota_bytes,
@@ -162,9 +166,7 @@ class Dashboard:
         now = time.time()
         quota = "no quota" if facts["quota"] is None else f"{facts['quota']} bytes"
         queues = "".join(f"<tr><td>{_e(n)}</td><td>{d}</td></tr>" for n, d in facts["queues"].items())
-        beats = "".join(
-            f"<tr><td>{_e(n)}</td><td>{now - s / 1000:.0f} s ago</td></tr>" for n, s in facts["heartbeats"]
-        )
+        beats = "".join(f"<tr><td>{_e(n)}</td><td>{now - s / 1000:.0f} s ago</td></tr>" for n, s in facts["heartbeats"])
         named = "".join(f"<li>{_e(w)}</li>" for w in facts["workers"])
         rows = "".join(_job_row(r) for r in records)
         failed = "".join(_error_row(r) for r in records if r.state == FAILED)
@@ -194,7 +196,9 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         raw = await request.body()
-        fields = parse_qs(raw[:MAX_LOGIN_BODY_BYTES].decode("utf-8", "replace")) if len(raw) <= MAX_LOGIN_BODY_BYTES else {}
+        fields = (
+            parse_qs(raw[:MAX_LOGIN_BODY_BYTES].decode("utf-8", "replace")) if len(raw) <= MAX_LOGIN_BODY_BYTES else {}
+        )
         key = fields.get("key", [""])[0]
         if not self.settings.api_key or not isinstance(key, str) or not key_matches(key, self.settings.api_key):
             return self._login_form(status=401, note="That key is not the API key.")
