@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
+from paglets_artifacts.errors import TransferError
 from paglets_artifacts.http.app import create_app
 from paglets_artifacts.http.auth import COOKIE_NAME
 from paglets_artifacts.http.server import ServerThread
@@ -86,3 +87,21 @@ def test_openapi_lists_the_page_and_its_login():
 
     paths = openapi_document()["paths"]
     assert "get" in paths["/ui"] and "post" in paths["/ui/login"]
+
+
+def test_the_page_shows_succeeded_and_failed_jobs_with_the_error(server, jobs, workers, files):
+    source = files / "ok.bin"
+    source.write_bytes(b"x" * 1000)
+    workers.start()
+    good = jobs.import_file(str(source))
+    good.wait(timeout=60)
+    bad = jobs.import_file(str(files / "<b>missing</b>.bin"))
+    with pytest.raises(TransferError):
+        bad.wait(timeout=60)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        page = http.get("/ui").text
+    assert f'data-job="{good.id}" data-final="1" class="succeeded"' in page
+    assert f'data-job="{bad.id}" data-final="1" class="failed"' in page
+    failed_table = page.split('id="failed"', 1)[1]
+    assert bad.id in failed_table and bad.status().error["type"] in failed_table
+    assert "<b>missing" not in page and "&lt;b&gt;missing" in page

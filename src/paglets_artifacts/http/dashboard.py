@@ -105,7 +105,7 @@ def _error_row(record: JobRecord) -> str:
     error = record.error or {}
     return (
         f"<tr><td><code>{_e(record.id)}</code></td><td>{_e(record.kind)}</td>"
-        f"<td>{_e(error.get('error_class', ''))}</td><td>{_e(error.get('message', ''))}</td></tr>"
+        f"<td>{_e(error.get('type', ''))}</td><td>{_e(error.get('message', ''))}</td></tr>"
     )
 
 
