@@ -82,7 +82,9 @@ def _progress(record: JobRecord) -> str:
         return '<progress max="1" value="1">done</progress>'
     if record.bytes_total > 0:
         return f'<progress max="{record.bytes_total}" value="{record.bytes_done}">{record.bytes_done}</progress>'
-    return "<progress></progress>"
+    if record.state == "running":  # no size known yet: an indeterminate bar
+        return "<progress></progress>"
+    return '<progress max="1" value="0">-</progress>'
 
 
 def _job_row(record: JobRecord) -> str:
