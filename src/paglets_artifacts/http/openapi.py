@@ -306,6 +306,25 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"202": _json("Job", "queued again"), **_error_responses(401, 404, 409, 503)},
                 }
             },
+            "/ui": {
+                "get": {
+                    "summary": "The dashboard page (HTML); without a valid key or session cookie, a login form",
+                    "responses": {
+                        "200": {"description": "the page", "content": {"text/html": {}}},
+                        "401": {"description": "the login form", "content": {"text/html": {}}},
+                    },
+                }
+            },
+            "/ui/login": {
+                "post": {
+                    "summary": "Form field key: sets the dashboard's HttpOnly SameSite=Strict session cookie",
+                    "requestBody": {"content": {"application/x-www-form-urlencoded": {}}},
+                    "responses": {
+                        "303": {"description": "signed in: redirect to /ui"},
+                        "401": {"description": "not the API key: the login form again", "content": {"text/html": {}}},
+                    },
+                }
+            },
             "/dead-letters": {
                 "get": {
                     "summary": "Messages Dramatiq gave up on, newest first",
