@@ -52,6 +52,7 @@ from ..refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
 from .auth import BearerAuth
+from .events import JobEvents
 from .job_control import JobControl
 from .limits import (
     MAX_CONCURRENT_UPLOADS,
@@ -347,6 +348,7 @@ def create_app(
         Route("/jobs/{kind}", api.enqueue, methods=["POST"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         *JobControl(jobs).routes(),
+        *JobEvents(jobs).routes(),
     ]
     app: ASGIApp = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     if settings.api_key:

@@ -159,7 +159,29 @@ def _lua(text: str) -> str:
         "FAILED": FAILED,
         "CANCELED": CANCELED,
     }
-    return text.format(**{name: json.dumps(value) for name, value in names.items()})
+    return _EVENT_LOG + text.format(**{name: json.dumps(value) for name, value in names.items()})
+
+
+#: Entries a job's event log keeps at least (``XADD MAXLEN ~``).
+EVENT_LOG_LENGTH = 500
+
+# Every script that changes a record appends the record's snapshot (without the checkpoint)
+# to the job's event log, a stream that expires with the record: what ``GET /jobs/{id}/events``
+# reads, so a client that reconnects from an entry id misses nothing.
+_EVENT_LOG = f"""
+local function log_event(record, events)
+  local fields = redis.call('HGETALL', record)
+  for i = #fields - 1, 1, -2 do
+    if fields[i] == '{CHECKPOINT_FIELD}' then
+      table.remove(fields, i)
+      table.remove(fields, i)
+    end
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', {EVENT_LOG_LENGTH}, '*', unpack(fields))
+  local ttl = redis.call('PTTL', record)
+  if ttl > 0 then redis.call('PEXPIRE', events, ttl) end
+end
+"""
 
 
 # Progress and start only apply to a job that has not ended: a late update from a
@@ -169,6 +191,7 @@ _UPDATE_UNLESS_FINAL = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 0 end
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+log_event(KEYS[1], KEYS[2])
 return 1
 """)
 
@@ -180,6 +203,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+log_event(KEYS[1], KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 """)
@@ -196,7 +220,9 @@ if not state then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+log_event(KEYS[1], KEYS[3])
+return attempt
 """)
 
 
@@ -214,6 +240,7 @@ if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 
 redis.call('HSET', KEYS[1], 'state', {CANCELED}, 'canceled_by', ARGV[2], 'canceled_at', ARGV[1],
            'finished_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+log_event(KEYS[1], KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 return {{1, state}}
 """)
@@ -253,6 +280,7 @@ if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[5], ARGV[4])
   redis.call('HDEL', KEYS[6], ARGV[4])
 end
+log_event(KEYS[1], KEYS[8])
 redis.call('PUBLISH', KEYS[7], ARGV[6])
 return {{1, state}}
 """)
@@ -263,7 +291,9 @@ return {{1, state}}
 # ARGV: job id, fingerprint, key TTL, record TTL, enqueued_at, the message's Redis id, its
 # payload, then the record's field, value... Returns {1, fingerprint, job id} when it
 # enqueued, {0, fingerprint, job id} of the request the key already holds.
-_ENQUEUE_ONCE = """
+_ENQUEUE_ONCE = (
+    _EVENT_LOG
+    + """
 local held = redis.call('GET', KEYS[1])
 if held then
   local space = string.find(held, ' ', 1, true)
@@ -275,8 +305,10 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
 redis.call('RPUSH', KEYS[5], ARGV[6])
+log_event(KEYS[2], KEYS[6])
 return {1, ARGV[2], ARGV[1]}
 """
+)
 
 
 class JobRecords:
@@ -305,6 +337,31 @@ class JobRecords:
     def key(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
 
+    def events_key(self, job_id: str) -> str:
+        """The job's event log: a stream of record snapshots, one per change."""
+        return f"{self.key(job_id)}:events"
+
+    def events_after(self, job_id: str, last_id: str, block_ms: int | None = None) -> list[tuple[str, JobRecord]]:
+        """The job's events after entry ``last_id`` (``"0"``: all), oldest first, as (entry
+        id, record); with ``block_ms``, waits that long at most for one when there is none."""
+        found = self.client.xread({self.events_key(job_id): last_id}, block=block_ms)
+        return [
+            (_s(entry_id), JobRecord.from_hash(job_id, fields))
+            for _, entries in cast("list[Any]", found or [])
+            for entry_id, fields in entries
+        ]
+
+    def current_event(self, job_id: str) -> tuple[str, JobRecord] | None:
+        """The record now and the id of the log's last entry (``"0"`` for none), read
+        together; None for no record."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.key(job_id))
+        pipe.xrevrange(self.events_key(job_id), count=1)
+        data, last = pipe.execute()
+        if not data:
+            return None
+        return (_s(last[0][0]) if last else "0"), JobRecord.from_hash(job_id, data)
+
     def create(self, record: JobRecord, pipe: Any = None) -> None:
         """Store a new queued record (in ``pipe`` when given, so it goes with the enqueue)."""
         target = pipe if pipe is not None else self.client.pipeline(transaction=True)
@@ -313,6 +370,9 @@ class JobRecords:
         target.expire(key, int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS)))
         target.zadd(self.index_key, {record.id: record.enqueued_at})
         target.zremrangebyscore(self.index_key, "-inf", record.enqueued_at - UNFINISHED_RECORD_TTL_SECONDS)
+        events = self.events_key(record.id)
+        target.xadd(events, _queued_fields(record), maxlen=EVENT_LOG_LENGTH, approximate=True)
+        target.expire(events, int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS)))
         if pipe is None:
             target.execute()
 
@@ -321,7 +381,7 @@ class JobRecords:
         ttl = int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS))
         attempt = int(
             self._start(
-                keys=[self.key(job_id), self.index_key],
+                keys=[self.key(job_id), self.index_key, self.events_key(job_id)],
                 args=[repr(time.time()), worker, kind, repr(enqueued_at), job_id, ttl],
             )
         )
@@ -330,11 +390,13 @@ class JobRecords:
         return attempt
 
     def progress(self, job_id: str, done: int, total: int) -> None:
-        self._update(keys=[self.key(job_id)], args=["bytes_done", done, "bytes_total", total])
+        self._update(keys=[self.key(job_id), self.events_key(job_id)], args=["bytes_done", done, "bytes_total", total])
 
     def retrying(self, job_id: str, error: dict[str, str]) -> bool:
         """Mark a job retrying; ``False`` (and nothing changed) when it had ended."""
-        if self._update(keys=[self.key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]):
+        if self._update(
+            keys=[self.key(job_id), self.events_key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]
+        ):
             self._announce(job_id, RETRYING)
             return True
         return False
@@ -357,7 +419,7 @@ class JobRecords:
         args: list[Any] = [max(1, int(self.retention_seconds)), json.dumps({"id": job_id, "state": state})]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._finish(keys=[key, self.channel], args=args))
+        return bool(self._finish(keys=[key, self.channel, self.events_key(job_id)], args=args))
 
     def checkpoint(self, job_id: str) -> Any:
         """What an earlier attempt of the job saved with :meth:`save_checkpoint` (None if nothing)."""
@@ -415,7 +477,8 @@ class JobRecords:
         event = json.dumps({"id": job_id, "state": CANCELED})
         retention = max(1, int(self.retention_seconds))
         done, state = self._cancel(
-            keys=[self.key(job_id), self.channel], args=[repr(time.time()), by, retention, event]
+            keys=[self.key(job_id), self.channel, self.events_key(job_id)],
+            args=[repr(time.time()), by, retention, event],
         )
         if int(done) < 0:
             raise LookupError(f"no job {job_id!r} (unknown, its record expired, or Redis lost it)")
@@ -441,7 +504,15 @@ class JobRecords:
         event = json.dumps({"id": job_id, "state": QUEUED})
         letter_id, letters, letter_messages = dead_letter
         done, state = self._retry(
-            keys=[self.key(job_id), self.index_key, *queue_keys, letters, letter_messages, self.channel],
+            keys=[
+                self.key(job_id),
+                self.index_key,
+                *queue_keys,
+                letters,
+                letter_messages,
+                self.channel,
+                self.events_key(job_id),
+            ],
             args=[repr(time.time()), payload[0], payload[1], letter_id, self._record_ttl(), event, job_id],
         )
         if int(done) < 0:
@@ -472,7 +543,9 @@ class JobRecords:
         ]
         for name, value in _queued_fields(record).items():
             args += [name, value]
-        done, held, job_id = self._enqueue_once(keys=[key, self.key(record.id), self.index_key, *queue_keys], args=args)
+        done, held, job_id = self._enqueue_once(
+            keys=[key, self.key(record.id), self.index_key, *queue_keys, self.events_key(record.id)], args=args
+        )
         return bool(int(done)), _s(held), _s(job_id)
 
     def _announce(self, job_id: str, state: str) -> None:
