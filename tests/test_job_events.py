@@ -82,3 +82,20 @@ def test_unknown_job_is_404_and_the_stream_bound_is_503(settings, jobs, monkeypa
     with ServerThread(create_app(settings, jobs=jobs), log_level="critical") as running:
         with httpx.Client(base_url=running.url, timeout=30) as http:
             assert http.get("/jobs/nope/events").status_code == 404
+
+
+def test_wrong_api_key_is_401_and_redis_down_is_503(settings, jobs):
+    import socket
+
+    keyed = settings.with_changes(api_key="right-key")
+    with ServerThread(create_app(keyed, jobs=jobs), log_level="critical") as running:
+        with httpx.Client(base_url=running.url, timeout=30) as http:
+            response = http.get("/jobs/x/events", headers={"Authorization": "Bearer wrong"})
+            assert response.status_code == 401
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = settings.with_changes(redis_url=f"redis://127.0.0.1:{probe.getsockname()[1]}/0")
+        with ServerThread(create_app(down), log_level="critical") as running:
+            with httpx.Client(base_url=running.url, timeout=30) as http:
+                response = http.get("/jobs/x/events")
+                assert response.status_code == 503 and "ConnectionError" in response.text
