@@ -99,3 +99,20 @@ def test_wrong_api_key_is_401_and_redis_down_is_503(settings, jobs):
             with httpx.Client(base_url=running.url, timeout=30) as http:
                 response = http.get("/jobs/x/events")
                 assert response.status_code == 503 and "ConnectionError" in response.text
+
+
+def test_an_idle_stream_sends_keepalives_and_a_cancel_ends_it(settings, jobs, files, monkeypatch):
+    from paglets_artifacts.http import events
+
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.0)
+    job = jobs.import_file(str(files / "never.bin"))  # no worker: it stays queued
+    with ServerThread(create_app(settings, jobs=jobs), log_level="critical") as running:
+        with httpx.Client(base_url=running.url, timeout=30) as http:
+            with http.stream("GET", f"/jobs/{job.id}/events") as response:
+                lines = response.iter_lines()
+                for line in lines:
+                    if line == ": keepalive":
+                        break
+                job.cancel(by="t")
+                states = [json.loads(line[6:])["state"] for line in lines if line.startswith("data: ")]
+    assert states == ["canceled"]
