@@ -69,6 +69,11 @@ def test_an_ended_job_is_one_event_then_the_end(server, jobs, workers, files):
         with http.stream("GET", f"/jobs/{job.id}/events") as response:
             events = _events(response)
     assert [record["state"] for _, record in events] == ["canceled"]
+    # A reconnect from that last event (as a browser's EventSource does) ends at once.
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        last = {"Last-Event-ID": events[0][0]}
+        with http.stream("GET", f"/jobs/{job.id}/events", headers=last) as response:
+            assert _events(response) == []
 
 
 def test_unknown_job_is_404_and_the_stream_bound_is_503(settings, jobs, monkeypatch):

@@ -77,6 +77,11 @@ class JobEvents:
         try:
             if last_id:
                 after = last_id
+                if current[1].done:  # ended: what follows that id, then the end (no wait)
+                    ended = functools.partial(records.events_after, job_id, after)
+                    for entry_id, record in await anyio.to_thread.run_sync(ended, limiter=self._threads):
+                        yield _event(entry_id, record)
+                    return
             else:
                 after, record = current
                 yield _event(after, record)
