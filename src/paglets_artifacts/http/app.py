@@ -53,6 +53,7 @@ from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
 from .auth import BearerAuth
 from .dashboard import Dashboard
+from .events import JobEvents
 from .job_bodies import read_job_body
 from .job_control import JobControl
 from .limits import (
@@ -315,6 +316,7 @@ def create_app(
         Route("/jobs/{kind}", api.enqueue, methods=["POST"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         *JobControl(jobs).routes(),
+        *JobEvents(jobs).routes(),
         *Dashboard(settings, store, jobs).routes(),
     ]
     app: ASGIApp = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

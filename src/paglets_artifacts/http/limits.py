@@ -24,3 +24,5 @@ MAX_REQUEST_HEAD_BYTES = 64 * 1024
 MAX_DEAD_LETTER_LIST = 1000
 #: Largest body ``POST /jobs/{id}/cancel`` accepts (``{"by": ...}``).
 MAX_CANCEL_BODY_BYTES = 4096
+#: Event streams (``GET /jobs/{id}/events``) served at once; more are ``503`` with ``Retry-After``.
+MAX_CONCURRENT_EVENT_STREAMS = 100

@@ -299,6 +299,20 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("Job", "canceled"), **_error_responses(400, 401, 404, 409, 503)},
                 }
             },
+            "/jobs/{job_id}/events": {
+                "get": {
+                    "summary": "Follow a job as Server-Sent Events: the record now, then one event per change, "
+                    "ending at its final state; Last-Event-ID resumes after that event",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": {
+                            "description": "events 'record' whose data is the record's wire JSON",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_error_responses(401, 404, 503),
+                    },
+                }
+            },
             "/jobs/{job_id}/retry": {
                 "post": {
                     "summary": "Run a failed or canceled job again under its id",

@@ -186,7 +186,29 @@ def _lua(text: str) -> str:
         "CANCELED": CANCELED,
         "CALLBACK_PENDING": CALLBACK_PENDING,
     }
-    return text.format(**{name: json.dumps(value) for name, value in names.items()})
+    return _EVENT_LOG + text.format(**{name: json.dumps(value) for name, value in names.items()})
+
+
+#: Entries a job's event log keeps at least (``XADD MAXLEN ~``).
+EVENT_LOG_LENGTH = 500
+
+# Every script that changes a record appends the record's snapshot (without the checkpoint)
+# to the job's event log, a stream that expires with the record: what ``GET /jobs/{id}/events``
+# reads, so a client that reconnects from an entry id misses nothing.
+_EVENT_LOG = f"""
+local function log_event(record, events)
+  local fields = redis.call('HGETALL', record)
+  for i = #fields - 1, 1, -2 do
+    if fields[i] == '{CHECKPOINT_FIELD}' then
+      table.remove(fields, i)
+      table.remove(fields, i)
+    end
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', {EVENT_LOG_LENGTH}, '*', unpack(fields))
+  local ttl = redis.call('PTTL', record)
+  if ttl > 0 then redis.call('PEXPIRE', events, ttl) end
+end
+"""
 
 
 # Progress and start only apply to a job that has not ended: a late update from a
@@ -196,6 +218,7 @@ _UPDATE_UNLESS_FINAL = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 0 end
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+log_event(KEYS[1], KEYS[2])
 return 1
 """)
 
@@ -207,11 +230,12 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+log_event(KEYS[1], KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 """)
 
-# KEYS: the record, the recent-jobs index, the events channel, and optionally a key the
+# KEYS: the record, the recent-jobs index, the events channel, the job's event log, and optionally a key the
 # worker reads before it runs the job (an owner's tombstone). ARGV: started_at, worker, kind,
 # enqueued_at, job id, record TTL, the event. Returns the attempt number (-1 for a job that
 # had ended) and that key's value; a start is announced in the same step.
@@ -227,8 +251,9 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PUBLISH', KEYS[3], ARGV[7])
+log_event(KEYS[1], KEYS[4])
 local read = false
-if KEYS[4] then read = redis.call('GET', KEYS[4]) end
+if KEYS[5] then read = redis.call('GET', KEYS[5]) end
 return {{attempt, read}}
 """)
 
@@ -247,6 +272,7 @@ if state == {SUCCEEDED} or state == {FAILED} or state == {CANCELED} then return 
 redis.call('HSET', KEYS[1], 'state', {CANCELED}, 'canceled_by', ARGV[2], 'canceled_at', ARGV[1],
            'finished_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+log_event(KEYS[1], KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 return {{1, state}}
 """)
@@ -286,6 +312,7 @@ if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[5], ARGV[4])
   redis.call('HDEL', KEYS[6], ARGV[4])
 end
+log_event(KEYS[1], KEYS[8])
 redis.call('PUBLISH', KEYS[7], ARGV[6])
 return {{1, state}}
 """)
@@ -296,7 +323,9 @@ return {{1, state}}
 # ARGV: job id, fingerprint, key TTL, record TTL, enqueued_at, the message's Redis id, its
 # payload, then the record's field, value... Returns {1, fingerprint, job id} when it
 # enqueued, {0, fingerprint, job id} of the request the key already holds.
-_ENQUEUE_ONCE = """
+_ENQUEUE_ONCE = (
+    _EVENT_LOG
+    + """
 local held = redis.call('GET', KEYS[1])
 if held then
   local space = string.find(held, ' ', 1, true)
@@ -308,8 +337,10 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
 redis.call('RPUSH', KEYS[5], ARGV[6])
+log_event(KEYS[2], KEYS[6])
 return {1, ARGV[2], ARGV[1]}
 """
+)
 
 # The callback of a job that ended, queued once per end: its state set to pending and its
 # message on the callbacks queue in one step (a retried job's new end sends a new one).
@@ -353,6 +384,31 @@ class JobRecords:
     def key(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
 
+    def events_key(self, job_id: str) -> str:
+        """The job's event log: a stream of record snapshots, one per change."""
+        return f"{self.key(job_id)}:events"
+
+    def events_after(self, job_id: str, last_id: str, block_ms: int | None = None) -> list[tuple[str, JobRecord]]:
+        """The job's events after entry ``last_id`` (``"0"``: all), oldest first, as (entry
+        id, record); with ``block_ms``, waits that long at most for one when there is none."""
+        found = self.client.xread({self.events_key(job_id): last_id}, block=block_ms)
+        return [
+            (_s(entry_id), JobRecord.from_hash(job_id, fields))
+            for _, entries in cast("list[Any]", found or [])
+            for entry_id, fields in entries
+        ]
+
+    def current_event(self, job_id: str) -> tuple[str, JobRecord] | None:
+        """The record now and the id of the log's last entry (``"0"`` for none), read
+        together; None for no record."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.key(job_id))
+        pipe.xrevrange(self.events_key(job_id), count=1)
+        data, last = pipe.execute()
+        if not data:
+            return None
+        return (_s(last[0][0]) if last else "0"), JobRecord.from_hash(job_id, data)
+
     def create(self, record: JobRecord, pipe: Any = None) -> None:
         """Store a new queued record (in ``pipe`` when given, so it goes with the enqueue)."""
         target = pipe if pipe is not None else self.client.pipeline(transaction=True)
@@ -361,6 +417,9 @@ class JobRecords:
         target.expire(key, int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS)))
         target.zadd(self.index_key, {record.id: record.enqueued_at})
         target.zremrangebyscore(self.index_key, "-inf", record.enqueued_at - UNFINISHED_RECORD_TTL_SECONDS)
+        events = self.events_key(record.id)
+        target.xadd(events, _queued_fields(record), maxlen=EVENT_LOG_LENGTH, approximate=True)
+        target.expire(events, int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS)))
         if pipe is None:
             target.execute()
 
@@ -374,7 +433,13 @@ class JobRecords:
         """:meth:`started`, and the value of the key ``read`` (None: no key, or no value),
         read in the same round trip: what a worker must know before it runs the job."""
         ttl = int(max(self.retention_seconds, UNFINISHED_RECORD_TTL_SECONDS))
-        keys = [self.key(job_id), self.index_key, self.channel, *([read] if read is not None else [])]
+        keys = [
+            self.key(job_id),
+            self.index_key,
+            self.channel,
+            self.events_key(job_id),
+            *([read] if read is not None else []),
+        ]
         event = json.dumps({"id": job_id, "state": RUNNING})
         attempt, value = self._start(
             keys=keys, args=[repr(time.time()), worker, kind, repr(enqueued_at), job_id, ttl, event]
@@ -382,11 +447,13 @@ class JobRecords:
         return int(attempt), value
 
     def progress(self, job_id: str, done: int, total: int) -> None:
-        self._update(keys=[self.key(job_id)], args=["bytes_done", done, "bytes_total", total])
+        self._update(keys=[self.key(job_id), self.events_key(job_id)], args=["bytes_done", done, "bytes_total", total])
 
     def retrying(self, job_id: str, error: dict[str, str]) -> bool:
         """Mark a job retrying; ``False`` (and nothing changed) when it had ended."""
-        if self._update(keys=[self.key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]):
+        if self._update(
+            keys=[self.key(job_id), self.events_key(job_id)], args=["state", RETRYING, "error", json.dumps(error)]
+        ):
             self._announce(job_id, RETRYING)
             return True
         return False
@@ -409,7 +476,7 @@ class JobRecords:
         args: list[Any] = [max(1, int(self.retention_seconds)), json.dumps({"id": job_id, "state": state})]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._finish(keys=[key, self.channel], args=args))
+        return bool(self._finish(keys=[key, self.channel, self.events_key(job_id)], args=args))
 
     def checkpoint(self, job_id: str) -> Any:
         """What an earlier attempt of the job saved with :meth:`save_checkpoint` (None if nothing)."""
@@ -467,7 +534,8 @@ class JobRecords:
         event = json.dumps({"id": job_id, "state": CANCELED})
         retention = max(1, int(self.retention_seconds))
         done, state = self._cancel(
-            keys=[self.key(job_id), self.channel], args=[repr(time.time()), by, retention, event]
+            keys=[self.key(job_id), self.channel, self.events_key(job_id)],
+            args=[repr(time.time()), by, retention, event],
         )
         if int(done) < 0:
             raise LookupError(f"no job {job_id!r} (unknown, its record expired, or Redis lost it)")
@@ -493,7 +561,15 @@ class JobRecords:
         event = json.dumps({"id": job_id, "state": QUEUED})
         letter_id, letters, letter_messages = dead_letter
         done, state = self._retry(
-            keys=[self.key(job_id), self.index_key, *queue_keys, letters, letter_messages, self.channel],
+            keys=[
+                self.key(job_id),
+                self.index_key,
+                *queue_keys,
+                letters,
+                letter_messages,
+                self.channel,
+                self.events_key(job_id),
+            ],
             args=[repr(time.time()), payload[0], payload[1], letter_id, self._record_ttl(), event, job_id],
         )
         if int(done) < 0:
@@ -524,7 +600,9 @@ class JobRecords:
         ]
         for name, value in _queued_fields(record).items():
             args += [name, value]
-        done, held, job_id = self._enqueue_once(keys=[key, self.key(record.id), self.index_key, *queue_keys], args=args)
+        done, held, job_id = self._enqueue_once(
+            keys=[key, self.key(record.id), self.index_key, *queue_keys, self.events_key(record.id)], args=args
+        )
         return bool(int(done)), _s(held), _s(job_id)
 
     # ------------------------------------------------------------ completion callbacks
