@@ -74,6 +74,11 @@ def test_an_ended_job_is_one_event_then_the_end(server, jobs, workers, files):
         last = {"Last-Event-ID": events[0][0]}
         with http.stream("GET", f"/jobs/{job.id}/events", headers=last) as response:
             assert _events(response) == []
+        # An id this stream never sent is bad input, not an unreachable Redis.
+        for bad in ("not-an-id", "1-2-3", "9" * 30 + "-0", "1-"):
+            refused = http.get(f"/jobs/{job.id}/events", headers={"Last-Event-ID": bad})
+            assert refused.status_code == 400, (bad, refused.text)
+            assert refused.json()["error_class"] == "InvalidInput" and "Last-Event-ID" in refused.json()["error"]
 
 
 def test_unknown_job_is_404_and_the_stream_bound_is_503(settings, jobs, monkeypatch):
@@ -83,6 +88,7 @@ def test_unknown_job_is_404_and_the_stream_bound_is_503(settings, jobs, monkeypa
             response = http.get("/jobs/nope/events")
             assert response.status_code == 503 and response.headers["Retry-After"]
             assert "event streams are open" in response.text
+            assert response.json()["error_class"] == "EventStreamsBusy"
     monkeypatch.undo()
     with ServerThread(create_app(settings, jobs=jobs), log_level="critical") as running:
         with httpx.Client(base_url=running.url, timeout=30) as http:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ..errors import InvalidInput
 from ..jobs.client import ArtifactJobs
 from ..jobs.records import JobRecord
 from . import limits
@@ -31,6 +33,8 @@ from .uploads import UploadSlotsBusy
 
 #: Seconds between keepalive comments on an idle stream.
 KEEPALIVE_SECONDS = 15.0
+#: A Redis stream entry id, what ``Last-Event-ID`` carries back.
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 #: How long one read of the log waits for an entry: also how soon a closed stream lets go.
 BLOCK_MS = 1000
 
@@ -62,6 +66,8 @@ class JobEvents:
             raise EventStreamsBusy(f"{self.max_streams} event streams are open; try again later", retry_after=5)
         records = self.jobs.records
         last_id = request.headers.get("last-event-id", "").strip()
+        if last_id and not _ENTRY_ID.fullmatch(last_id):
+            raise InvalidInput(f"invalid Last-Event-ID {last_id[:40]!r}: expected an event id this stream sent")
         current = await anyio.to_thread.run_sync(records.current_event, job_id)
         if current is None:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its record expired)")

@@ -139,7 +139,7 @@ async def _on_redis_error(request: Request, exc: Exception) -> Response:
 
 async def _on_upload_slots_busy(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UploadSlotsBusy)
-    body = error_body("RemoteHostError", exc, "UploadSlotsBusy")
+    body = error_body("RemoteHostError", exc, type(exc).__name__)  # UploadSlotsBusy or a subclass
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
 
