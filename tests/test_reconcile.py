@@ -164,15 +164,37 @@ def test_the_scheduler_runs_the_reconciliation_on_its_schedule(settings):
         assert jobs.job(job.id).status().kind == "reconcile"
 
 
-def test_a_job_running_past_its_time_limit_is_re_enqueued_even_with_its_message_in_an_ack_set(settings, jobs):
-    """The acknowledgement and the record's end were lost: the message is still in the
-    hash (a live worker's ack set), but the attempt that fetched it is long over."""
+def running(jobs: ArtifactJobs, seconds_ago: float) -> str:
+    """A reindex whose record says running, started ``seconds_ago``, its message in the queue."""
     job = jobs.reindex()
     jobs.client.hset(jobs.records.key(job.id), mapping={"state": RUNNING, "started_at": repr(time.time())})
-    age(jobs, job.id, settings.maintenance_time_limit_seconds + 120)
+    age(jobs, job.id, seconds_ago)
+    return job.id
+
+
+def test_an_attempt_from_before_a_master_change_running_past_its_time_limit_is_re_enqueued(settings, jobs):
+    """The acknowledgement and the record's end were lost with the old master: the message
+    is still in the hash (a live worker's ack set), but the attempt that fetched it is over."""
+    reconcile_jobs(jobs, grace_seconds=60)  # the current master is seen
+    ns = jobs.settings.namespace
+    jobs.client.set(f"{ns}:reconcile:master", "the-old-master")  # then a failover
+    overdue = running(jobs, settings.maintenance_time_limit_seconds + 120)
+    young = running(jobs, 120)  # within its time limit: left alone
     report = reconcile_jobs(jobs, grace_seconds=60)
-    assert report.requeued == [job.id]
-    young = jobs.reindex()
-    jobs.client.hset(jobs.records.key(young.id), mapping={"state": RUNNING, "started_at": repr(time.time())})
-    age(jobs, young.id, 120)  # running, within its time limit, message there: left alone
-    assert young.id not in reconcile_jobs(jobs, grace_seconds=60).requeued
+    assert report.requeued == [overdue] and report.reindex_job
+    assert young not in reconcile_jobs(jobs, grace_seconds=60).requeued
+
+
+def test_an_attempt_on_the_current_master_is_never_touched_while_its_message_is_there(settings, jobs):
+    """No master change since the attempt started: nothing was lost, so a job in a worker's
+    ack set is that worker's, however long past its time limit it runs."""
+    ns = jobs.settings.namespace
+    reconcile_jobs(jobs, grace_seconds=60)  # the current master is seen, and was first seen long ago:
+    jobs.client.set(f"{ns}:reconcile:master:since", repr(time.time() - settings.maintenance_time_limit_seconds - 600))
+    overdue = running(jobs, settings.maintenance_time_limit_seconds + 120)
+    report = reconcile_jobs(jobs, grace_seconds=60)
+    assert (report.requeued, report.failed, report.reindex_job) == ([], [], "")
+    record = jobs.records.get(overdue)
+    assert record is not None and record.state == RUNNING
+    lose_messages(jobs, contract.MAINTENANCE_QUEUE)  # its message gone: lost, whatever the master
+    assert reconcile_jobs(jobs, grace_seconds=60).requeued == [overdue]

@@ -3,8 +3,10 @@ here, and a clear ``SettingsError`` naming ``REDIS_URL`` for a URL that cannot b
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import types
 
 import pytest
 import redis
@@ -19,6 +21,7 @@ from paglets_artifacts.redis_client import (
     KEEPALIVE_OPTIONS,
     connect_redis,
     is_sentinel_url,
+    keepalive_options,
     parse_sentinel_url,
 )
 
@@ -83,6 +86,31 @@ def test_a_plain_url_keeps_the_host_side_timeouts(redis_url):
         assert client.ping()
     finally:
         client.close()
+
+
+def test_a_connection_has_tcp_keepalive_on_its_socket(redis_url):
+    client = connect_redis(Settings(redis_url=redis_url))
+    try:
+        assert client.ping()
+        connection = client.connection_pool.get_connection()
+        try:
+            sock = connection._sock
+            assert sock is not None
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            for option, value in KEEPALIVE_OPTIONS.items():
+                assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
+        finally:
+            client.connection_pool.release(connection)
+    finally:
+        client.close()
+
+
+def test_keepalive_options_a_platform_lacks_are_left_out():
+    linux = types.SimpleNamespace(TCP_KEEPIDLE=4, TCP_KEEPINTVL=5, TCP_KEEPCNT=6)
+    assert keepalive_options(linux) == {4: 10, 5: 5, 6: 3}
+    without_idle = types.SimpleNamespace(TCP_KEEPINTVL=5, TCP_KEEPCNT=6)
+    assert keepalive_options(without_idle) == {5: 5, 6: 3}
+    assert keepalive_options(types.SimpleNamespace()) == {}
 
 
 def test_a_sentinel_client_asks_the_sentinels_with_their_own_password_and_tls():

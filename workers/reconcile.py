@@ -11,11 +11,15 @@ will ever run it. :func:`reconcile_jobs` finds such jobs and ends the wait:
   (read in one transaction: a message that moves from one to the other is seen once). A
   message fetched by a worker stays in that hash until it is acknowledged, so the ack
   sets of workers, dead or alive, hold nothing the hash does not.
-- A job whose record says **running for longer than its kind's time limit** (and the grace
-  period) is lost too, message or not: the time limit has ended that attempt, so its end
-  was lost, and a message still there sits in the ack set of a worker done with it (the
-  acknowledgement was lost). Another message of the job is harmless: a worker that meets
-  it after the job ended skips it.
+- A job that has a message (queued, delayed, or fetched and in a worker's ack set) is left
+  alone, with one exception: a record saying **running for longer than its kind's time
+  limit** (and the grace period) **whose attempt started before the current master was
+  first seen** (by a reconciliation: see below). Only a master change loses writes, and the
+  time limit has ended that attempt, so both its end and its acknowledgement were lost: the
+  message sits in the ack set of a worker done with it, and without this the job would wait
+  until that worker stops. An attempt started on the current master is never touched while
+  its message is there, however long it runs. Another message of the job is harmless: a
+  worker that meets it after the job ended skips it.
 - A lost job is **re-enqueued**, with its id, arguments and enqueue time, when its record
   holds its arguments in full (no URL argument was redacted) and it was re-enqueued fewer
   than :data:`MAX_REQUEUES` times: every kind's effect is exactly-once under redelivery
@@ -23,9 +27,10 @@ will ever run it. :func:`reconcile_jobs` finds such jobs and ends the wait:
 - Otherwise it is **failed** with ``MessageLost`` and a reason; so is a job whose message
   lies in the dead-letter queue (its failure was decided, the record's end was lost).
 
-Each run also compares the master's ``run_id`` with the one the previous run saw: when it
-changed (a failover, or a restart that lost data), a ``reindex`` is enqueued, so the
-index (quota figure, expiry order, owner sets) is rebuilt from the files on disk.
+Each run first compares the master's ``run_id`` with the one the previous run saw: when it
+changed (a failover, or a restart that lost data) the run notes the time as the current
+master's first sighting, and enqueues a ``reindex`` at its end, so the index (quota
+figure, expiry order, owner sets) is rebuilt from the files on disk.
 """
 
 from __future__ import annotations
@@ -136,16 +141,17 @@ def _last_change(record: JobRecord) -> float:
     return max(record.enqueued_at, record.started_at or 0.0)
 
 
-def _overdue(jobs: ArtifactJobs, record: JobRecord, before: float) -> bool:
-    """Whether a running attempt started longer ago than its kind's time limit: it has
-    ended (the limit stops it), so a record still saying running lost its end, and its
-    message, if any, waits in the ack set of a worker that is done with it."""
+def _overdue(jobs: ArtifactJobs, record: JobRecord, before: float, master_since: float) -> bool:
+    """Whether a running attempt started on an earlier master and longer ago than its kind's
+    time limit: it has ended (the limit stops it), so a record still saying running lost its
+    end in the master change, and its message, if any, waits in the ack set of a worker that
+    is done with it."""
     kind = contract.KINDS.get(record.kind)
     if record.state != RUNNING or record.started_at is None or kind is None:
         return False
     settings = jobs.settings
     limit = settings.transfer_time_limit_seconds if kind.transfer else settings.maintenance_time_limit_seconds
-    return record.started_at < before - limit
+    return record.started_at < min(before - limit, master_since)
 
 
 def _replayable(kind: contract.JobKind, arguments: dict[str, Any]) -> bool:
@@ -165,12 +171,13 @@ def reconcile_jobs(jobs: ArtifactJobs, *, grace_seconds: float, now: float | Non
     records = jobs.records
     namespace = jobs.settings.namespace
     report = ReconcileReport()
+    master_changed, master_since = _master(jobs, moment)
     live, dead_lettered = message_ids(jobs.client, namespace)
     for record in _unfinished(records, moment - grace_seconds):
         report.checked += 1
         if _last_change(record) > moment - grace_seconds:
             continue
-        overdue = _overdue(jobs, record, moment - grace_seconds)
+        overdue = _overdue(jobs, record, moment - grace_seconds, master_since)
         if record.id in live and not overdue:
             continue
         # Read again: the job may have moved on since the listing (a retry's new message is
@@ -198,7 +205,9 @@ def reconcile_jobs(jobs: ArtifactJobs, *, grace_seconds: float, now: float | Non
         if records.finished(current.id, state=FAILED, error=error):
             logger.warning("job %s %s failed by reconciliation: %s", current.id, current.kind, reason)
             report.failed.append(current.id)
-    report.reindex_job = _reindex_after_master_change(jobs)
+    if master_changed:
+        report.reindex_job = jobs.reindex().id
+        logger.warning("Redis master changed: reindex job %s enqueued", report.reindex_job)
     return report
 
 
@@ -221,19 +230,22 @@ def _requeue(jobs: ArtifactJobs, kind: contract.JobKind, record: JobRecord) -> N
     logger.warning("job %s %s re-enqueued by reconciliation: its message was lost", record.id, record.kind)
 
 
-def _reindex_after_master_change(jobs: ArtifactJobs) -> str:
-    """Enqueue a reindex when the master is not the one the previous run saw; its id, or ""."""
+def _master(jobs: ArtifactJobs, moment: float) -> tuple[bool, float]:
+    """(whether the master is not the one the previous run saw, when a run first saw it)."""
     run_id = str(jobs.client.info("server").get("run_id", ""))
     key = f"{jobs.settings.namespace}:reconcile:master"
+    since_key = f"{key}:since"
     previous = jobs.client.getset(key, run_id)
-    if previous is not None and _text(previous) == run_id:
-        return ""  # the same master: nothing was lost since the last run
-    # A master this run sees first (a failover, a restart, or the key itself lost): the
-    # index may lack what the old master had, so it is rebuilt from the files.
-    job = jobs.reindex()
+    since = jobs.client.get(since_key)
+    if previous is not None and _text(previous) == run_id and since is not None:
+        return False, float(since)  # the same master: nothing was lost since the last run
+    # A master this run sees first (a failover, a restart, or the keys themselves lost): the
+    # index may lack what the old master had, and attempts started before now may have lost
+    # their end.
+    jobs.client.set(since_key, repr(moment))
     seen = _text(previous) if previous is not None else "none"
-    logger.warning("Redis master changed (run_id %s -> %s): reindex job %s enqueued", seen, run_id, job.id)
-    return job.id
+    logger.warning("Redis master run_id %s -> %s, first seen at %.3f", seen, run_id, moment)
+    return True, moment
 
 
 def _text(value: bytes | str) -> str:

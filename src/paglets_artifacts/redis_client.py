@@ -44,11 +44,17 @@ DEFAULT_SENTINEL_PORT = 26379
 #: TCP keepalive of every connection: a peer that vanished without closing it (a machine
 #: lost, a network cut) is noticed after about 10 + 3 x 5 s of silence, even by a client
 #: without a socket timeout (a worker's), instead of Linux's two hours.
-KEEPALIVE_OPTIONS: dict[int, int] = {
-    option: value
-    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
-    if (option := getattr(socket, name, None)) is not None
-}
+#: An option the platform's :mod:`socket` lacks is left at the system's default.
+KEEPALIVE = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+
+
+def keepalive_options(module: Any = socket) -> dict[int, int]:
+    """The :data:`KEEPALIVE` options ``module`` (the platform's :mod:`socket`) has, by number."""
+    return {option: value for name, value in KEEPALIVE if (option := getattr(module, name, None)) is not None}
+
+
+#: :func:`keepalive_options` of this platform: what every connection sets.
+KEEPALIVE_OPTIONS: dict[int, int] = keepalive_options()
 
 
 @dataclass(frozen=True)
@@ -193,10 +199,13 @@ def connect_redis(
 
 __all__ = [
     "DEFAULT_SENTINEL_PORT",
+    "KEEPALIVE",
+    "KEEPALIVE_OPTIONS",
     "PLAIN_SCHEMES",
     "SENTINEL_SCHEMES",
     "SentinelURL",
     "connect_redis",
     "is_sentinel_url",
+    "keepalive_options",
     "parse_sentinel_url",
 ]
