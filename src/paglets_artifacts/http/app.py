@@ -51,6 +51,7 @@ from ..jobs.client import ArtifactJobs
 from ..refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
+from .dashboard import Dashboard
 from .auth import BearerAuth
 from .job_bodies import read_job_body
 from .job_control import JobControl
@@ -309,6 +310,7 @@ def create_app(
         Route("/jobs/{kind}", api.enqueue, methods=["POST"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         *JobControl(jobs).routes(),
+        *Dashboard(settings, store, jobs).routes(),
     ]
     app: ASGIApp = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     if settings.api_key:
