@@ -63,6 +63,15 @@ def _bytes(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def error_text(error: Any) -> str:
+    """A record's error as one line: ``Type: message``."""
+    if not error:
+        return ""
+    if isinstance(error, dict):
+        return f"{error.get('type', 'Error')}: {error.get('message', '')}"
+    return str(error)
+
+
 def _percent(record: JobRecord) -> int:
     if record.state == "succeeded":
         return 100
@@ -178,7 +187,7 @@ def _job_row(record: JobRecord) -> str:
         f'<tr id="job-{_e(record.id)}" data-state="{_e(record.state)}"><td><code>{_e(record.id)}</code></td>'
         f"<td>{_e(record.kind)}</td><td class=\"state-{_e(record.state)}\">{_e(record.state)}</td>"
         f"<td>{progress}</td><td>{_e(_when(record.started_at))}</td><td>{_e(_when(record.finished_at))}</td>"
-        f'<td>{_e(record.worker)}</td><td class="err">{_e(record.error)}</td>'
+        f'<td>{_e(record.worker)}</td><td class="err">{_e(error_text(record.error))}</td>'
         f"<td><code>{_e(json.dumps(record.arguments, sort_keys=True))}</code></td><td></td></tr>"
     )
 
@@ -201,7 +210,7 @@ def render_page(data: dict[str, Any], nonce: str) -> str:
     share = f" ({100 * used / quota:.1f}%)" if quota else ""
     initial = json_for_script({"jobs": [record.to_wire() for record in records]})
     failed_rows = "".join(
-        f'<tr><td><code>{_e(r.id)}</code></td><td>{_e(r.kind)}</td><td class="err">{_e(r.error)}</td></tr>'
+        f'<tr><td><code>{_e(r.id)}</code></td><td>{_e(r.kind)}</td><td class="err">{_e(error_text(r.error))}</td></tr>'
         for r in failed
     )
     return (
@@ -267,7 +276,7 @@ _SCRIPT = r"""
     var bar = document.createElement("progress"); bar.max = 100; bar.value = p; td.appendChild(bar);
     td.appendChild(document.createTextNode(" " + p + "%"));
     cell(tr, when(r.started_at)); cell(tr, when(r.finished_at)); cell(tr, r.worker);
-    cell(tr, r.error, "err"); cell(tr, JSON.stringify(r.arguments));
+    cell(tr, r.error ? (r.error.type || "Error") + ": " + (r.error.message || "") : "", "err"); cell(tr, JSON.stringify(r.arguments));
     var buttons = cell(tr, "");
     function button(label, what) {
       var b = document.createElement("button"); b.type = "button"; b.textContent = label;
