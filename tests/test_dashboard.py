@@ -172,3 +172,142 @@ def test_a_state_change_by_cookie_needs_this_hosts_origin_or_referer(keyed, jobs
 def test_openapi_lists_the_page_and_the_login():
     paths = openapi_document()["paths"]
     assert "get" in paths["/ui"] and "post" in paths["/ui/login"]
+
+
+# ---------------------------------------------------------------------- in a real browser
+
+STEP = 1024 * 1024  # the transfers read and report in chunks of this size
+STEPS = 6
+
+
+class SteppedSource:
+    """An HTTP source whose body the test releases step by step (a transfer slow enough to watch)."""
+
+    def __init__(self) -> None:
+        self.released = threading.Semaphore(0)
+        source = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+                self.send_response(200)
+                self.send_header("Content-Length", str(STEP * STEPS))
+                self.end_headers()
+                for _ in range(STEPS):
+                    if not source.released.acquire(timeout=120):
+                        return
+                    try:
+                        self.wfile.write(b"x" * STEP)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self, steps: int = 1) -> None:
+        for _ in range(steps):
+            self.released.release()
+
+    def close(self) -> None:
+        self.release(STEPS * 4)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("no Chromium and chromedriver on this machine (.ci/run installs them where it can)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+@pytest.fixture
+def source() -> Iterator[SteppedSource]:
+    stepped = SteppedSource()
+    yield stepped
+    stepped.close()
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    driver = _browser()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def watched(settings, jobs, workers, source) -> Iterator[ServerThread]:
+    pulls = settings.with_changes(allowed_hosts=(source.url,), progress_every_bytes=STEP)
+    workers.start(settings=pulls, threads=4)
+    with ServerThread(create_app(pulls, jobs=jobs)) as running:
+        yield running
+
+
+def _cell(browser, job_id: str, index: int) -> str:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return browser.find_element("css selector", f"#job-{job_id} td:nth-child({index})").text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def _progress(browser, job_id: str) -> int:
+    text = _cell(browser, job_id, 4).strip().rstrip("%")
+    return int(text) if text.isdigit() else -1
+
+
+def test_in_a_browser_a_running_jobs_progress_bar_moves_to_done(browser, watched, source, jobs):
+    browser.get(f"{watched.url}/ui")
+    assert browser.find_element("css selector", "h1").text == "paglets-artifacts"
+    job = jobs.import_url(f"{source.url}/artifacts/slow.bin", name=HOSTILE_NAME)
+    wait_until(lambda: _cell(browser, job.id, 3) == "running", timeout=60)
+    seen = {_progress(browser, job.id)}
+    for _ in range(STEPS):
+        before = job.status().bytes_done or 0
+        source.release()
+        wait_until(lambda b=before: (job.status().bytes_done or 0) > b or job.status().done, timeout=60)
+        wait_until(lambda: _progress(browser, job.id) >= min(100, 100 * (job.status().bytes_done or 0) // (STEP * STEPS)))
+        seen.add(_progress(browser, job.id))
+    wait_until(lambda: _cell(browser, job.id, 3) == "succeeded", timeout=60)
+    assert _progress(browser, job.id) == 100
+    assert len([p for p in seen if 0 < p < 100]) >= 2  # the bar moved through steps on the way
+    assert browser.find_elements("css selector", "img") == []  # the hostile name stayed text
+
+
+def test_in_a_browser_the_cancel_button_cancels_a_running_job(browser, watched, source, jobs, files):
+    good = files / "done.bin"
+    good.write_bytes(os.urandom(3000))
+    jobs.import_file(str(good), name="nightly-report.tar").wait(30)
+    failed = jobs.import_file(str(files / HOSTILE_OWNER))
+    wait_until(lambda: failed.status().state == "failed", timeout=60)
+    earlier = jobs.import_file(str(good))
+    earlier.cancel(by="operator")
+    job = jobs.import_url(f"{source.url}/artifacts/big.bin", name="big.bin")
+    source.release(3)
+    wait_until(lambda: (job.status().bytes_done or 0) > 0, timeout=60)
+    browser.get(f"{watched.url}/ui")
+    wait_until(lambda: _cell(browser, job.id, 3) == "running" and _progress(browser, job.id) > 0, timeout=60)
+    screenshot = os.environ.get("PAGLETS_ARTIFACTS_DASHBOARD_SCREENSHOT")
+    if screenshot:
+        browser.save_screenshot(screenshot)
+    browser.find_element("css selector", f"#job-{job.id} button.cancel").click()
+    source.release(STEPS)  # the next chunk's progress report finds the cancel
+    wait_until(lambda: job.status().state == "canceled", timeout=60)
+    wait_until(lambda: _cell(browser, job.id, 3) == "canceled", timeout=60)
+    assert browser.find_elements("css selector", f"#job-{job.id} button.retry")
+    assert browser.find_element("id", "message").text == ""
