@@ -80,9 +80,7 @@ def test_the_page_shows_jobs_of_each_state_with_their_errors_queues_workers_and_
     assert '<span id="store-used">2.0 KiB</span>' in page and '<span id="store-quota">10.0 MiB</span>' in page
 
 
-def test_hostile_names_owners_errors_and_arguments_are_escaped_and_cannot_leave_the_json(
-    jobs, files, page_server
-):
+def test_hostile_names_owners_errors_and_arguments_are_escaped_and_cannot_leave_the_json(jobs, files, page_server):
     job = jobs.import_file(str(files / "x.bin"), name=HOSTILE_NAME, owner_agent_id=HOSTILE_OWNER)
     page = httpx.get(f"{page_server.url}/ui", timeout=30).text
     assert HOSTILE_NAME not in page and "<img" not in page
@@ -144,9 +142,7 @@ def test_a_login_from_another_origin_or_too_large_is_refused(keyed):
     assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
     no_origin = httpx.post(f"{keyed.url}/ui/login", data={"key": KEY}, timeout=30)
     assert no_origin.status_code == 403 and "set-cookie" not in no_origin.headers
-    large = httpx.post(
-        f"{keyed.url}/ui/login", data={"key": "k" * 5000}, headers={"Origin": keyed.url}, timeout=30
-    )
+    large = httpx.post(f"{keyed.url}/ui/login", data={"key": "k" * 5000}, headers={"Origin": keyed.url}, timeout=30)
     assert large.status_code == 413 and "set-cookie" not in large.headers
 
 
@@ -162,9 +158,7 @@ def test_a_state_change_by_cookie_needs_this_hosts_origin_or_referer(keyed, jobs
         assert browser.post(f"/jobs/{job_ids[0]}/cancel", headers={"Origin": keyed.url}).status_code == 200
         assert browser.post(f"/jobs/{job_ids[1]}/cancel", headers={"Referer": f"{keyed.url}/ui"}).status_code == 200
     # the bearer header is not a browser's ambient credential: no Origin needed
-    bearer = httpx.post(
-        f"{keyed.url}/jobs/{job_ids[2]}/cancel", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
-    )
+    bearer = httpx.post(f"{keyed.url}/jobs/{job_ids[2]}/cancel", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert bearer.status_code == 200
     assert [jobs.job(i).status().state for i in job_ids] == ["canceled"] * 3
 
@@ -281,7 +275,9 @@ def test_in_a_browser_a_running_jobs_progress_bar_moves_to_done(browser, watched
         before = job.status().bytes_done or 0
         source.release()
         wait_until(lambda b=before: (job.status().bytes_done or 0) > b or job.status().done, timeout=60)
-        wait_until(lambda: _progress(browser, job.id) >= min(100, 100 * (job.status().bytes_done or 0) // (STEP * STEPS)))
+        wait_until(
+            lambda: _progress(browser, job.id) >= min(100, 100 * (job.status().bytes_done or 0) // (STEP * STEPS))
+        )
         seen.add(_progress(browser, job.id))
     wait_until(lambda: _cell(browser, job.id, 3) == "succeeded", timeout=60)
     assert _progress(browser, job.id) == 100

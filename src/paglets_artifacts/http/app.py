@@ -51,8 +51,8 @@ from ..jobs.client import ArtifactJobs
 from ..refs import STREAM_CHUNK_BYTES, validate_artifact_id, validate_expires_at
 from ..settings import Settings
 from ..store.artifacts import ArtifactStore, parse_content_length
-from .dashboard import Dashboard
 from .auth import BearerAuth
+from .dashboard import Dashboard
 from .job_bodies import read_job_body
 from .job_control import JobControl
 from .limits import (

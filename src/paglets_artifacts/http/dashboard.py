@@ -109,6 +109,7 @@ table{border-collapse:collapse;margin-bottom:1.5em;width:100%}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top;font-size:.9em}
 th{background:#eee}.state-failed{color:#b00}.state-succeeded{color:#070}.state-canceled{color:#777}
 .state-running{color:#05a}.err{white-space:pre-wrap;max-width:40em}.msg{color:#b00}
+code{word-break:break-all}.args{max-width:24em}
 """
 
 
@@ -150,7 +151,9 @@ class Dashboard:
         queues = []
         for name in _QUEUES:
             keys = QueueKeys.of(self.settings.namespace, name)
-            queues.append({"queue": name, "waiting": int(client.llen(keys.queue)), "dead": int(client.zcard(keys.dead))})
+            queues.append(
+                {"queue": name, "waiting": int(client.llen(keys.queue)), "dead": int(client.zcard(keys.dead))}
+            )
         workers: dict[str, float] = {}
         for record in records:
             if record.worker:
@@ -185,10 +188,10 @@ def _job_row(record: JobRecord) -> str:
     progress = f'<progress max="100" value="{percent}">{percent}%</progress> {percent}%'
     return (
         f'<tr id="job-{_e(record.id)}" data-state="{_e(record.state)}"><td><code>{_e(record.id)}</code></td>'
-        f"<td>{_e(record.kind)}</td><td class=\"state-{_e(record.state)}\">{_e(record.state)}</td>"
+        f'<td>{_e(record.kind)}</td><td class="state-{_e(record.state)}">{_e(record.state)}</td>'
         f"<td>{progress}</td><td>{_e(_when(record.started_at))}</td><td>{_e(_when(record.finished_at))}</td>"
         f'<td>{_e(record.worker)}</td><td class="err">{_e(error_text(record.error))}</td>'
-        f"<td><code>{_e(json.dumps(record.arguments, sort_keys=True))}</code></td><td></td></tr>"
+        f'<td class="args"><code>{_e(json.dumps(record.arguments, sort_keys=True))}</code></td><td></td></tr>'
     )
 
 
@@ -225,7 +228,7 @@ def render_page(data: dict[str, Any], nonce: str) -> str:
         f"{queue_rows}</table>"
         f'<h2>Workers</h2><table id="workers"><tr><th>worker</th><th>last seen</th></tr>{worker_rows}</table>'
         f'<h2>Jobs</h2><p class="msg" id="message"></p><table id="jobs"><thead>{_JOB_HEAD}</thead>'
-        f'<tbody>{"".join(_job_row(r) for r in records)}</tbody></table>'
+        f"<tbody>{''.join(_job_row(r) for r in records)}</tbody></table>"
         f'<h2>Failed</h2><table id="failed"><tr><th>job</th><th>kind</th><th>error</th></tr>{failed_rows}</table>'
         f'<script type="application/json" id="initial">{initial}</script>'
         f'<script nonce="{nonce}">{_SCRIPT}</script></body></html>'
@@ -276,7 +279,9 @@ _SCRIPT = r"""
     var bar = document.createElement("progress"); bar.max = 100; bar.value = p; td.appendChild(bar);
     td.appendChild(document.createTextNode(" " + p + "%"));
     cell(tr, when(r.started_at)); cell(tr, when(r.finished_at)); cell(tr, r.worker);
-    cell(tr, r.error ? (r.error.type || "Error") + ": " + (r.error.message || "") : "", "err"); cell(tr, JSON.stringify(r.arguments));
+    cell(tr, r.error ? (r.error.type || "Error") + ": " + (r.error.message || "") : "", "err");
+    var args = document.createElement("code"); args.textContent = JSON.stringify(r.arguments);
+    cell(tr, "", "args").appendChild(args);
     var buttons = cell(tr, "");
     function button(label, what) {
       var b = document.createElement("button"); b.type = "button"; b.textContent = label;
