@@ -280,6 +280,33 @@ def openapi_document() -> dict[str, Any]:
                 }
                 for name in job_kinds
             },
+            "/ui": {
+                "get": {
+                    "summary": "The operator's dashboard (HTML); without a credential, the login form (401)",
+                    "responses": {
+                        "200": {"description": "the page", "content": {"text/html": {}}},
+                        "401": {"description": "the login form", "content": {"text/html": {}}},
+                    },
+                }
+            },
+            "/ui/login": {
+                "post": {
+                    "summary": "Sign in to the dashboard with the API key: sets an HttpOnly session cookie",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {"type": "object", "properties": {"key": {"type": "string"}}}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "303": {"description": "signed in: to /ui"},
+                        "401": {"description": "wrong key: the form again", "content": {"text/html": {}}},
+                        "403": {"description": "not from this host's page (Origin)"},
+                    },
+                }
+            },
             "/jobs/{job_id}/cancel": {
                 "post": {
                     "summary": "Cancel a job: a queued one never starts, a running one stops and leaves nothing",
@@ -318,25 +345,6 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Run a failed or canceled job again under its id",
                     "parameters": [job_id],
                     "responses": {"202": _json("Job", "queued again"), **_error_responses(401, 404, 409, 503)},
-                }
-            },
-            "/ui": {
-                "get": {
-                    "summary": "The dashboard page (HTML); without a valid key or session cookie, a login form",
-                    "responses": {
-                        "200": {"description": "the page", "content": {"text/html": {}}},
-                        "401": {"description": "the login form", "content": {"text/html": {}}},
-                    },
-                }
-            },
-            "/ui/login": {
-                "post": {
-                    "summary": "Form field key: sets the dashboard's HttpOnly SameSite=Strict session cookie",
-                    "requestBody": {"content": {"application/x-www-form-urlencoded": {}}},
-                    "responses": {
-                        "303": {"description": "signed in: redirect to /ui"},
-                        "401": {"description": "not the API key: the login form again", "content": {"text/html": {}}},
-                    },
                 }
             },
             "/dead-letters": {
