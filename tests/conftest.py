@@ -7,6 +7,7 @@ namespace, and only that namespace's keys are removed afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from paglets_artifacts import ArtifactJobs, Settings
+from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
 from paglets_artifacts.jobs.worker_process import WorkerProcess
 from paglets_artifacts.redis_server import EmbeddedRedis, delete_namespace
 
@@ -170,3 +171,29 @@ def age_temporary_files(store: object, seconds: float) -> None:
     then = time.time() - seconds
     for path in store.tmp_dir.iterdir():  # type: ignore[attr-defined]
         os.utime(path, (then, then), follow_symlinks=False)
+
+
+def write_random(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; return their SHA-256."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_big_file(path: Path, size: int) -> str:
+    """Real bytes (not a sparse file) written in 8 MiB blocks, memory flat; return their SHA-256."""
+    digest = hashlib.sha256()
+    block = os.urandom(8 * 1024 * 1024)
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            handle.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+def workers_store(settings: Settings) -> ArtifactStore:
+    """The store as the workers see it: indexed in the same Redis namespace."""
+    return ArtifactStore.from_settings(settings, redis=redis.Redis.from_url(settings.redis_url))

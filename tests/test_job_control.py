@@ -3,46 +3,19 @@ idempotent enqueue (Python API; the CLI and HTTP paths are at the end)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-import redis
 from dramatiq import Message
 
-from conftest import wait_until
-from paglets_artifacts import ArtifactJobs, ArtifactStore, JobCanceled
+from conftest import wait_until, workers_store, write_big_file, write_random
+from paglets_artifacts import ArtifactJobs, JobCanceled
 from paglets_artifacts.errors import IdempotencyConflict, InvalidInput, JobConflict, SourceUnavailable
 from paglets_artifacts.jobs import contract
 from paglets_artifacts.jobs.dead_letters import QueueKeys
-
-
-def _write(path: Path, size: int) -> str:
-    data = os.urandom(size)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _big_file(path: Path, size: int) -> str:
-    """Real bytes (not a sparse file), written once in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    block = os.urandom(8 * 1024 * 1024)
-    with open(path, "wb") as handle:
-        left = size
-        while left:
-            piece = block[: min(left, len(block))]
-            handle.write(piece)
-            digest.update(piece)
-            left -= len(piece)
-    return digest.hexdigest()
-
-
-def _store(settings) -> ArtifactStore:
-    return ArtifactStore.from_settings(settings, redis=redis.Redis.from_url(settings.redis_url))
 
 
 def _stopped(job):
@@ -54,7 +27,7 @@ def _stopped(job):
 
 def test_a_canceled_queued_job_never_starts_and_its_redelivered_message_does_nothing(jobs, workers, files):
     source = files / "never.bin"
-    _write(source, 10_000)
+    write_random(source, 10_000)
     job = jobs.import_file(str(source))
     record = job.cancel(by="operator-1")
     assert record.state == "canceled" and record.done
@@ -79,7 +52,7 @@ def test_a_canceled_queued_job_never_starts_and_its_redelivered_message_does_not
     wait_until(lambda: workers.logs().count(f"job {job.id} already ended") >= 2, timeout=60)
     after = job.status()
     assert (after.state, after.attempts, after.started_at, after.canceled_by) == ("canceled", 0, None, "operator-1")
-    assert _store(jobs.settings).list() == []
+    assert workers_store(jobs.settings).list() == []
 
 
 def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_and_no_artifact(
@@ -94,10 +67,10 @@ def test_cancel_stops_a_running_512_mib_import_leaving_no_part_no_reservation_an
     settings = settings.with_changes(fsync=True, metrics_port=free_port())  # to the disk: the copy lasts
     workers.start(settings=settings)
     jobs = ArtifactJobs(settings=settings)
-    store = _store(settings)
+    store = workers_store(settings)
     used_before = store.index.used_bytes()
     source = files / "large.bin"
-    _big_file(source, 512 * 1024 * 1024)
+    write_big_file(source, 512 * 1024 * 1024)
     for _ in range(3):  # a copy that wins the race against the cancel is tried again
         job = jobs.import_file(str(source))
         wait_until(lambda job=job: job.status().bytes_done > 0, timeout=120, interval=0.005)
@@ -131,7 +104,7 @@ def test_cancel_stops_a_running_export_and_leaves_no_part_beside_its_target(sett
     workers.start(settings=settings)
     jobs = ArtifactJobs(settings=settings)
     source = files / "out-source.bin"
-    _big_file(source, 512 * 1024 * 1024)
+    write_big_file(source, 512 * 1024 * 1024)
     ref = jobs.import_file(str(source), delete_source=True).wait(120)
     target = files / "exports" / "copy.bin"
     for _ in range(3):
@@ -147,12 +120,12 @@ def test_cancel_stops_a_running_export_and_leaves_no_part_beside_its_target(sett
         pytest.fail("the export ended before each of three cancels")
     _stopped(job)
     assert list(target.parent.iterdir()) == []  # no target, no hidden .part
-    assert _store(settings).find_committed(ref["artifact_id"]) is not None  # the artifact is untouched
+    assert workers_store(settings).find_committed(ref["artifact_id"]) is not None  # the artifact is untouched
     jobs.close()
 
 
 def test_cancel_stops_a_running_sweep_at_its_next_item_and_it_reports_what_it_did(settings, jobs, workers):
-    store = _store(settings)
+    store = workers_store(settings)
     count = 6000
     for _ in range(count):
         store.create_from_stream(io.BytesIO(b"x" * 64), owner_agent_id="old", expires_at=1.0)
@@ -174,11 +147,11 @@ def test_cancel_stops_a_running_sweep_at_its_next_item_and_it_reports_what_it_di
 
 def test_cancel_racing_completion_ends_each_job_in_exactly_one_final_state(settings, jobs, workers, files):
     workers.start(threads=4)
-    store = _store(settings)
+    store = workers_store(settings)
     sources = []
     for index in range(16):
         source = files / f"race-{index}.bin"
-        _write(source, 2 * 1024 * 1024 + index)
+        write_random(source, 2 * 1024 * 1024 + index)
         sources.append(source)
     enqueued = [jobs.import_file(str(source)) for source in sources]
     outcome = {}
@@ -203,7 +176,7 @@ def test_cancel_racing_completion_ends_each_job_in_exactly_one_final_state(setti
 def test_cancelling_a_job_that_ended_says_so_and_changes_nothing(jobs, workers, files):
     workers.start()
     source = files / "done.bin"
-    _write(source, 1000)
+    write_random(source, 1000)
     job = jobs.import_file(str(source))
     job.wait(30)
     before = job.status()
@@ -240,13 +213,13 @@ def test_a_failed_import_retried_makes_exactly_one_artifact_under_its_job_id(set
     letter = _letter_of(jobs, job.id)  # a permanent failure is dead-lettered by Dramatiq
     assert (letter.kind, letter.state, letter.error["type"]) == ("import", "failed", "SourceUnavailable")
     assert jobs.jobs(state="failed")[0].error["type"] == "SourceUnavailable"
-    sha = _write(source, 50_000)
+    sha = write_random(source, 50_000)
     queued = job.retry()
     assert (queued.state, queued.retries, queued.error, queued.finished_at) == ("queued", 1, None, None)
     result = job.wait(30)
     record = job.status()
     assert record.state == "succeeded" and record.retries == 1 and record.attempts == 2
-    store = _store(settings)
+    store = workers_store(settings)
     assert [ref.artifact_id for ref in store.list()] == [uuid.UUID(job.id).hex] == [result["artifact_id"]]
     assert store.list()[0].sha256 == sha
     assert [letter.job_id for letter in jobs.dead_letters.list()] == []  # the retry took it
@@ -259,13 +232,13 @@ def test_a_failed_import_retried_makes_exactly_one_artifact_under_its_job_id(set
 
 def test_a_canceled_job_is_retried_from_its_record_and_runs(settings, jobs, workers, files):
     source = files / "again.bin"
-    _write(source, 1234)
+    write_random(source, 1234)
     job = jobs.import_file(str(source))
     job.cancel()
     assert job.retry().state == "queued"
     workers.start()
     assert job.wait(30)["size_bytes"] == 1234
-    assert len(_store(settings).list()) == 1
+    assert len(workers_store(settings).list()) == 1
 
 
 def test_a_pull_keeps_its_secret_for_a_retry_only_while_its_dead_letter_lasts(settings, jobs, workers):
@@ -297,7 +270,7 @@ def test_a_dead_letter_requeued_runs_and_one_dropped_is_gone(settings, jobs, wor
     letter = _letter_of(jobs, job.id)
     assert jobs.dead_letters.get(letter.id).job_id == job.id
     assert letter.expires_at == letter.dead_lettered_at + 7 * 86400 and letter.dead_lettered_at <= time.time()
-    _write(source, 777)
+    write_random(source, 777)
     assert jobs.dead_letters.requeue(letter.id) == job.id
     assert job.wait(30)["size_bytes"] == 777
     with pytest.raises(LookupError):
@@ -333,7 +306,7 @@ def test_a_requeued_dead_letter_of_a_job_that_did_not_fail_is_refused(settings, 
     with pytest.raises(SourceUnavailable):
         job.wait(30)
     letter = _letter_of(jobs, job.id)
-    _write(source, 10)
+    write_random(source, 10)
     job.retry()
     job.wait(30)
     keys = QueueKeys.of(settings.namespace, contract.TRANSFER_QUEUE)
@@ -358,7 +331,7 @@ def test_a_requeued_dead_letter_of_a_job_that_did_not_fail_is_refused(settings, 
 
 def test_two_enqueues_with_one_key_make_one_job_and_other_arguments_are_refused(settings, jobs, workers, files):
     source = files / "once.bin"
-    _write(source, 4096)
+    write_random(source, 4096)
     first = jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-42")
     second = jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-42")
     assert second.id == first.id and not first.replayed and second.replayed
@@ -374,7 +347,7 @@ def test_two_enqueues_with_one_key_make_one_job_and_other_arguments_are_refused(
     first.wait(30)
     other.wait(30)
     assert jobs.import_file(str(source), owner_agent_id="a", idempotency_key="upload-42").id == first.id
-    assert len(_store(settings).list()) == 2  # one per key
+    assert len(workers_store(settings).list()) == 2  # one per key
     ttl = jobs.client.ttl(jobs.idempotency_key("upload-42"))
     assert 0 < ttl <= settings.job_retention_seconds
     for bad in ("", "x" * 201, "tab\there", "é"):
@@ -385,7 +358,7 @@ def test_two_enqueues_with_one_key_make_one_job_and_other_arguments_are_refused(
 
 def test_an_idempotent_enqueue_keeps_its_start_deadline(jobs, workers, files):
     source = files / "late.bin"
-    _write(source, 10)
+    write_random(source, 10)
     job = jobs.enqueue(contract.IMPORT, start_within_seconds=0.3, idempotency_key="k", path=str(source))
     time.sleep(0.6)
     workers.start()
@@ -450,7 +423,7 @@ def test_dead_letters_over_http(http, settings, jobs, workers, files):
     assert [(letter["job_id"], letter["state"]) for letter in listed] == [(job.id, "failed")]
     assert listed[0]["error"]["type"] == "SourceUnavailable" and listed[0]["queue"] == contract.TRANSFER_QUEUE
     _error(http.get("/dead-letters", params={"limit": "0"}), 400, "InvalidInput")
-    _write(source, 99)
+    write_random(source, 99)
     requeued = http.post(f"/dead-letters/{listed[0]['id']}/requeue")
     assert requeued.status_code == 202 and requeued.json()["job_id"] == job.id
     assert job.wait(30)["size_bytes"] == 99
@@ -533,7 +506,7 @@ def test_cancel_and_retry_on_the_command_line(settings, jobs, workers, files):
         failed.wait(30)
     listed = _cli(settings, "jobs", "--state", "failed")
     assert listed.exit_code == 0 and failed.id[:8] in listed.stdout and "SourceUnavailable" in listed.stdout
-    _write(files / "missing.bin", 5)
+    write_random(files / "missing.bin", 5)
     retried = _cli(settings, "jobs", "retry", failed.id, "--wait", "--json")
     assert retried.exit_code == 0, retried.stderr
     assert retried.json()["state"] == "succeeded" and retried.json()["retries"] == 1
@@ -552,7 +525,7 @@ def test_dead_letters_on_the_command_line(settings, jobs, workers, files):
     table = _cli(settings, "dead-letters")
     assert table.exit_code == 0 and letter.id in table.stdout and "SourceUnavailable" in table.stdout
     assert [item["job_id"] for item in _cli(settings, "dead-letters", "--json").json()] == [job.id]
-    _write(files / "gone.bin", 3)
+    write_random(files / "gone.bin", 3)
     requeued = _cli(settings, "dead-letters", "requeue", letter.id)
     assert requeued.exit_code == 0 and requeued.stdout.strip() == job.id
     job.wait(30)
@@ -569,7 +542,7 @@ def test_dead_letters_on_the_command_line(settings, jobs, workers, files):
 
 
 def test_idempotency_key_on_the_command_line(settings, jobs, files):
-    _write(files / "k.bin", 10)
+    write_random(files / "k.bin", 10)
     first = _cli(settings, "import", str(files / "k.bin"), "--idempotency-key", "nightly-7")
     second = _cli(settings, "import", str(files / "k.bin"), "--idempotency-key", "nightly-7", "--json")
     assert first.exit_code == second.exit_code == 0, second.stderr
@@ -584,7 +557,7 @@ def test_idempotency_key_on_the_command_line(settings, jobs, files):
 
 
 def test_a_maintenance_pass_stops_where_it_is_asked_to(settings):
-    store = _store(settings)
+    store = workers_store(settings)
     for _ in range(5):
         store.create_from_stream(io.BytesIO(b"old"), owner_agent_id="gone", expires_at=1.0)
     asked = []

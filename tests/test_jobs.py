@@ -11,17 +11,15 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
 from dramatiq import Message
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, wait_until, workers_store, write_big_file, write_random
 from paglets_artifacts import (
     ArtifactJobs,
     ArtifactRef,
-    ArtifactStore,
     ArtifactTooLarge,
     ChecksumMismatch,
     InvalidInput,
@@ -35,35 +33,10 @@ from paglets_artifacts import (
 from paglets_artifacts.jobs import contract
 
 
-def _write(path: Path, size: int) -> str:
-    data = os.urandom(size)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _big_file(path: Path, size: int) -> str:
-    """A file of ``size`` bytes written in 8 MiB blocks (memory stays flat)."""
-    digest = hashlib.sha256()
-    block = os.urandom(8 * 1024 * 1024)
-    with open(path, "wb") as handle:
-        left = size
-        while left:
-            piece = block[: min(left, len(block))]
-            handle.write(piece)
-            digest.update(piece)
-            left -= len(piece)
-    return digest.hexdigest()
-
-
-def _store(settings) -> ArtifactStore:
-    """The store as the workers see it: indexed in the same Redis namespace."""
-    return ArtifactStore.from_settings(settings, redis=redis.Redis.from_url(settings.redis_url))
-
-
 def test_import_export_sweep_and_delete_owner_report_their_results(settings, jobs, workers, files):
     workers.start()
     source = files / "report.bin"
-    sha = _write(source, 300_000)
+    sha = write_random(source, 300_000)
 
     imported = jobs.import_file(str(source), owner_agent_id="agent-1", compression="zstd")
     ref = ArtifactRef.from_wire(imported.wait(30))
@@ -85,7 +58,7 @@ def test_import_export_sweep_and_delete_owner_report_their_results(settings, job
     assert exported["target"] == str(target) and exported["moved"] is False
     assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
 
-    store = _store(settings)
+    store = workers_store(settings)
     expired = store.create_from_stream(io.BytesIO(b"old"), owner_agent_id="x", expires_at=1.0)
     stale = store.tmp_dir / f"{uuid.uuid4().hex}.part"
     stale.write_bytes(b"12345")
@@ -110,7 +83,7 @@ def test_permanent_errors_fail_at_once_with_type_and_message(case, settings, fil
     workers.start(settings=settings)
     jobs = ArtifactJobs(settings=settings)
     source = files / "data.bin"
-    _write(source, 5000)
+    write_random(source, 5000)
     expected_sha = None
     if case == "checksum":
         expected_sha = "0" * 64
@@ -121,10 +94,10 @@ def test_permanent_errors_fail_at_once_with_type_and_message(case, settings, fil
         source.mkdir()
     elif case == "outside_roots":
         source = tmp_path / "outside.bin"
-        _write(source, 10)
+        write_random(source, 10)
     elif case == "symlink_escape":
         outside = tmp_path / "secret.bin"
-        _write(outside, 10)
+        write_random(outside, 10)
         source = files / "innocent.bin"
         source.symlink_to(outside)
     expected_type = {
@@ -143,7 +116,7 @@ def test_permanent_errors_fail_at_once_with_type_and_message(case, settings, fil
     assert record.state == "failed" and record.attempts == 1  # not retried
     assert record.error["type"] == expected_type.__name__
     assert record.error["message"] == str(raised.value) and str(raised.value)
-    store = _store(settings)
+    store = workers_store(settings)
     assert store.list() == [] and list(store.tmp_dir.iterdir()) == []
     jobs.close()
 
@@ -151,7 +124,7 @@ def test_permanent_errors_fail_at_once_with_type_and_message(case, settings, fil
 def test_export_outside_allowed_roots_is_refused_and_writes_nothing(settings, jobs, workers, files, tmp_path):
     workers.start()
     source = files / "a.bin"
-    _write(source, 100)
+    write_random(source, 100)
     ref = ArtifactRef.from_wire(jobs.import_file(str(source)).wait(30))
     target = tmp_path / "elsewhere" / "a.bin"
     with pytest.raises(PathNotAllowed):
@@ -201,7 +174,7 @@ def test_host_side_validation_rejects_bad_arguments_before_enqueueing(jobs):
 def test_progress_is_visible_while_a_large_import_runs(settings, jobs, workers, files):
     settings_path = files / "large.bin"
     size = 768 * 1024 * 1024
-    sha = _big_file(settings_path, size)
+    sha = write_big_file(settings_path, size)
     job = jobs.import_file(str(settings_path))
     workers.start()
     seen = []
@@ -222,12 +195,12 @@ def test_progress_is_visible_while_a_large_import_runs(settings, jobs, workers, 
 def test_worker_killed_mid_import_is_redelivered_and_leaves_exactly_one_artifact(settings, jobs, workers, files):
     source = files / "large.bin"
     size = 768 * 1024 * 1024
-    sha = _big_file(source, size)
+    sha = write_big_file(source, size)
     job = jobs.import_file(str(source), owner_agent_id="crash")
     first = workers.start()
     wait_until(lambda: job.status().bytes_done > 0, timeout=60, interval=0.005)
     workers.kill(first)  # mid-transfer: a .part is half written
-    store = _store(settings)
+    store = workers_store(settings)
     assert job.status().state == "running"
     workers.start()
     result = job.wait(120)
@@ -245,10 +218,10 @@ def test_worker_killed_mid_import_is_redelivered_and_leaves_exactly_one_artifact
 def test_move_import_and_move_export(settings, jobs, workers, files):
     workers.start()
     source = files / "moved.bin"
-    sha = _write(source, 2_000_000)
+    sha = write_random(source, 2_000_000)
     inode = source.stat().st_ino
     ref = ArtifactRef.from_wire(jobs.import_file(str(source), delete_source=True).wait(30))
-    store = _store(settings)
+    store = workers_store(settings)
     assert not source.exists()
     assert store.blob_path(ref.artifact_id).stat().st_ino == inode  # renamed, not copied
     target = files / "back.bin"
@@ -259,7 +232,7 @@ def test_move_import_and_move_export(settings, jobs, workers, files):
 
 def test_import_enqueued_before_its_owner_was_deleted_leaves_nothing(settings, jobs, workers, files):
     source = files / "late.bin"
-    _write(source, 1000)
+    write_random(source, 1000)
     imported = jobs.import_file(str(source), owner_agent_id="disposed")
     deletion = jobs.delete_owner("disposed")
     workers.start()
@@ -269,15 +242,15 @@ def test_import_enqueued_before_its_owner_was_deleted_leaves_nothing(settings, j
         assert deleted["deleted"] == 1  # the import ran first; the deletion removed it
     except Exception as exc:
         assert type(exc).__name__ == "OwnerDeleted"
-    assert _store(settings).list(owner_agent_id="disposed") == []
+    assert workers_store(settings).list(owner_agent_id="disposed") == []
     # An import enqueued after the deletion proceeds.
     again = ArtifactRef.from_wire(jobs.import_file(str(source), owner_agent_id="disposed").wait(30))
-    assert _store(settings).list(owner_agent_id="disposed") == [again]
+    assert workers_store(settings).list(owner_agent_id="disposed") == [again]
 
 
 def test_another_process_finds_a_job_by_id_and_waits_for_it(settings, jobs, workers, files):
     source = files / "shared.bin"
-    sha = _write(source, 4096)
+    sha = write_random(source, 4096)
     job = jobs.import_file(str(source))
     script = (
         "import json, sys\n"
@@ -306,7 +279,7 @@ def test_unknown_job_id_and_wait_timeout(jobs):
 
 def test_sweeps_run_while_a_long_transfer_occupies_the_transfer_queue(settings, jobs, workers, files):
     source = files / "large.bin"
-    _big_file(source, 768 * 1024 * 1024)
+    write_big_file(source, 768 * 1024 * 1024)
     transfer = jobs.import_file(str(source))
     workers.start(threads=2)
     wait_until(lambda: transfer.status().state == "running", timeout=60, interval=0.005)
@@ -371,7 +344,6 @@ def test_what_is_retried_is_said_by_the_transient_base_or_is_a_redis_network_or_
     import errno
 
     import httpx
-    import redis
 
     from paglets_artifacts import errors
     from paglets_artifacts.http.remote import RemoteUnavailable
@@ -431,7 +403,7 @@ def test_a_job_whose_start_cannot_be_recorded_is_retried_not_run(monkeypatch):
 
 def test_a_job_not_started_by_its_deadline_never_runs_and_fails_as_expired(jobs, files, workers):
     source = files / "late.bin"
-    _write(source, 1000)
+    write_random(source, 1000)
     job = jobs.import_file(str(source))  # no deadline: runs whenever a worker comes
     late = jobs.enqueue(contract.IMPORT, start_within_seconds=0.5, path=str(source))
     time.sleep(1.0)
@@ -449,7 +421,7 @@ def test_a_job_that_started_before_its_deadline_is_redelivered_after_it_as_usual
     from benchmarks.stress import CRASH_KIND_ENV, CRASH_STEP_ENV, kill_worker, start_worker
 
     source = files / "started.bin"
-    _write(source, 3 * 1024 * 1024)
+    write_random(source, 3 * 1024 * 1024)
     job = jobs.enqueue(contract.IMPORT, start_within_seconds=5.0, path=str(source))
     doomed = start_worker(
         settings, tmp_path / "doomed.log", env={CRASH_KIND_ENV: "import", CRASH_STEP_ENV: "replace:1"}, threads=1
