@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import random
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,53 +38,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import redis  # noqa: E402
-from sentinels import SentinelCluster  # noqa: E402
+from sentinels import Load, SentinelCluster  # noqa: E402
 
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings  # noqa: E402
 from paglets_artifacts.jobs.records import FAILED, FINAL_STATES, SUCCEEDED  # noqa: E402
 from paglets_artifacts.jobs.worker_process import WorkerProcess  # noqa: E402
-
-
-class Load:
-    """Imports of 1-64 KiB files and exports of imported artifacts, enqueued without pause."""
-
-    def __init__(self, settings: Settings, files: Path):
-        self.jobs = ArtifactJobs(settings=settings)
-        self.files = files
-        self.stop = threading.Event()
-        self.imports: list[str] = []
-        self.exports: list[str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rng = random.Random(18)
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            source = self.files / f"in-{n}.bin"
-            source.write_bytes(os.urandom(rng.randint(1, 64) * 1024))
-            self._retry(lambda path=source: self.imports.append(self.jobs.import_file(str(path)).id))
-            if n % 3 == 0 and len(self.imports) > 10:
-                self._export(self.imports[-10], self.files / f"out-{n}.bin")
-            time.sleep(0.01)
-
-    def _export(self, job_id: str, target: Path) -> None:
-        """Export the artifact of an import that succeeded (an export of one not there yet would fail)."""
-        try:
-            record = self.jobs.records.get(job_id)
-        except redis.RedisError:
-            return
-        if record is not None and record.state == SUCCEEDED:
-            artifact = uuid.UUID(job_id).hex
-            self._retry(lambda: self.exports.append(self.jobs.export(artifact, str(target)).id))
-
-    def _retry(self, action) -> None:
-        for _ in range(100):
-            try:
-                action()
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
 
 
 def first_completion_after(jobs: ArtifactJobs, moment: float, timeout: float = 120.0) -> float:
@@ -142,7 +98,7 @@ def run(failovers: int, workers_count: int) -> dict:
                 [sys.executable, "-m", "workers.scheduler"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
             )
         jobs = ArtifactJobs(settings=settings)
-        load = Load(settings, files)
+        load = Load(settings, files, pause_seconds=0.01)
         promotions, completions = [], []
         try:
             load.thread.start()

@@ -12,18 +12,15 @@ after the reindex, and the scheduler fired after the last failover.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from sentinels import SentinelCluster
+from sentinels import Load, SentinelCluster
 
 from conftest import ROOT, wait_until
 from paglets_artifacts import ArtifactJobs, ArtifactStore, Settings
@@ -55,67 +52,6 @@ def sentinel_settings(settings: Settings, cluster: SentinelCluster) -> Settings:
         max_backoff_ms=1000,
         redis_timeout_seconds=2.0,
     )
-
-
-class Load:
-    """A host thread enqueueing imports of small files and exports of imported artifacts
-    until stopped; an enqueue that meets no master is tried again, as a host would."""
-
-    def __init__(self, settings: Settings, files: Path):
-        self.jobs = ArtifactJobs(settings=settings)
-        self.files = files
-        self.stop = threading.Event()
-        self.imports: list[str] = []
-        self.exports: list[str] = []
-        self.enqueue_errors = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rng = random.Random(18)
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            source = self.files / f"in-{n}.bin"
-            source.write_bytes(os.urandom(rng.randint(1, 64) * 1024))
-            self._enqueue(
-                lambda path=source: self.imports.append(self.jobs.import_file(str(path), owner_agent_id="load").id)
-            )
-            if n % 3 == 0:
-                self._export(n)
-            time.sleep(0.02)
-
-    def _export(self, n: int) -> None:
-        try:
-            done = [job for job in self.imports[-10:] if self.jobs.records.get(job) and self._succeeded(job)]
-        except redis.RedisError:
-            self.enqueue_errors += 1
-            return
-        if done:
-            artifact = uuid.UUID(done[-1]).hex
-            target = self.files / f"out-{n}.bin"
-            self._enqueue(lambda: self.exports.append(self.jobs.export(artifact, str(target)).id))
-
-    def _succeeded(self, job_id: str) -> bool:
-        record = self.jobs.records.get(job_id)
-        return record is not None and record.state == SUCCEEDED
-
-    def _enqueue(self, action) -> None:
-        for _ in range(50):
-            try:
-                action()
-                return
-            except redis.RedisError:
-                self.enqueue_errors += 1
-                time.sleep(0.1)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.jobs.close()
 
 
 def start_scheduler(settings: Settings, log: Path) -> subprocess.Popen:
